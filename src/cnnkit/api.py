@@ -1,0 +1,242 @@
+"""The Python face of cnnkit, shaped like the Keras tutorial's notebook::
+
+import cnnkit
+(x_train, y_train), (x_test, y_test) = cnnkit.load_data("cifar10")
+model = cnnkit.Classifier("tutorial", class_names=cnnkit.CIFAR10_CLASSES)
+model.summary()
+history = model.fit(x_train, y_train, batch_size=32, epochs=5, validation_split=0.2)
+result = model.evaluate(x_test, y_test)          # {"loss": ..., "accuracy": ..., "count": ...}
+probabilities = model.predict(x_test)            # (N, classes), rows sum to 1
+model.class_names[probabilities[0].argmax()]     # "cat"
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnkit.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from cnnkit.data import ImageData, load_dataset, split_train_val
+from cnnkit.engine.device import resolve_device, resolve_precision
+from cnnkit.engine.evaluation import evaluate_tensors, predict_logits
+from cnnkit.engine.preprocess import Normalization
+from cnnkit.engine.trainer import Callback, History, TrainingData, fit
+from cnnkit.models import create_model
+from cnnkit.recipes import get_recipe
+from cnnkit.reports.summary import format_summary
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def load_data(source: str | os.PathLike = "cifar10", image_size: int | None = None):
+    """``((x_train, y_train), (x_test, y_test))`` as numpy arrays, like ``keras.datasets``.
+
+    Images are uint8 ``(N, H, W, 3)``, labels int64 ``(N,)``. For a source without a test split
+    the test pair is ``(None, None)``. Class names: ``cnnkit.load_dataset(source).train.class_names``.
+    """
+    splits = load_dataset(source, image_size=image_size)
+    test = (splits.test.images.numpy(), splits.test.labels.numpy()) if splits.test else (None, None)
+    return (splits.train.images.numpy(), splits.train.labels.numpy()), test
+
+
+class Classifier:
+    """A model with what it needs to be used: class names, input size, normalisation.
+
+    ``fit / evaluate / predict / summary / save / load`` as in Keras. Images go in as uint8
+    ``(N, H, W, 3)`` arrays; the classifier scales them itself, the same way every time.
+    """
+
+    def __init__(
+        self,
+        model: str = "tutorial",
+        class_names: Sequence[str] | None = None,
+        num_classes: int | None = None,
+        image_size: int = 32,
+        normalization: Normalization | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        seed: int | None = 0,
+        **model_arguments: Any,
+    ) -> None:
+        """``seed`` fixes the initial weights (None: random); fit's own ``seed`` fixes the data order."""
+        if class_names is None:
+            if num_classes is None:
+                raise ValueError("Give class_names (or num_classes). Received neither.")
+            class_names = [str(index) for index in range(num_classes)]
+        elif num_classes is not None and num_classes != len(class_names):
+            raise ValueError(f"num_classes={num_classes} disagrees with {len(class_names)} class_names.")
+        self.class_names = list(class_names)
+        self.image_size = image_size
+        self.normalization = normalization or Normalization()
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        with torch.random.fork_rng(devices=[]):  # seed the initial weights without touching global state
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.network = create_model(
+                model, num_classes=len(self.class_names), image_size=image_size, **model_arguments
+            )
+        self.history: History | None = None
+        self.recipe: dict[str, Any] = {}
+
+    @property
+    def model_name(self) -> str:
+        return self.network.model_name
+
+    def summary(self, print_fn=print) -> str:
+        """Print (and return) the layer table with output shapes and parameter counts."""
+        text = format_summary(self.network, self.image_size)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def fit(
+        self,
+        x: ArrayLike,
+        y: ArrayLike,
+        batch_size: int = 32,
+        epochs: int = 5,
+        validation_split: float = 0.0,
+        validation_data: tuple[ArrayLike, ArrayLike] | None = None,
+        recipe: str = "tutorial",
+        learning_rate: float | None = None,
+        seed: int = 0,
+        verbose: bool = True,
+        callbacks: Sequence[Callback] = (),
+    ) -> History:
+        """Train on uint8 images ``x`` and integer labels ``y``.
+
+        ``validation_split`` holds out a stratified, seeded share of ``x`` (not Keras's tail,
+        which on class-sorted data holds whole classes out).
+        """
+        train = _as_image_data(x, y, self.class_names)
+        val = _as_image_data(*validation_data, self.class_names) if validation_data else None
+        if val is None and validation_split:
+            train, val = split_train_val(train, validation_split, seed)
+        overrides = {
+            "batch_size": batch_size,
+            "epochs": epochs,
+            "val_fraction": validation_split,
+            "seed": seed,
+        }
+        if learning_rate is not None:
+            overrides["learning_rate"] = learning_rate
+        chosen = get_recipe(recipe).replace(model=self.model_name, **overrides)
+        if chosen.normalization == "standardize":
+            self.normalization = Normalization.from_images(train.images)
+        data = TrainingData(train.images, train.labels, *((val.images, val.labels) if val else (None, None)))
+        self.history = fit(
+            self.network,
+            data,
+            chosen,
+            self.normalization,
+            self.device,
+            self.precision,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+        self.recipe = chosen.to_dict()
+        return self.history
+
+    def evaluate(self, x: ArrayLike, y: ArrayLike, batch_size: int = 1024) -> dict[str, float]:
+        """``{"loss", "accuracy", "count"}`` on labelled images."""
+        data = _as_image_data(x, y, self.class_names)
+        self.network.to(self.device)
+        return evaluate_tensors(
+            self.network,
+            data.images,
+            data.labels,
+            self.normalization,
+            self.device,
+            self.precision,
+            batch_size,
+        )
+
+    def predict(self, x: ArrayLike, batch_size: int = 1024) -> np.ndarray:
+        """Class probabilities, shape ``(N, classes)``: softmax of the network's logits."""
+        images = _as_images(x)
+        self.network.to(self.device)
+        logits = predict_logits(
+            self.network, images, self.normalization, self.device, self.precision, batch_size
+        )
+        return torch.softmax(logits, dim=1).numpy()
+
+    def predict_classes(self, x: ArrayLike) -> list[str]:
+        """The most probable class name for each image."""
+        return [self.class_names[index] for index in self.predict(x).argmax(1)]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a self-describing checkpoint (atomically)."""
+        last = self.history.rows[-1] if self.history and self.history.rows else {}
+        save_checkpoint(path, self.to_checkpoint(epoch=int(last.get("epoch", 0)), metrics=last))
+
+    def to_checkpoint(
+        self, epoch: int = 0, metrics: dict | None = None, config: dict | None = None
+    ) -> Checkpoint:
+        return Checkpoint(
+            model_name=self.model_name,
+            model_arguments=self.network.model_arguments,
+            class_names=self.class_names,
+            image_size=self.image_size,
+            normalization=self.normalization,
+            state_dict=self.network.state_dict(),
+            recipe=self.recipe,
+            config=config or {},
+            epoch=epoch,
+            metrics=metrics or {},
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto", precision: str = "auto") -> Classifier:
+        """Rebuild a classifier from nothing but a checkpoint file."""
+        return cls.from_checkpoint(load_checkpoint(path), device=device, precision=precision)
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: Checkpoint, device: str = "auto", precision: str = "auto"
+    ) -> Classifier:
+        arguments = dict(checkpoint.model_arguments)
+        arguments.pop("num_classes", None)
+        image_size = arguments.pop("image_size", checkpoint.image_size)
+        classifier = cls(
+            checkpoint.model_name,
+            class_names=checkpoint.class_names,
+            image_size=image_size,
+            normalization=checkpoint.normalization,
+            device=device,
+            precision=precision,
+            **arguments,
+        )
+        classifier.network.load_state_dict(checkpoint.state_dict)
+        classifier.network.to(classifier.device, memory_format=torch.channels_last)
+        classifier.recipe = checkpoint.recipe
+        return classifier
+
+
+def _as_images(x: ArrayLike) -> torch.Tensor:
+    images = torch.as_tensor(x)
+    if images.dtype != torch.uint8:
+        raise ValueError(
+            f"x must hold uint8 pixels (0-255); cnnkit scales them itself, so don't divide by 255. "
+            f"Received: dtype={images.dtype}"
+        )
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"x must have shape (N, height, width, 3). Received: shape={tuple(images.shape)}")
+    return images
+
+
+def _as_image_data(x: ArrayLike, y: ArrayLike, class_names: list[str]) -> ImageData:
+    images = _as_images(x)
+    labels = torch.as_tensor(y).long().reshape(-1)  # Keras-style (N, 1) labels are welcome too
+    if len(labels) != len(images):
+        raise ValueError(f"x and y differ in length. Received: len(x)={len(images)}, len(y)={len(labels)}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise ValueError(
+            f"Labels must be in [0, {len(class_names) - 1}]. Received: min={labels.min().item()}, "
+            f"max={labels.max().item()}"
+        )
+    return ImageData(images=images, labels=labels, class_names=class_names)

@@ -1,0 +1,185 @@
+"""``cnnkit train|evaluate|predict|summary|models``: parses arguments, calls the library, prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from cnnkit import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnkit", description="Train, evaluate and use CNN image classifiers."
+    )
+    parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model into runs/<name>/")
+    train.add_argument(
+        "--data",
+        default="cifar10",
+        help="cifar10 (downloaded), its .tar.gz or cifar-10-batches-py folder, or an image folder or .zip",
+    )
+    train.add_argument("--recipe", default=None, help="named hyperparameters (see `cnnkit models`)")
+    train.add_argument("--model", default=None, help="model name (default: the recipe's)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float, help="learning rate")
+    train.add_argument(
+        "--val-split", type=float, help="validation share, stratified (0 trains on everything)"
+    )
+    train.add_argument("--img-size", type=int, help="resize images to this square size")
+    train.add_argument("--seed", type=int)
+    _add_runtime_arguments(train)
+    train.add_argument("--out", default="runs", help="folder holding run folders (default: runs)")
+    train.add_argument("--name", help="run folder name (default: train, train2, ...)")
+    train.add_argument("--quiet", action="store_true", help="no progress or epoch lines")
+
+    evaluate = commands.add_parser("evaluate", help="loss and accuracy of a checkpoint")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument(
+        "--data", help="data to evaluate on (default: the run's own test or validation split)"
+    )
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_runtime_arguments(evaluate)
+
+    predict = commands.add_parser("predict", help="class probabilities for image files")
+    predict.add_argument("checkpoint")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--json", action="store_true", help="print JSON")
+    _add_runtime_arguments(predict)
+
+    summary = commands.add_parser("summary", help="print a model's layers and parameters")
+    summary.add_argument("--model", default="tutorial")
+    summary.add_argument("--num-classes", type=int, default=10)
+    summary.add_argument("--img-size", type=int, default=32)
+
+    commands.add_parser("models", help="list models and recipes")
+    return parser
+
+
+def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    handlers = {
+        "train": _train,
+        "evaluate": _evaluate,
+        "predict": _predict,
+        "summary": _summary,
+        "models": _models,
+    }
+    try:
+        return handlers[arguments.command](arguments)
+    except KeyboardInterrupt:
+        print("\ncnnkit: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, FloatingPointError) as error:
+        # One clear line for the user; a traceback is for bugs, not for bad input.
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"cnnkit: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _train(arguments: argparse.Namespace) -> int:
+    from cnnkit.recipes import DEFAULT_RECIPE
+    from cnnkit.workflows import resolve_recipe, train
+
+    recipe = resolve_recipe(
+        arguments.recipe or DEFAULT_RECIPE,
+        model=arguments.model,
+        epochs=arguments.epochs,
+        batch_size=arguments.batch_size,
+        learning_rate=arguments.lr,
+        val_fraction=arguments.val_split,
+        image_size=arguments.img_size,
+        seed=arguments.seed,
+    )
+    result = train(
+        arguments.data,
+        recipe,
+        device=arguments.device,
+        precision=arguments.precision,
+        out=arguments.out,
+        name=arguments.name,
+        verbose=not arguments.quiet,
+    )
+    report = result.report
+    evaluation = report.get("evaluation")
+    if evaluation:
+        print(
+            f"{evaluation['split'].capitalize()} ({evaluation['count']} images): "
+            f"loss {evaluation['loss']:.4f} - accuracy {evaluation['accuracy']:.4f}"
+        )
+    print(f"Trained in {report['train_seconds']:.1f}s; best epoch {report['best_epoch']}.")
+    print(f"Run folder: {result.run_folder}")
+    return 0
+
+
+def _evaluate(arguments: argparse.Namespace) -> int:
+    from cnnkit.workflows import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        arguments.checkpoint, arguments.data, device=arguments.device, precision=arguments.precision
+    )
+    if arguments.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['data']} [{result['split']}] {result['count']} images: "
+            f"loss {result['loss']:.4f} - accuracy {result['accuracy']:.4f}"
+        )
+    return 0
+
+
+def _predict(arguments: argparse.Namespace) -> int:
+    from cnnkit.workflows import predict_files
+
+    results = predict_files(
+        arguments.checkpoint,
+        arguments.images,
+        arguments.top_k,
+        device=arguments.device,
+        precision=arguments.precision,
+    )
+    if arguments.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for result in results:
+        ranked = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in result["predictions"])
+        print(f"{result['path']}: {ranked}")
+    return 0
+
+
+def _summary(arguments: argparse.Namespace) -> int:
+    from cnnkit.models import create_model
+    from cnnkit.reports.summary import format_summary
+
+    model = create_model(arguments.model, num_classes=arguments.num_classes, image_size=arguments.img_size)
+    print(format_summary(model, arguments.img_size))
+    return 0
+
+
+def _models(_arguments: argparse.Namespace) -> int:
+    from cnnkit.models import list_models
+    from cnnkit.recipes import get_recipe, list_recipes
+
+    print("Models:  " + ", ".join(list_models()))
+    for name in list_recipes():
+        recipe = get_recipe(name)
+        print(
+            f"Recipe {name}: model {recipe.model}, {recipe.epochs} epochs, batch {recipe.batch_size}, "
+            f"lr {recipe.learning_rate:g}, validation split {recipe.val_fraction:g}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

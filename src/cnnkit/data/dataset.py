@@ -1,0 +1,83 @@
+"""In-memory image data sets: one uint8 tensor of images and one int64 tensor of labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ImageData:
+    """Images and labels held in memory.
+
+    Attributes:
+        images: uint8 tensor of shape (N, H, W, 3), contiguous, RGB.
+        labels: int64 tensor of shape (N,), each in ``[0, len(class_names))``.
+        class_names: class name of each label index.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.uint8:
+            raise ValueError(f"images must be a uint8 tensor. Received: images={_describe(self.images)}")
+        if self.images.dim() != 4 or self.images.shape[-1] != 3:
+            raise ValueError(
+                f"images must have shape (N, H, W, 3). Received: shape={tuple(self.images.shape)}"
+            )
+        if not isinstance(self.labels, torch.Tensor) or self.labels.dtype != torch.int64:
+            raise ValueError(f"labels must be an int64 tensor. Received: labels={_describe(self.labels)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(
+                "labels must have shape (N,) matching images. "
+                f"Received: labels.shape={tuple(self.labels.shape)}, "
+                f"images.shape={tuple(self.images.shape)}"
+            )
+        if not self.class_names:
+            raise ValueError(f"class_names must not be empty. Received: {self.class_names!r}")
+        if len(self.labels) and (
+            int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.class_names)
+        ):
+            raise ValueError(
+                f"labels must be in [0, {len(self.class_names)}). Received: "
+                f"min={int(self.labels.min())}, max={int(self.labels.max())}"
+            )
+        # Training code slices batches straight out of this tensor; contiguity keeps that cheap.
+        self.images = self.images.contiguous()
+        self.class_names = list(self.class_names)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, indices: torch.Tensor) -> ImageData:
+        """Return a new ``ImageData`` holding the images at ``indices`` (a 1-D integer tensor)."""
+        if not isinstance(indices, torch.Tensor) or indices.dim() != 1:
+            raise ValueError(f"indices must be a 1-D tensor. Received: indices={_describe(indices)}")
+        if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
+            raise ValueError(f"indices must be an integer tensor. Received: dtype={indices.dtype}")
+        indices = indices.to(torch.int64)
+        return ImageData(self.images[indices], self.labels[indices], list(self.class_names))
+
+
+@dataclass
+class DataSplits:
+    """The splits read from one source.
+
+    Attributes:
+        train: the training images.
+        test: the test images, or ``None`` when the source has no test split.
+        source: human description of where the data came from.
+    """
+
+    train: ImageData
+    test: ImageData | None
+    source: str
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"tensor(dtype={value.dtype}, shape={tuple(value.shape)})"
+    return type(value).__name__

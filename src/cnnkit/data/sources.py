@@ -1,0 +1,193 @@
+"""``load_dataset``: one entry point for every supported data source, with a tensor cache."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnkit.data.cache import (
+    cache_path,
+    cnnkit_home,
+    hash_file,
+    hash_listing,
+    load_cache,
+    save_cache,
+)
+from cnnkit.data.cifar10 import (
+    META_FILE,
+    TEST_BATCH,
+    TRAIN_BATCHES,
+    find_cifar10_folder,
+    read_cifar10_archive,
+    read_cifar10_folder,
+)
+from cnnkit.data.dataset import DataSplits, ImageData
+from cnnkit.data.decode import resize_array
+from cnnkit.data.download import download_cifar10, expected_cifar10_md5
+from cnnkit.data.errors import DataError
+from cnnkit.data.folders import (
+    ImageSource,
+    decode_source,
+    resolve_workers,
+    scan_folder,
+    scan_zip,
+)
+from cnnkit.progress import ProgressBar
+
+CIFAR10_NAME = "cifar10"
+_CIFAR10_SIDE = 32
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+_ALLOWED_SOURCES = (
+    "'cifar10', a CIFAR-10 .tar.gz or cifar-10-batches-py folder, an image folder "
+    "(DIR/<class>/<image>) or a .zip of one"
+)
+
+Splits = tuple[ImageData, ImageData | None]
+
+
+def load_dataset(
+    source: str | os.PathLike | None = CIFAR10_NAME,
+    image_size: int | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    workers: int | None = None,
+) -> DataSplits:
+    """Load a data set into memory, decoding it once and reading a tensor cache afterwards.
+
+    Args:
+        source: ``None`` or ``"cifar10"`` to download (once) and read the official CIFAR-10
+            archive (``CNNKIT_CIFAR10_URL`` overrides its URL); a path to that ``.tar.gz``, to a
+            ``cifar-10-batches-py`` folder or a folder holding one; or any other folder or
+            ``.zip`` of images laid out as ``<class>/<image>`` (see ``load_image_folder``).
+        image_size: side of the square images to produce (shorter side resized, then center
+            crop); ``None`` keeps the images' own size, which must then be the same for all.
+        cache_dir: folder for the downloaded archive, with decoded tensors in its ``cache/``
+            subfolder; default ``cnnkit_home()``.
+        progress: show progress bars and timing lines on stderr.
+        workers: processes decoding image files; ``None`` means one per CPU core.
+
+    Raises:
+        DataError: missing or unsupported source, corrupt archive, undecodable image, or a
+            failed download.
+    """
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
+    ):
+        raise ValueError(
+            f"image_size must be a positive integer or None. Received: image_size={image_size!r}"
+        )
+    workers = resolve_workers(workers)
+    home = Path(cache_dir).expanduser() if cache_dir is not None else cnnkit_home()
+    loader = _SourceLoader(home / "cache", image_size, workers, progress)
+    if source is None or source == CIFAR10_NAME:
+        md5 = expected_cifar10_md5()
+        archive = download_cifar10(home, md5=md5, progress=progress)
+        # download_cifar10 verified the md5, which identifies the content: no second hash.
+        splits = loader.cifar10(f"md5:{md5}", lambda: read_cifar10_archive(archive))
+        return DataSplits(*splits, f"{CIFAR10_NAME} ({archive})")
+    if not isinstance(source, str | os.PathLike):
+        raise ValueError(f"source must be a string, a path or None. Received: source={source!r}")
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"Data source {path} does not exist; expected {_ALLOWED_SOURCES}")
+    if path.is_dir():
+        return _load_folder(loader, path)
+    return _load_file(loader, path)
+
+
+class _SourceLoader:
+    """Runs a source's decoder through the tensor cache, with the shared load settings."""
+
+    def __init__(self, cache_dir: Path, image_size: int | None, workers: int, progress: bool):
+        self.cache_dir = cache_dir
+        self.image_size = image_size
+        self.workers = workers
+        self.progress = progress
+
+    def cached(
+        self, kind: str, content_hash: str, image_size: int | None, build: Callable[[], Splits]
+    ) -> Splits:
+        """Return the cached splits for this content and size, or ``build()`` and cache them."""
+        path = cache_path(self.cache_dir, kind, content_hash, image_size)
+        started = time.perf_counter()
+        splits = load_cache(path)
+        if splits is not None:
+            if self.progress:
+                count = len(splits[0]) + (len(splits[1]) if splits[1] is not None else 0)
+                elapsed = time.perf_counter() - started
+                print(
+                    f"Loaded {count} decoded images from cache {path} in {elapsed:.2f}s",
+                    file=sys.stderr,
+                )
+            return splits
+        splits = build()
+        save_cache(path, *splits)
+        return splits
+
+    def cifar10(self, content_hash: str, read: Callable[[], Splits]) -> Splits:
+        """Cache and (unless the size is the native 32) resize CIFAR-10 splits."""
+        size = self.image_size
+        if size in (None, _CIFAR10_SIDE):
+            # Both mean "as stored": they share one cache entry.
+            return self.cached("cifar10", content_hash, None, read)
+
+        def read_resized() -> Splits:
+            train, test = read()
+            return (
+                _resize(train, size, self.progress),
+                _resize(test, size, self.progress) if test is not None else None,
+            )
+
+        return self.cached("cifar10", content_hash, size, read_resized)
+
+    def images(self, kind: str, content_hash: str, scan: Callable[[], ImageSource]) -> Splits:
+        """Cache the splits decoded from the image source returned by ``scan()``."""
+        return self.cached(
+            kind,
+            content_hash,
+            self.image_size,
+            lambda: decode_source(scan(), self.image_size, self.workers, self.progress),
+        )
+
+
+def _load_folder(loader: _SourceLoader, path: Path) -> DataSplits:
+    cifar_folder = find_cifar10_folder(path)
+    if cifar_folder is not None:
+        listing = [
+            (name, status.st_size, status.st_mtime_ns)
+            for name in (*TRAIN_BATCHES, TEST_BATCH, META_FILE)
+            if (cifar_folder / name).is_file()
+            for status in [(cifar_folder / name).stat()]
+        ]
+        splits = loader.cifar10(hash_listing(listing), lambda: read_cifar10_folder(cifar_folder))
+        return DataSplits(*splits, f"{CIFAR10_NAME} ({cifar_folder})")
+    source, listing_hash = scan_folder(path)
+    return DataSplits(*loader.images("folder", listing_hash, lambda: source), f"image folder ({path})")
+
+
+def _load_file(loader: _SourceLoader, path: Path) -> DataSplits:
+    name = path.name.lower()
+    if name.endswith(".zip"):
+        # Hash before listing: on a cache hit the zip's directory never needs reading.
+        splits = loader.images("zip", hash_file(path), lambda: scan_zip(path))
+        return DataSplits(*splits, f"image zip ({path})")
+    if name.endswith(_ARCHIVE_SUFFIXES):
+        splits = loader.cifar10(hash_file(path), lambda: read_cifar10_archive(path))
+        return DataSplits(*splits, f"{CIFAR10_NAME} ({path})")
+    raise DataError(f"Unsupported data file {path}; expected {_ALLOWED_SOURCES}")
+
+
+def _resize(data: ImageData, size: int, progress: bool) -> ImageData:
+    resized = np.empty((len(data), size, size, 3), dtype=np.uint8)
+    images = data.images.numpy()
+    with ProgressBar(len(data), f"Resizing to {size}x{size}", enabled=progress) as bar:
+        for index, image in enumerate(images):
+            resized[index] = resize_array(image, size)
+            bar.update(1)
+    return ImageData(torch.from_numpy(resized), data.labels, data.class_names)

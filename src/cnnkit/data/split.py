@@ -1,0 +1,91 @@
+"""Stratified, seeded train/validation splits."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cnnkit.data.dataset import ImageData
+from cnnkit.data.errors import DataError
+
+
+def split_train_val(data: ImageData, val_fraction: float, seed: int) -> tuple[ImageData, ImageData | None]:
+    """Split ``data`` into training and validation sets, class by class.
+
+    Each class gives about ``val_fraction`` of its images to validation; the per-class counts
+    are rounded so that the validation set holds ``round(len(data) * val_fraction)`` images
+    in total, while keeping at least one training image per class whenever a class has any.
+    Which images go where depends only on ``seed`` and the data; both sets keep the original
+    order of ``data``.
+
+    Returns:
+        ``(train, val)``; ``val`` is ``None`` when ``val_fraction`` is 0.
+
+    Raises:
+        ValueError: ``val_fraction`` outside [0, 1) or ``seed`` not an integer.
+        DataError: a class would be left without any training image.
+    """
+    _validate_arguments(val_fraction, seed)
+    if val_fraction == 0:
+        return data, None
+    class_indices = [torch.nonzero(data.labels == label).flatten() for label in range(len(data.class_names))]
+    counts = [len(indices) for indices in class_indices]
+    val_counts = _val_counts(counts, round(len(data) * val_fraction))
+    for name, count, val_count in zip(data.class_names, counts, val_counts, strict=True):
+        if count - val_count < 1:
+            raise DataError(
+                f"Class '{name}' has {count} images: a validation split would leave it no "
+                "training image; add images of it or remove its folder"
+            )
+    generator = torch.Generator().manual_seed(seed)
+    train_parts, val_parts = [], []
+    for indices, val_count in zip(class_indices, val_counts, strict=True):
+        shuffled = indices[torch.randperm(len(indices), generator=generator)]
+        val_parts.append(shuffled[:val_count])
+        train_parts.append(shuffled[val_count:])
+    train_indices = torch.sort(torch.cat(train_parts)).values
+    val_indices = torch.sort(torch.cat(val_parts)).values
+    if len(val_indices) == 0:
+        raise DataError(
+            f"val_fraction={val_fraction} of {len(data)} images leaves an empty validation set; "
+            "use a larger val_fraction or 0 for no validation"
+        )
+    return data.subset(train_indices), data.subset(val_indices)
+
+
+def _validate_arguments(val_fraction: float, seed: int) -> None:
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, int | float)
+        or not (0 <= val_fraction < 1)
+    ):
+        raise ValueError(f"val_fraction must be in [0, 1). Received: val_fraction={val_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer. Received: seed={seed!r}")
+
+
+def _val_counts(counts: list[int], total: int) -> list[int]:
+    """Share ``total`` validation images among classes in proportion to ``counts``.
+
+    Largest-remainder rounding: each class gets the floor of its exact share, then the
+    classes with the largest fractional parts get one more until ``total`` is reached. A class
+    never gives away its last image, so the total falls short only when nothing else fits.
+    """
+    size = sum(counts)
+    exact = [count * total / size for count in counts]
+    capacity = [max(count - 1, 0) for count in counts]
+    shares = [min(math.floor(value), limit) for value, limit in zip(exact, capacity, strict=True)]
+    # Ties go to the lower class index, so the result is fully deterministic.
+    order = sorted(range(len(counts)), key=lambda index: (shares[index] - exact[index], index))
+    missing = total - sum(shares)
+    while missing > 0:
+        progressed = False
+        for index in order:
+            if missing > 0 and shares[index] < capacity[index]:
+                shares[index] += 1
+                missing -= 1
+                progressed = True
+        if not progressed:
+            break
+    return shares

@@ -1,0 +1,1 @@
+"""The training engine: device and precision, preprocessing, the train loop, evaluation."""

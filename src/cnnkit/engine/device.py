@@ -1,0 +1,72 @@
+"""Device, precision and thread choices. Only the engine decides these; models stay plain."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` is CUDA when present, else CPU; otherwise any name torch understands."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(
+            f"Unknown device. Received: device={device!r}. Use auto, cpu, cuda or cuda:N."
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"CUDA was asked for but is not available here. Received: device={device!r}")
+    return resolved
+
+
+def cpu_supports_bf16() -> bool:
+    """True where the CPU has native bf16 arithmetic (AVX512-BF16 or AMX), which makes it fast."""
+    cpu = torch.backends.cpu
+    has_avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return bool(has_avx512_bf16 or has_amx) and cpu is not None
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype to train in (``torch.float32`` means no autocast)."""
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"Unknown precision. Received: precision={precision!r}. Use {', '.join(PRECISIONS)}."
+        )
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # Without native bf16 units, emulated bf16 is slower than fp32 on CPU.
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects CPU affinity, e.g. taskset or containers)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Use one intra-op thread per available core (PyTorch may count hyperthreads otherwise)."""
+    count = threads or available_cores()
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return count
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

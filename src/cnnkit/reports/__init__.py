@@ -1,0 +1,1 @@
+"""Reports: model summary, training history files, plots."""

@@ -1,0 +1,55 @@
+"""Shared fixtures: an isolated cache folder and a small, learnable synthetic image set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASS_NAMES = ["bottom_left", "bottom_right", "top_left", "top_right"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_cnnkit_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own cache folder: nothing reads or writes the user's ~/.cache."""
+    home = tmp_path_factory.mktemp("cnnkit_home")
+    monkeypatch.setenv("CNNKIT_HOME", str(home))
+    return home
+
+
+def make_quadrant_images(count: int, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (count, size, size, 3) noisy images whose bright square's quadrant is the label.
+
+    Learnable by any CNN in a few epochs; impossible to guess (chance is 25%).
+    """
+    generator = np.random.default_rng(seed)
+    labels = np.arange(count) % len(CLASS_NAMES)
+    images = generator.integers(0, 90, size=(count, size, size, 3), dtype=np.uint8)
+    half = size // 2
+    for index, label in enumerate(labels):
+        top = 0 if label >= 2 else half
+        left = 0 if label % 2 == 0 else half
+        color = generator.integers(150, 256, size=3, dtype=np.uint8)
+        images[index, top : top + half, left : left + half] = color
+    return images, labels.astype(np.int64)
+
+
+def write_image_folder(root: Path, images: np.ndarray, labels: np.ndarray, extension: str = ".png") -> Path:
+    """Write ``root/<class>/<index>.png`` for each image."""
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        folder = root / CLASS_NAMES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{index:04d}{extension}")
+    return root
+
+
+@pytest.fixture
+def quadrant_folder(tmp_path) -> Path:
+    """A train/test image-folder data set of 16x16 PNGs, 4 classes."""
+    train_images, train_labels = make_quadrant_images(160, seed=1)
+    test_images, test_labels = make_quadrant_images(40, seed=2)
+    write_image_folder(tmp_path / "quadrants" / "train", train_images, train_labels)
+    write_image_folder(tmp_path / "quadrants" / "test", test_images, test_labels)
+    return tmp_path / "quadrants"

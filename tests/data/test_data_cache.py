@@ -1,0 +1,126 @@
+"""The decoded-tensor cache: hits, invalidation, corruption and its location."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from data_fakes import pattern_image, write_image_tree, write_png
+
+from cnnkit.data import cnnkit_home, load_dataset
+from cnnkit.data import sources as sources_module
+from cnnkit.data.cache import load_cache
+from cnnkit.fileio import DiskFullError
+
+
+def forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*arguments: object, **keywords: object) -> None:
+        raise AssertionError("decoded again although the cache should have been used")
+
+    monkeypatch.setattr(sources_module, "decode_source", fail)
+    monkeypatch.setattr(sources_module, "read_cifar10_archive", fail)
+    monkeypatch.setattr(sources_module, "read_cifar10_folder", fail)
+
+
+def cache_files(home: Path) -> list[Path]:
+    return sorted((home / "cache").glob("*.npz"))
+
+
+def test_second_folder_load_hits_the_cache(tmp_path, monkeypatch, isolated_home, capsys):
+    write_image_tree(tmp_path / "d", {"train/a": 2, "train/b": 2, "test/a": 1})
+    first = load_dataset(tmp_path / "d", progress=False)
+    assert len(cache_files(isolated_home)) == 1
+    forbid_decoding(monkeypatch)
+    second = load_dataset(tmp_path / "d")
+    assert "from cache" in capsys.readouterr().err
+    assert torch.equal(first.train.images, second.train.images)
+    assert torch.equal(first.test.labels, second.test.labels)
+    assert first.train.class_names == second.train.class_names
+    assert second.source == first.source
+
+
+def test_second_archive_load_hits_the_cache(fake_cifar, monkeypatch):
+    first = load_dataset(fake_cifar.archive, progress=False)
+    forbid_decoding(monkeypatch)
+    second = load_dataset(fake_cifar.archive, progress=False)
+    assert torch.equal(first.train.images, second.train.images)
+    assert torch.equal(first.test.images, second.test.images)
+
+
+def test_changed_file_changes_the_key(tmp_path):
+    written = write_image_tree(tmp_path / "d", {"a": 1, "b": 1})
+    load_dataset(tmp_path / "d", progress=False)
+    replacement = pattern_image(6, 4, seed=1234)
+    target = tmp_path / "d" / "b" / "000.png"
+    write_png(target, replacement)
+    # Pin a different modification time in case the file system clock is coarse.
+    os.utime(target, ns=(10**18, 10**18))
+    reloaded = load_dataset(tmp_path / "d", progress=False)
+    np.testing.assert_array_equal(reloaded.train.images[1].numpy(), replacement)
+    np.testing.assert_array_equal(reloaded.train.images[0].numpy(), written["a/000.png"])
+
+
+def test_changed_zip_bytes_change_the_key(tmp_path, isolated_home):
+    import zipfile
+
+    archive = tmp_path / "d.zip"
+    for seed in (0, 1):
+        write_image_tree(tmp_path / f"d{seed}", {"a": 1, "b": 1}, seed=seed)
+        with zipfile.ZipFile(archive, "w") as writer:
+            for path in sorted((tmp_path / f"d{seed}").rglob("*.png")):
+                writer.write(path, path.relative_to(tmp_path / f"d{seed}").as_posix())
+        loaded = load_dataset(archive, progress=False)
+        np.testing.assert_array_equal(loaded.train.images[0].numpy(), pattern_image(6, 4, seed))
+    assert len(cache_files(isolated_home)) == 2
+
+
+def test_image_size_has_its_own_entry(tmp_path, isolated_home):
+    write_image_tree(tmp_path / "d", {"a": 1, "b": 1})
+    assert load_dataset(tmp_path / "d", progress=False).train.images.shape[1:] == (4, 6, 3)
+    assert load_dataset(tmp_path / "d", image_size=3, progress=False).train.images.shape[1:] == (
+        3,
+        3,
+        3,
+    )
+    assert len(cache_files(isolated_home)) == 2
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path, isolated_home, capsys):
+    write_image_tree(tmp_path / "d", {"a": 1, "b": 1})
+    first = load_dataset(tmp_path / "d", progress=False)
+    [cache_file] = cache_files(isolated_home)
+    cache_file.write_bytes(cache_file.read_bytes()[:200])
+    second = load_dataset(tmp_path / "d", progress=False)
+    assert "Ignoring unreadable data cache" in capsys.readouterr().err
+    assert torch.equal(first.train.images, second.train.images)
+    assert load_cache(cache_file) is not None  # rewritten whole
+
+
+def test_unwritable_cache_does_not_fail_the_load(tmp_path, monkeypatch, capsys):
+    import cnnkit.data.cache as cache_module
+
+    def full_disk(*arguments: object, **keywords: object):
+        raise DiskFullError(28, "No space left")
+
+    monkeypatch.setattr(cache_module, "atomic_open", full_disk)
+    write_image_tree(tmp_path / "d", {"a": 1, "b": 1})
+    assert len(load_dataset(tmp_path / "d", progress=False).train) == 2
+    assert "Could not write the data cache" in capsys.readouterr().err
+
+
+def test_cnnkit_home_location(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "custom" / "home"))
+    assert cnnkit_home() == tmp_path / "custom" / "home"
+    assert cnnkit_home().is_dir()
+    monkeypatch.delenv("CNNKIT_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert cnnkit_home() == tmp_path / "user" / ".cache" / "cnnkit"
+
+
+def test_cache_dir_argument_places_the_cache(tmp_path):
+    write_image_tree(tmp_path / "d", {"a": 1, "b": 1})
+    load_dataset(tmp_path / "d", cache_dir=tmp_path / "elsewhere", progress=False)
+    assert len(cache_files(tmp_path / "elsewhere")) == 1

@@ -1,0 +1,132 @@
+"""Downloads against a local HTTP server: success, re-fetch, checksum and offline errors."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from cnnkit.data import DataError, download, download_cifar10
+
+PAYLOAD = bytes(range(256)) * 64
+PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.server.requests.append(self.path)
+        route = self.server.routes.get(self.path)
+        if route is None:
+            self.send_error(404, "Not Found")
+            return
+        body, send_length = route
+        self.send_response(200)
+        if send_length:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        # HTTP/1.0: closing the connection marks the end of a body sent without a length.
+        self.wfile.write(body)
+
+    def log_message(self, *arguments: object) -> None:
+        """Keep test output quiet."""
+
+
+@pytest.fixture
+def server() -> Iterator[http.server.ThreadingHTTPServer]:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.routes = {}
+    httpd.requests = []
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_download_writes_verified_file(server, tmp_path):
+    server.routes["/file.bin"] = (PAYLOAD, True)
+    destination = tmp_path / "sub" / "file.bin"
+    assert download(f"{server.url}/file.bin", destination, PAYLOAD_MD5, progress=False) == destination
+    assert destination.read_bytes() == PAYLOAD
+    # A verified copy is reused without contacting the server.
+    download(f"{server.url}/file.bin", destination, PAYLOAD_MD5, progress=False)
+    assert server.requests == ["/file.bin"]
+    assert sorted(path.name for path in destination.parent.iterdir()) == ["file.bin"]
+
+
+def test_corrupt_existing_file_is_fetched_again(server, tmp_path, capsys):
+    server.routes["/file.bin"] = (PAYLOAD, True)
+    destination = tmp_path / "file.bin"
+    destination.write_bytes(PAYLOAD[:100])  # an interrupted earlier download
+    download(f"{server.url}/file.bin", destination, PAYLOAD_MD5, progress=False)
+    assert destination.read_bytes() == PAYLOAD
+    assert "downloading it again" in capsys.readouterr().err
+
+
+def test_checksum_mismatch_leaves_no_file(server, tmp_path):
+    server.routes["/file.bin"] = (b"not the archive", True)
+    destination = tmp_path / "out" / "file.bin"
+    with pytest.raises(DataError, match=f"Checksum mismatch.*expected md5 {PAYLOAD_MD5}"):
+        download(f"{server.url}/file.bin", destination, PAYLOAD_MD5, progress=False)
+    assert list(destination.parent.iterdir()) == []
+
+
+def test_unreachable_server_gives_offline_message(tmp_path):
+    url = f"http://127.0.0.1:{closed_port()}/cifar-10-python.tar.gz"
+    with pytest.raises(DataError) as caught:
+        download_cifar10(tmp_path, url=url, progress=False)
+    message = str(caught.value)
+    assert message.startswith(f"Could not download CIFAR-10 from {url} (")
+    assert "--data /path/to/cifar-10-python.tar.gz" in message
+    assert "\n" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_http_error_is_reported(server, tmp_path):
+    with pytest.raises(DataError, match=r"HTTP 404.*--data"):
+        download_cifar10(tmp_path, url=f"{server.url}/missing.tar.gz", progress=False)
+
+
+def test_progress_without_content_length(server, tmp_path, capsys):
+    server.routes["/file.bin"] = (PAYLOAD, False)
+    destination = download(f"{server.url}/file.bin", tmp_path / "f.bin", PAYLOAD_MD5)
+    assert destination.read_bytes() == PAYLOAD
+    assert "Downloading f.bin" in capsys.readouterr().err
+
+
+def test_environment_overrides_url_and_md5(server, tmp_path, monkeypatch):
+    server.routes["/mirror.tar.gz"] = (PAYLOAD, True)
+    monkeypatch.setenv("CNNKIT_CIFAR10_URL", f"{server.url}/mirror.tar.gz")
+    monkeypatch.setenv("CNNKIT_CIFAR10_MD5", PAYLOAD_MD5)
+    path = download_cifar10(tmp_path, progress=False)
+    assert path == tmp_path / "cifar-10-python.tar.gz"
+    assert path.read_bytes() == PAYLOAD
+
+
+def test_invalid_arguments_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"md5 must be a 32-character hex digest\. Received: md5='x'"):
+        download("http://127.0.0.1/x", tmp_path / "x", "x")
+
+
+def test_load_dataset_downloads_cifar10(server, fake_cifar, monkeypatch, isolated_home):
+    from cnnkit.data import load_dataset
+
+    server.routes["/c.tar.gz"] = (fake_cifar.archive.read_bytes(), True)
+    monkeypatch.setenv("CNNKIT_CIFAR10_URL", f"{server.url}/c.tar.gz")
+    monkeypatch.setenv("CNNKIT_CIFAR10_MD5", fake_cifar.md5)
+    splits = load_dataset("cifar10", progress=False)
+    archive = isolated_home / "cifar-10-python.tar.gz"
+    assert splits.source == f"cifar10 ({archive})"
+    assert len(splits.train) == 100 and len(splits.test) == 20
+    assert archive.read_bytes() == fake_cifar.archive.read_bytes()
