@@ -155,3 +155,10 @@ def test_fit_prints_progress_and_epoch_lines():
     )
     output = stream.getvalue()
     assert "Epoch 1/1" in output and "2/2 [" in output and "\r" not in output  # plain lines off a terminal
+
+
+def test_the_engine_flushes_denormals_to_zero():
+    import cnnkit.engine.device  # noqa: F401  (importing the engine sets the flag)
+
+    denormal = torch.tensor([1e-40], dtype=torch.float32)
+    assert (denormal * 1.0).item() == 0.0

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.engine.device import configure_threads
+from cnnkit.engine.device import configure_threads, flush_denormals
 from cnnkit.engine.evaluation import evaluate_tensors
 from cnnkit.engine.preprocess import Normalization, to_model_input
 from cnnkit.progress import ProgressBar
@@ -93,6 +93,7 @@ def fit(
     """Train ``model`` in place for ``recipe.epochs`` epochs; return the per-epoch history."""
     stream = stream or sys.stdout
     configure_threads()
+    flush_denormals()
     model.to(device, memory_format=torch.channels_last)
     optimizer = build_optimizer(model, recipe, device)
     # The shuffling generator lives on the CPU so the same seed gives the same order anywhere.
