@@ -130,3 +130,31 @@ def test_load_dataset_downloads_cifar10(server, fake_cifar, monkeypatch, isolate
     assert splits.source == f"cifar10 ({archive})"
     assert len(splits.train) == 100 and len(splits.test) == 20
     assert archive.read_bytes() == fake_cifar.archive.read_bytes()
+
+
+def test_cli_trains_on_downloaded_cifar10_and_evaluates_its_test_split(
+    server, fake_cifar, monkeypatch, tmp_path, capsys
+):
+    import json
+
+    from cnnkit.cli import main
+
+    server.routes["/c.tar.gz"] = (fake_cifar.archive.read_bytes(), True)
+    monkeypatch.setenv("CNNKIT_CIFAR10_URL", f"{server.url}/c.tar.gz")
+    monkeypatch.setenv("CNNKIT_CIFAR10_MD5", fake_cifar.md5)
+    assert main(["train", "--epochs", "1", "--out", str(tmp_path / "runs"), "--quiet"]) == 0
+    output = capsys.readouterr().out
+    assert "Test (20 images)" in output
+    assert main(["evaluate", str(tmp_path / "runs" / "train" / "last.pt"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["split"] == "test" and result["count"] == 20
+    assert len(server.requests) == 1  # downloaded once, then read from the cache
+
+
+def test_cli_offline_is_one_line_saying_how_to_pass_a_local_copy(monkeypatch, tmp_path, capsys):
+    from cnnkit.cli import main
+
+    monkeypatch.setenv("CNNKIT_CIFAR10_URL", f"http://127.0.0.1:{closed_port()}/c.tar.gz")
+    assert main(["train", "--epochs", "1", "--out", str(tmp_path), "--quiet"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("cnnkit: error: Could not download CIFAR-10") and "--data" in error[-1]

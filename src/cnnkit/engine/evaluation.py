@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.engine.preprocess import Normalization, to_model_input
+from cnnkit.engine.preprocess import InputTransform, Normalization
 
 
 @torch.no_grad()
@@ -22,9 +22,10 @@ def predict_logits(
     was_training = model.training
     model.eval()
     outputs = []
+    to_input = InputTransform(normalization, device)
     try:
         for start in range(0, len(images), batch_size):
-            inputs = to_model_input(images[start : start + batch_size], normalization, device)
+            inputs = to_input(images[start : start + batch_size])
             with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
                 outputs.append(model(inputs).float().cpu())
     finally:

@@ -20,7 +20,7 @@ from torch import nn
 
 from cnnkit.engine.device import configure_threads, flush_denormals
 from cnnkit.engine.evaluation import evaluate_tensors
-from cnnkit.engine.preprocess import Normalization, to_model_input
+from cnnkit.engine.preprocess import InputTransform, Normalization
 from cnnkit.progress import ProgressBar
 from cnnkit.recipes import Recipe
 
@@ -160,6 +160,7 @@ def train_one_epoch(
     images, labels = data.train_images, data.train_labels
     order = torch.randperm(len(images), generator=generator)
     steps = math.ceil(len(images) / recipe.batch_size)
+    to_input = InputTransform(normalization, device)
     # Sums stay on the device: reading them every step would force a CUDA sync.
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -167,7 +168,7 @@ def train_one_epoch(
     progress = ProgressBar(steps, description, unit="step", stream=stream, enabled=verbose)
     for step in range(steps):
         batch = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
-        inputs = to_model_input(images[batch], normalization, device)
+        inputs = to_input(images[batch])
         targets = labels[batch].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
             logits = model(inputs)
