@@ -246,7 +246,7 @@ def predict_files(
     images = []
     for path in paths:
         with open(path, "rb") as file:
-            images.append(torch.from_numpy(decode_image(file.read(), classifier.image_size, str(path))))
+            images.append(torch.tensor(decode_image(file.read(), classifier.image_size, str(path))))
     logits = predict_logits(
         classifier.network,
         torch.stack(images),

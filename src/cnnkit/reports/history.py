@@ -33,6 +33,7 @@ def plot_curves(path: str | os.PathLike, rows: list[dict[str, float]], title: st
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [int(row["epoch"]) for row in rows]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
@@ -41,6 +42,7 @@ def plot_curves(path: str | os.PathLike, rows: list[dict[str, float]], title: st
         if "val_" + metric in rows[0]:
             axis.plot(epochs, [row["val_" + metric] for row in rows], "o-", label=f"validation {metric}")
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(metric)
         axis.grid(alpha=0.3)
         axis.legend()
