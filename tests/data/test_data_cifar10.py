@@ -135,3 +135,14 @@ def test_plain_tar_is_read_too(tmp_path):
             info.size = len(content)
             archive.addfile(info, io.BytesIO(content))
     assert len(load_dataset(path, progress=False).train) == 100
+
+
+def test_load_data_returns_keras_style_numpy_arrays(fake_cifar):
+    import numpy as np
+
+    import cnnkit
+
+    (x_train, y_train), (x_test, y_test) = cnnkit.load_data(str(fake_cifar.archive))
+    assert isinstance(x_train, np.ndarray) and x_train.dtype == np.uint8
+    assert x_train.shape == (100, 32, 32, 3) and y_train.shape == (100,)
+    assert x_test.shape == (20, 32, 32, 3) and y_test.shape == (20,)
