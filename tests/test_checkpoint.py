@@ -69,7 +69,7 @@ def test_a_crafted_checkpoint_cannot_run_code(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with open("evil.pt", "wb") as file:
         pickle.dump({"format": "cnnkit-checkpoint", "payload": RunsCode()}, file)
-    with pytest.raises(ValueError, match=r"Cannot read evil\.pt as a cnnkit checkpoint"):
+    with pytest.raises(ValueError, match=r"Cannot read evil\.pt as a cnnkit checkpoint: it holds objects"):
         load_checkpoint("evil.pt")
     assert not (tmp_path / "pwned_marker").exists()
 
@@ -78,6 +78,9 @@ def test_other_files_are_refused_clearly(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
     with pytest.raises(ValueError, match="is not a cnnkit checkpoint"):
         load_checkpoint(tmp_path / "plain.pt")
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="it is not a PyTorch checkpoint file"):
+        load_checkpoint(tmp_path / "notes.txt")
     with pytest.raises(FileNotFoundError, match="Checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
 

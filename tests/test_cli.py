@@ -133,6 +133,8 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert "Checkpoint not found" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path), "--val-split", "1.5"]) == 1
     assert "Received: val_fraction=1.5" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "missing"), "--model", "tutorail"]) == 1
+    assert "Did you mean 'tutorial'" in capsys.readouterr().err  # before any data is read
 
 
 def test_summary_command_runs_as_a_module():

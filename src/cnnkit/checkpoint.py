@@ -80,9 +80,15 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise FileNotFoundError(f"Checkpoint not found: {path}")
     try:
         contents = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"Cannot read {path} as a cnnkit checkpoint: {first_line}") from None
+    except Exception:
+        # torch's own message suggests weights_only=False, which is exactly what we must not do.
+        reason = (
+            "it holds objects other than tensors and plain containers, which cnnkit refuses to load "
+            "because they could run code"
+            if _looks_like_torch_file(path)
+            else "it is not a PyTorch checkpoint file"
+        )
+        raise ValueError(f"Cannot read {path} as a cnnkit checkpoint: {reason}.") from None
     if not isinstance(contents, dict) or contents.get("format") != FORMAT:
         raise ValueError(f"{path} is not a cnnkit checkpoint (no '{FORMAT}' marker).")
     if contents.get("format_version", 0) > FORMAT_VERSION:
@@ -104,6 +110,12 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         cnnkit_version=contents.get("cnnkit_version", "unknown"),
         optimizer_state=contents.get("optimizer_state"),
     )
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (``PK``); older files are bare pickles (``0x80``)."""
+    with open(path, "rb") as file:
+        return file.read(2) in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
 def to_plain(value: Any) -> Any:

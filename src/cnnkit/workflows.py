@@ -21,6 +21,7 @@ from cnnkit.engine.device import precision_name
 from cnnkit.engine.evaluation import evaluate_tensors, predict_logits
 from cnnkit.engine.preprocess import Normalization
 from cnnkit.engine.trainer import History, TrainingData, fit
+from cnnkit.models import create_model, list_models
 from cnnkit.recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from cnnkit.runs import (
     RunRecorder,
@@ -60,6 +61,8 @@ def train(
     """
     recipe = recipe or get_recipe(DEFAULT_RECIPE)
     stream = stream or sys.stdout
+    if recipe.model not in list_models():  # fail before spending time on the data
+        create_model(recipe.model)  # raises, naming the close matches
     splits = load_dataset(data, image_size=recipe.image_size, progress=verbose)
     train_data, val_data = split_train_val(splits.train, recipe.val_fraction, recipe.seed)
     image_size = _square_size(train_data)
