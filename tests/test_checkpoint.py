@@ -65,6 +65,7 @@ class RunsCode:
         return (os.system, ("touch pwned_marker",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the crafted file's own protocol
 def test_a_crafted_checkpoint_cannot_run_code(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with open("evil.pt", "wb") as file:
