@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from cnnkit.engine.evaluation import evaluate_tensors, predict_logits
 from cnnkit.engine.preprocess import Normalization
 from cnnkit.engine.trainer import Callback, History, TrainingData, fit
 from cnnkit.models import create_model
-from cnnkit.recipes import get_recipe
+from cnnkit.recipes import Recipe, get_recipe
 from cnnkit.reports.summary import format_summary
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -126,20 +126,34 @@ class Classifier:
         if learning_rate is not None:
             overrides["learning_rate"] = learning_rate
         chosen = get_recipe(recipe).replace(model=self.model_name, **overrides)
-        if chosen.normalization == "standardize":
-            self.normalization = Normalization.from_images(train.images)
-        data = TrainingData(train.images, train.labels, *((val.images, val.labels) if val else (None, None)))
+        self.normalization = Normalization.for_recipe(chosen.normalization, train.images)
+        return self.fit_data(train, val, chosen, callbacks=callbacks, verbose=verbose)
+
+    def fit_data(
+        self,
+        train: ImageData,
+        val: ImageData | None,
+        recipe: Recipe,
+        callbacks: Sequence[Callback] = (),
+        verbose: bool = True,
+        stream: TextIO | None = None,
+    ) -> History:
+        """Train on already split data with a complete ``recipe`` (what ``fit`` and the CLI share)."""
+        self.recipe = recipe.to_dict()
+        data = TrainingData(train.images, train.labels)
+        if val is not None:
+            data.val_images, data.val_labels = val.images, val.labels
         self.history = fit(
             self.network,
             data,
-            chosen,
+            recipe,
             self.normalization,
             self.device,
             self.precision,
             callbacks=callbacks,
             verbose=verbose,
+            stream=stream,
         )
-        self.recipe = chosen.to_dict()
         return self.history
 
     def evaluate(self, x: ArrayLike, y: ArrayLike, batch_size: int = 1024) -> dict[str, float]:

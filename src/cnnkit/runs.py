@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -11,7 +12,6 @@ from typing import Any
 import yaml
 
 from cnnkit.checkpoint import Checkpoint, save_checkpoint, to_plain
-from cnnkit.engine.preprocess import Normalization
 from cnnkit.engine.trainer import EpochEnd
 from cnnkit.fileio import atomic_write_text
 from cnnkit.reports.history import plot_curves, write_metrics_csv
@@ -68,39 +68,10 @@ class RunRecorder:
             save_checkpoint(self.folder / "best.pt", self._checkpoint(state, with_optimizer=False))
 
     def _checkpoint(self, state: EpochEnd, with_optimizer: bool) -> Checkpoint:
-        template = self.template
-        return Checkpoint(
-            model_name=template.model_name,
-            model_arguments=template.model_arguments,
-            class_names=template.class_names,
-            image_size=template.image_size,
-            normalization=template.normalization,
+        return dataclasses.replace(
+            self.template,
             state_dict=state.model.state_dict(),
-            recipe=template.recipe,
-            config=template.config,
             epoch=state.epoch,
             metrics=state.metrics,
             optimizer_state=state.optimizer.state_dict() if with_optimizer else None,
         )
-
-
-def checkpoint_template(
-    model_name: str,
-    model_arguments: dict[str, Any],
-    class_names: list[str],
-    image_size: int,
-    normalization: Normalization,
-    recipe: dict[str, Any],
-    config: dict[str, Any],
-) -> Checkpoint:
-    """A checkpoint without weights yet: what every checkpoint of a run has in common."""
-    return Checkpoint(
-        model_name=model_name,
-        model_arguments=model_arguments,
-        class_names=class_names,
-        image_size=image_size,
-        normalization=normalization,
-        state_dict={},
-        recipe=recipe,
-        config=config,
-    )

@@ -20,12 +20,11 @@ from cnnkit.data import DataSplits, ImageData, decode_image, load_dataset, split
 from cnnkit.engine.device import precision_name
 from cnnkit.engine.evaluation import evaluate_tensors, predict_logits
 from cnnkit.engine.preprocess import Normalization
-from cnnkit.engine.trainer import History, TrainingData, fit
+from cnnkit.engine.trainer import History
 from cnnkit.models import create_model, list_models
 from cnnkit.recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from cnnkit.runs import (
     RunRecorder,
-    checkpoint_template,
     create_run_folder,
     write_config,
     write_report,
@@ -66,11 +65,7 @@ def train(
     splits = load_dataset(data, image_size=recipe.image_size, progress=verbose)
     train_data, val_data = split_train_val(splits.train, recipe.val_fraction, recipe.seed)
     image_size = _square_size(train_data)
-    normalization = (
-        Normalization.from_images(train_data.images)
-        if recipe.normalization == "standardize"
-        else Normalization()
-    )
+    normalization = Normalization.for_recipe(recipe.normalization, train_data.images)
     classifier = Classifier(
         recipe.model,
         class_names=train_data.class_names,
@@ -83,18 +78,9 @@ def train(
     folder = create_run_folder(out, name)
     config = _run_config(data, splits, recipe, classifier, train_data, val_data)
     write_config(folder, config)
-    recorder = RunRecorder(
-        folder,
-        checkpoint_template(
-            classifier.model_name,
-            classifier.network.model_arguments,
-            classifier.class_names,
-            image_size,
-            normalization,
-            recipe.to_dict(),
-            config,
-        ),
-    )
+    classifier.recipe = recipe.to_dict()
+    # The run's checkpoints are the classifier's own, plus weights, epoch and metrics each epoch.
+    recorder = RunRecorder(folder, classifier.to_checkpoint(config=config))
     if verbose:
         stream.write(
             f"Training {recipe.model} ({recipe.name} recipe) on {splits.source}: "
@@ -102,23 +88,9 @@ def train(
             f"{classifier.device.type} {precision_name(classifier.precision)}\n"
         )
     started = time.perf_counter()
-    tensors = TrainingData(
-        train_data.images,
-        train_data.labels,
-        *((val_data.images, val_data.labels) if val_data else (None, None)),
+    history = classifier.fit_data(
+        train_data, val_data, recipe, callbacks=[recorder], verbose=verbose, stream=stream
     )
-    history = fit(
-        classifier.network,
-        tensors,
-        recipe,
-        normalization,
-        classifier.device,
-        classifier.precision,
-        callbacks=[recorder],
-        verbose=verbose,
-        stream=stream,
-    )
-    classifier.history, classifier.recipe = history, recipe.to_dict()
     report = _final_report(
         folder, classifier, history, recorder, splits, val_data, time.perf_counter() - started
     )

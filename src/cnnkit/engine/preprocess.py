@@ -22,6 +22,11 @@ class Normalization:
         return cls(mean=tuple(values["mean"]), std=tuple(values["std"]))
 
     @classmethod
+    def for_recipe(cls, kind: str, images: torch.Tensor) -> Normalization:
+        """``"scale"``: pixels / 255 (the tutorial); ``"standardize"``: statistics of ``images``."""
+        return cls.from_images(images) if kind == "standardize" else cls()
+
+    @classmethod
     def from_images(cls, images: torch.Tensor, sample_limit: int = 10_000) -> Normalization:
         """Channel statistics of uint8 ``(N, H, W, 3)`` images (of at most ``sample_limit`` of them)."""
         sample = images[:: max(1, len(images) // sample_limit)].reshape(-1, 3).double() / 255
