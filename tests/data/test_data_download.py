@@ -62,7 +62,8 @@ def test_download_writes_verified_file(server, tmp_path):
     # A verified copy is reused without contacting the server.
     download(f"{server.url}/file.bin", destination, PAYLOAD_MD5, progress=False)
     assert server.requests == ["/file.bin"]
-    assert sorted(path.name for path in destination.parent.iterdir()) == ["file.bin"]
+    # Nothing but the file and its verification stamp: no temporary file is left behind.
+    assert sorted(path.name for path in destination.parent.iterdir()) == ["file.bin", "file.bin.verified"]
 
 
 def test_corrupt_existing_file_is_fetched_again(server, tmp_path, capsys):
@@ -158,3 +159,22 @@ def test_cli_offline_is_one_line_saying_how_to_pass_a_local_copy(monkeypatch, tm
     assert main(["train", "--epochs", "1", "--out", str(tmp_path), "--quiet"]) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert error[-1].startswith("cnnkit: error: Could not download CIFAR-10") and "--data" in error[-1]
+
+
+def test_a_verified_file_is_not_hashed_again_until_it_changes(server, tmp_path, monkeypatch):
+    import importlib
+
+    download_module = importlib.import_module("cnnkit.data.download")  # the module, not the function
+
+    server.routes["/a.bin"] = (PAYLOAD, True)
+    destination = tmp_path / "a.bin"
+    download(f"{server.url}/a.bin", destination, PAYLOAD_MD5, progress=False)
+    hashed = []
+    real_md5 = download_module.md5_of_file
+    monkeypatch.setattr(download_module, "md5_of_file", lambda path: hashed.append(path) or real_md5(path))
+    download(f"{server.url}/a.bin", destination, PAYLOAD_MD5, progress=False)
+    assert hashed == [] and len(server.requests) == 1
+    destination.write_bytes(PAYLOAD[:-1])  # changed behind cnnkit's back: verify, then fetch again
+    download(f"{server.url}/a.bin", destination, PAYLOAD_MD5, progress=False)
+    assert hashed == [destination] and len(server.requests) == 2
+    assert destination.read_bytes() == PAYLOAD
