@@ -20,6 +20,8 @@ def trained_run(quadrant_folder, tmp_path, capsys):
             "train",
             "--data",
             str(quadrant_folder),
+            "--recipe",
+            "tutorial",
             "--epochs",
             "3",
             "--out",

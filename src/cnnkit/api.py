@@ -87,6 +87,11 @@ class Classifier:
     def model_name(self) -> str:
         return self.network.model_name
 
+    @property
+    def tta(self) -> int:
+        """The test-time augmentation level of the recipe it was trained with (0: none)."""
+        return int(self.recipe.get("tta", 0))
+
     def summary(self, print_fn=print) -> str:
         """Print (and return) the layer table with output shapes and parameter counts."""
         text = format_summary(self.network, self.image_size)
@@ -168,6 +173,7 @@ class Classifier:
             self.device,
             self.precision,
             batch_size,
+            self.tta,
         )
 
     def predict(self, x: ArrayLike, batch_size: int = 1024) -> np.ndarray:
@@ -175,7 +181,7 @@ class Classifier:
         images = _as_images(x)
         self.network.to(self.device)
         logits = predict_logits(
-            self.network, images, self.normalization, self.device, self.precision, batch_size
+            self.network, images, self.normalization, self.device, self.precision, batch_size, self.tta
         )
         return torch.softmax(logits, dim=1).numpy()
 

@@ -38,6 +38,7 @@ class ProgressBar:
         self.interval = 0.1 if self.interactive else plain_interval_seconds
         self.start_time = time.perf_counter()
         self.last_draw = -float("inf")
+        self.drawn_count = -1
 
     def update(self, count: int = 1, **values: float) -> None:
         self.count += count
@@ -48,7 +49,8 @@ class ProgressBar:
             self._draw(final=False)
 
     def close(self) -> None:
-        if self.enabled:
+        # Off a terminal, a final line repeating the last one drawn would only be noise.
+        if self.enabled and (self.interactive or self.drawn_count != self.count):
             self._draw(final=True)
 
     def __enter__(self) -> ProgressBar:
@@ -58,6 +60,7 @@ class ProgressBar:
         self.close()
 
     def _draw(self, final: bool) -> None:
+        self.drawn_count = self.count
         elapsed = time.perf_counter() - self.start_time
         text = f"{self.description} {self._counter()} {_format_seconds(elapsed)}"
         if self.total and self.count and not final:

@@ -18,7 +18,6 @@ from cnnkit.api import Classifier
 from cnnkit.checkpoint import load_checkpoint
 from cnnkit.data import DataSplits, ImageData, decode_image, load_dataset, split_train_val
 from cnnkit.engine.device import precision_name
-from cnnkit.engine.evaluation import evaluate_tensors, predict_logits
 from cnnkit.engine.preprocess import Normalization
 from cnnkit.engine.trainer import History
 from cnnkit.models import create_model, list_models
@@ -74,6 +73,7 @@ def train(
         device=device,
         precision=precision,
         seed=recipe.seed,
+        **recipe.model_arguments,
     )
     folder = create_run_folder(out, name)
     config = _run_config(data, splits, recipe, classifier, train_data, val_data)
@@ -165,15 +165,7 @@ def evaluate_checkpoint(
     classifier = Classifier.from_checkpoint(checkpoint, device=device, precision=precision)
     evaluation_data, split_name, source = _evaluation_data(checkpoint, data)
     labels = match_labels(evaluation_data, checkpoint.class_names)
-    metrics = evaluate_tensors(
-        classifier.network,
-        evaluation_data.images,
-        labels,
-        classifier.normalization,
-        classifier.device,
-        classifier.precision,
-        batch_size,
-    )
+    metrics = classifier.evaluate(evaluation_data.images, labels, batch_size)
     return {**metrics, "split": split_name, "data": source, "checkpoint": str(checkpoint_path)}
 
 
@@ -222,14 +214,7 @@ def predict_files(
     for path in paths:
         with open(path, "rb") as file:
             images.append(torch.tensor(decode_image(file.read(), classifier.image_size, str(path))))
-    logits = predict_logits(
-        classifier.network,
-        torch.stack(images),
-        classifier.normalization,
-        classifier.device,
-        classifier.precision,
-    )
-    probabilities = torch.softmax(logits, dim=1)
+    probabilities = torch.from_numpy(classifier.predict(torch.stack(images)))
     top = probabilities.topk(min(top_k, len(classifier.class_names)), dim=1)
     return [
         {

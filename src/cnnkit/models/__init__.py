@@ -1,5 +1,6 @@
 """Model registry and the built-in models (importing this registers them)."""
 
+from cnnkit.models import airbench as _airbench  # noqa: F401  (registers the fast network)
 from cnnkit.models import tutorial as _tutorial  # noqa: F401  (registers the tutorial models)
 from cnnkit.models.registry import create_model, list_models, register_model
 

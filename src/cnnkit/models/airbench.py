@@ -1,0 +1,129 @@
+"""The fast network of the airbench CIFAR-10 speed records (Keller Jordan, 2024), as cnnkit's default.
+
+    conv 2x2 "whitening" (3 -> 24, frozen weights) -> GELU
+    -> 3 groups [conv3x3 -> maxpool2 -> BatchNorm -> GELU -> conv3x3 -> BatchNorm -> GELU]
+    -> global max-pool -> linear (no bias) -> x 1/9
+
+Written for cnnkit from the published description. The first layer is initialised from the
+training data (``initialize_from_data``), which is why the engine passes it a sample of images.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnkit.models.registry import register_model
+
+
+class BatchNorm(nn.BatchNorm2d):
+    """BatchNorm with the scale frozen at 1 (only the bias learns), a tiny eps, fast statistics."""
+
+    def __init__(self, channels: int, momentum: float = 0.4, eps: float = 1e-12) -> None:
+        # momentum in PyTorch's convention: the weight of the newest batch (airbench's 0.6 = 1 - 0.4).
+        super().__init__(channels, eps=eps, momentum=momentum)
+        self.weight.requires_grad_(False)
+
+
+class ConvGroup(nn.Module):
+    def __init__(self, channels_in: int, channels_out: int, momentum: float) -> None:
+        super().__init__()
+        self.conv1 = dirac_conv(channels_in, channels_out)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = BatchNorm(channels_out, momentum)
+        self.conv2 = dirac_conv(channels_out, channels_out)
+        self.norm2 = BatchNorm(channels_out, momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.norm1(self.pool(self.conv1(x))))
+        return F.gelu(self.norm2(self.conv2(x)))
+
+
+def dirac_conv(channels_in: int, channels_out: int) -> nn.Conv2d:
+    """A 3x3 conv without bias whose first ``channels_in`` filters start as the identity.
+
+    The identity start makes each group begin as an implicit residual connection (fewer epochs).
+    """
+    conv = nn.Conv2d(channels_in, channels_out, kernel_size=3, padding="same", bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[: min(channels_in, channels_out)])
+    return conv
+
+
+class FastNet(nn.Module):
+    """The airbench network for any square input size and number of classes."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        image_size: int = 32,
+        widths: tuple[int, int, int] = (64, 256, 256),
+        batchnorm_momentum: float = 0.4,
+        logit_scale: float | None = 1 / 9,
+        unit_head: bool = False,
+    ) -> None:
+        """``logit_scale`` None divides the logits by the last width (the Muon variant's head);
+        ``unit_head`` starts the head's weights at unit standard deviation."""
+        super().__init__()
+        if image_size < 16:
+            raise ValueError(
+                f"The fast network pools three times, so image_size must be >= 16. "
+                f"Received: image_size={image_size}"
+            )
+        whitening_width = 2 * 3 * 2 * 2  # the 12 eigen-filters of 2x2x3 patches and their negatives
+        self.whiten = nn.Conv2d(3, whitening_width, kernel_size=2, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        nn.init.zeros_(self.whiten.bias)
+        self.groups = nn.Sequential(
+            ConvGroup(whitening_width, widths[0], batchnorm_momentum),
+            ConvGroup(widths[0], widths[1], batchnorm_momentum),
+            ConvGroup(widths[1], widths[2], batchnorm_momentum),
+        )
+        # A global max-pool instead of airbench's MaxPool2d(3): the same on 32x32 inputs (3x3 maps
+        # by then) and it adapts to any input size.
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.head = nn.Linear(widths[2], num_classes, bias=False)
+        if unit_head:
+            with torch.no_grad():
+                self.head.weight /= self.head.weight.std()
+        self.logit_scale = 1 / widths[2] if logit_scale is None else logit_scale
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.whiten(images))
+        x = self.pool(self.groups(x)).flatten(1)
+        return self.head(x) * self.logit_scale
+
+    def set_first_layer_bias_trainable(self, trainable: bool) -> None:
+        """airbench trains the whitening bias for the first epochs only, then freezes it."""
+        self.whiten.bias.requires_grad_(trainable)
+
+    @torch.no_grad()
+    def initialize_from_data(self, images: torch.Tensor, epsilon: float = 5e-4) -> None:
+        """Set the first layer to whiten 2x2 patches of ``images`` (normalised, ``(N, 3, H, W)``).
+
+        Each filter is an eigenvector of the patch covariance scaled by 1/sqrt(eigenvalue + eps),
+        so the layer's outputs on training patches are decorrelated with unit variance; the
+        negated copies let the following GELU pass both signs.
+        """
+        weight = self.whiten.weight
+        patches = images.float().unfold(2, 2, 1).unfold(3, 2, 1)  # N, C, H-1, W-1, 2, 2
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, weight[0].numel()).double()
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.T.flip(0)  # largest first
+        filters = eigenvectors / torch.sqrt(eigenvalues.clamp_min(0) + epsilon)[:, None]
+        filters = filters.reshape(-1, *weight.shape[1:]).to(weight.dtype)
+        weight.copy_(torch.cat([filters, -filters]))
+
+
+@register_model
+def fast(
+    num_classes: int = 10,
+    image_size: int = 32,
+    widths: tuple[int, int, int] = (64, 256, 256),
+    logit_scale: float | None = 1 / 9,
+    unit_head: bool = False,
+) -> FastNet:
+    """airbench94's network: 1.97M parameters at the default widths."""
+    return FastNet(num_classes, image_size, tuple(widths), logit_scale=logit_scale, unit_head=unit_head)

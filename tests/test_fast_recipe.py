@@ -1,0 +1,197 @@
+"""The fast (airbench-style) recipe's parts, each checked for what it is meant to do."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cnnkit.api import Classifier
+from cnnkit.engine.augment import Augmenter, translate
+from cnnkit.engine.evaluation import tta_logits
+from cnnkit.engine.lookahead import Lookahead
+from cnnkit.engine.optimization import build_optimizer, lr_multiplier
+from cnnkit.models import create_model
+from cnnkit.recipes import get_recipe
+from tests.conftest import CLASS_NAMES
+
+
+def smooth_images(count=64, size=16, seed=0):
+    """Images with strongly correlated neighbouring pixels and channels, like photos."""
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.randn(count, 1, size // 4, size // 4, generator=generator)
+    images = nn.functional.interpolate(base, size=size, mode="bilinear").repeat(1, 3, 1, 1)
+    return images + 0.1 * torch.randn(count, 3, size, size, generator=generator)
+
+
+def test_whitening_layer_decorrelates_training_patches():
+    model = create_model("fast", image_size=16)
+    images = smooth_images()
+    model.initialize_from_data(images, epsilon=1e-6)
+    with torch.no_grad():
+        outputs = nn.functional.conv2d(images, model.whiten.weight[:12])  # the 12 eigen-filters
+    flat = outputs.permute(1, 0, 2, 3).reshape(12, -1)
+    covariance = torch.cov(flat)
+    off_diagonal = covariance - torch.diag(torch.diag(covariance))
+    assert off_diagonal.abs().max() < 0.02
+    assert torch.allclose(torch.diag(covariance), torch.ones(12), atol=0.05)
+    before = torch.cov(images.unfold(2, 2, 1).unfold(3, 2, 1).permute(1, 4, 5, 0, 2, 3).reshape(12, -1))
+    assert (before - torch.diag(torch.diag(before))).abs().max() > 0.5  # the input really was correlated
+    assert torch.equal(model.whiten.weight[12:], -model.whiten.weight[:12])
+
+
+def test_alternating_flip_flips_each_image_in_exactly_the_right_epochs():
+    augmenter = Augmenter(1000, "alternating", 0, torch.Generator().manual_seed(0))
+    first = augmenter.flips_for_epoch(0)
+    assert 400 < first.sum() < 600  # a fair coin per image in epoch 0
+    for epoch in range(1, 6):
+        expected = ~first if epoch % 2 else first
+        assert torch.equal(augmenter.flips_for_epoch(epoch), expected)
+
+
+def test_augmenter_mirrors_exactly_the_chosen_images():
+    augmenter = Augmenter(4, "alternating", 0, torch.Generator().manual_seed(0))
+    inputs = torch.arange(4 * 3 * 2 * 2, dtype=torch.float32).view(4, 3, 2, 2)
+    flips = torch.tensor([True, False, True, False])
+    output = augmenter(inputs, flips)
+    assert torch.equal(output[flips], inputs[flips].flip(-1))
+    assert torch.equal(output[~flips], inputs[~flips])
+
+
+def test_translate_shifts_with_reflection():
+    image = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4)
+    assert torch.equal(translate(image, torch.tensor([[0, 0]]), 2), image)
+    shifted = translate(image, torch.tensor([[1, 0]]), 2)  # content moves up one row
+    assert torch.equal(shifted[0, 0, :3], image[0, 0, 1:])
+    assert torch.equal(shifted[0, 0, 3], image[0, 0, 2])  # reflected edge
+
+
+class CallCounter(nn.Module):
+    """Returns one-hot logits naming the call, and records each call's inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def forward(self, views):
+        self.inputs.append(views.clone())
+        logits = torch.zeros(len(views), 6)
+        logits[:, len(self.inputs) - 1] = 1
+        return logits
+
+
+def test_tta_averages_the_intended_views_with_the_intended_weights():
+    images = torch.randn(2, 3, 5, 5)
+    model = CallCounter()
+    logits = tta_logits(model, images, level=2)
+    assert torch.allclose(logits[0], torch.tensor([0.25, 0.25, 0.125, 0.125, 0.125, 0.125]))
+    padded = nn.functional.pad(images, (1, 1, 1, 1), mode="reflect")
+    up_left, down_right = padded[:, :, :5, :5], padded[:, :, 2:, 2:]
+    expected = [images, images.flip(-1), up_left, up_left.flip(-1), down_right, down_right.flip(-1)]
+    for seen, view in zip(model.inputs, expected, strict=True):
+        assert torch.equal(seen, view)
+    assert torch.equal(tta_logits(CallCounter(), images, level=1)[0], torch.tensor([0.5, 0.5, 0, 0, 0, 0]))
+
+
+def test_decoupled_sgd_sets_pytorch_lr_and_weight_decay():
+    recipe = get_recipe("airbench94")
+    model = create_model("fast")
+    optimizer = build_optimizer(model, recipe, torch.device("cpu"))
+    norm_group, other_group = optimizer.param_groups
+    learning_rate = 11.5 / (1024 * (1 + 1 / (1 - 0.85)))
+    assert other_group["lr"] == pytest.approx(learning_rate)
+    assert norm_group["lr"] == pytest.approx(64 * learning_rate)
+    # The decay actually applied per step (lr x weight_decay) is the same for both groups.
+    decay = 0.0153 * 1024 / (1024 * (1 + 1 / 0.15))
+    assert other_group["lr"] * other_group["weight_decay"] == pytest.approx(decay)
+    assert norm_group["lr"] * norm_group["weight_decay"] == pytest.approx(decay)
+    assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.85
+    trainable = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert id(model.whiten.weight) not in trainable  # frozen whitening filters
+    assert all(id(m.weight) not in trainable for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_triangle_schedule_rises_then_falls():
+    recipe = get_recipe("airbench94")
+    total = 1000
+    assert lr_multiplier(0, total, recipe) == pytest.approx(0.2)
+    assert lr_multiplier(230, total, recipe) == pytest.approx(1.0)
+    assert lr_multiplier(total, total, recipe) == pytest.approx(0.07)
+    assert lr_multiplier(115, total, recipe) == pytest.approx(0.6)
+
+
+def test_lookahead_moves_weights_to_their_average():
+    model = nn.Linear(2, 1)
+    lookahead = Lookahead(model)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    lookahead.update(model, decay=0.75)  # a quarter of the way from the average to the new weights
+    assert torch.allclose(model.weight, start + 0.25)
+    with torch.no_grad():
+        model.weight.add_(10.0)
+    lookahead.update(model, decay=1.0)  # decay 1 restores the average
+    assert torch.allclose(model.weight, start + 0.25)
+
+
+def test_fast_network_adapts_to_image_size_and_classes():
+    model = create_model("fast", num_classes=3, image_size=64, widths=(16, 32, 32))
+    assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
+    with pytest.raises(ValueError, match="image_size=8"):
+        create_model("fast", image_size=8)
+
+
+COLORS = torch.tensor([[230, 40, 40], [40, 230, 40], [40, 40, 230], [230, 230, 40]], dtype=torch.uint8)
+
+
+def make_color_images(count, size=16, seed=0):
+    """A coloured square at a random place: the colour is the class. The fast network pools
+    globally (it is translation-invariant by design), so the task is what to learn, not where."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 100, (count, size, size, 3), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(count) % len(COLORS)
+    corners = torch.randint(0, size - 6, (count, 2), generator=generator)
+    for index, (top, left) in enumerate(corners.tolist()):
+        images[index, top : top + 6, left : left + 6] = COLORS[labels[index]]
+    return images, labels
+
+
+def test_a_short_fast_recipe_run_really_learns():
+    images, labels = make_color_images(512, seed=3)
+    classifier = Classifier("fast", class_names=CLASS_NAMES, image_size=16, device="cpu", widths=(16, 32, 32))
+    history = classifier.fit(
+        images, labels, recipe="fast", batch_size=64, epochs=4, validation_split=0.25, verbose=False
+    )
+    assert history.history["val_accuracy"][-1] >= 0.9
+    assert classifier.tta == 2
+    test_images, test_labels = make_color_images(80, seed=4)
+    assert classifier.evaluate(test_images, test_labels)["accuracy"] >= 0.9
+    assert math.isfinite(history.history["loss"][-1])
+
+
+def test_muon_orthogonalizes_updates_and_keeps_weight_norms():
+    from cnnkit.engine.muon import Muon, orthogonalize
+
+    generator = torch.Generator().manual_seed(0)
+    matrix = torch.randn(64, 288, generator=generator) * torch.logspace(-3, 1, 288)  # badly conditioned
+    singular_values = torch.linalg.svdvals(orthogonalize(matrix).float())
+    assert singular_values.min() > 0.3 and singular_values.max() < 1.6  # all directions ~ the same size
+    weight = nn.Parameter(torch.randn(8, 4, 3, 3, generator=generator))
+    weight.grad = torch.randn(8, 4, 3, 3, generator=generator)
+    Muon([weight], lr=0.1).step()
+    # Normalised to norm sqrt(rows) before the step, which then moves it by ~lr per direction.
+    assert weight.norm().item() == pytest.approx(8**0.5, rel=0.1)
+
+
+def test_muon_recipe_sends_filters_to_muon_and_the_rest_to_sgd():
+    from cnnkit.engine.muon import Muon
+
+    recipe = get_recipe("fast")
+    model = create_model("fast", **recipe.model_arguments)
+    optimizer = build_optimizer(model, recipe, torch.device("cpu"))
+    sgd, muon = optimizer.optimizers
+    assert isinstance(muon, Muon) and all(p.ndim == 4 for p in muon.param_groups[0]["params"])
+    biases, head = sgd.param_groups
+    assert all(p.ndim == 1 for p in biases["params"]) and head["params"] == [model.head.weight]
+    assert biases["lr"] == pytest.approx(0.053) and head["lr"] == pytest.approx(0.67)
+    assert model.logit_scale == pytest.approx(1 / 256)
