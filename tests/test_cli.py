@@ -147,3 +147,17 @@ def test_summary_command_runs_as_a_module():
         check=True,
     )
     assert "Total params: 2,122,186" in result.stdout
+
+
+def test_train_without_flags_uses_the_fast_recipe(quadrant_folder, tmp_path, capsys):
+    assert (
+        main(["train", "--data", str(quadrant_folder), "--epochs", "1", "--out", str(tmp_path), "--quiet"])
+        == 0
+    )
+    checkpoint = torch.load(tmp_path / "train" / "best.pt", weights_only=True)
+    assert checkpoint["recipe"]["name"] == "fast" and checkpoint["model_name"] == "fast"
+    assert checkpoint["recipe"]["tta"] == 2  # evaluate and predict use the recipe's test-time augmentation
+    mean = checkpoint["normalization"]["mean"]
+    assert mean != [0.0, 0.0, 0.0]  # standardised with statistics of the training images
+    assert main(["evaluate", str(tmp_path / "train" / "best.pt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["count"] == 40
