@@ -195,3 +195,29 @@ def test_muon_recipe_sends_filters_to_muon_and_the_rest_to_sgd():
     assert all(p.ndim == 1 for p in biases["params"]) and head["params"] == [model.head.weight]
     assert biases["lr"] == pytest.approx(0.053) and head["lr"] == pytest.approx(0.67)
     assert model.logit_scale == pytest.approx(1 / 256)
+
+
+def test_little_data_with_the_default_batch_size_trains_without_blowing_up():
+    images, labels = make_color_images(320, seed=5)  # 64 training images a class
+    classifier = Classifier("fast", class_names=CLASS_NAMES, image_size=16, device="cpu", widths=(16, 32, 32))
+    history = classifier.fit(
+        images, labels, recipe="fast", batch_size=2000, epochs=6, validation_split=0.2, verbose=False
+    )
+    assert history.history["val_accuracy"][-1] >= 0.9
+
+
+def test_small_data_gets_at_least_ten_steps_an_epoch_with_a_summed_loss():
+    from cnnkit.engine.preprocess import Normalization
+    from cnnkit.engine.trainer import Trainer, TrainingData
+
+    images, labels = make_color_images(400)
+    data = TrainingData(images, labels)
+
+    def trainer(recipe):
+        model = create_model(recipe.model, num_classes=4, image_size=16, **recipe.model_arguments)
+        return Trainer(model, data, recipe, Normalization(), torch.device("cpu"), torch.float32, False, None)
+
+    fast = trainer(get_recipe("fast"))  # batch 2000, summed loss
+    assert fast.batch_size == 40 and fast.steps_per_epoch == 10
+    tutorial = trainer(get_recipe("tutorial"))  # mean loss: the batch the recipe asks for
+    assert tutorial.batch_size == 32 and tutorial.steps_per_epoch == 13

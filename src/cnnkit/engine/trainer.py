@@ -29,6 +29,7 @@ from cnnkit.recipes import Recipe
 
 # Images the data-initialised first layer (the fast network's whitening) is computed from.
 INITIALIZATION_SAMPLE = 5000
+MIN_STEPS_PER_EPOCH = 10
 
 
 @dataclass
@@ -99,7 +100,13 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(recipe.seed)
         self.to_input = InputTransform(normalization, device)
         count = len(data.train_images)
-        self.batch_size = min(recipe.batch_size, count)  # a data set smaller than one batch still trains
+        self.batch_size = min(recipe.batch_size, count)
+        if recipe.loss_reduction == "sum":
+            # Small data sets (a few hundred images a class) still get MIN_STEPS_PER_EPOCH updates
+            # an epoch; with batch 2000 they would get one or none. With a summed loss the step
+            # per example doesn't depend on the batch, so this only adds updates. CIFAR-10 is
+            # unaffected; a mean-loss recipe (the tutorial) keeps the batch it was asked for.
+            self.batch_size = max(1, min(self.batch_size, count // MIN_STEPS_PER_EPOCH))
         self.steps_per_epoch = (
             count // self.batch_size if recipe.drop_last else math.ceil(count / self.batch_size)
         )
