@@ -6,7 +6,7 @@ import torch
 
 from cnnkit.api import Classifier
 from cnnkit.engine.device import resolve_device, resolve_precision
-from cnnkit.engine.preprocess import Normalization, to_model_input
+from cnnkit.engine.preprocess import InputTransform, Normalization
 from cnnkit.engine.trainer import format_epoch_line
 from tests.conftest import CLASS_NAMES, make_quadrant_images
 
@@ -90,11 +90,11 @@ def test_a_non_finite_loss_stops_training_naming_epoch_and_step():
 
 def test_preprocessing_scales_and_uses_channels_last():
     images = torch.full((2, 4, 4, 3), 255, dtype=torch.uint8)
-    inputs = to_model_input(images, Normalization(), torch.device("cpu"))
+    inputs = InputTransform(Normalization(), torch.device("cpu"))(images)
     assert inputs.shape == (2, 3, 4, 4) and inputs.is_contiguous(memory_format=torch.channels_last)
     assert torch.all(inputs == 1.0)
-    standardized = to_model_input(
-        images, Normalization(mean=(0.5,) * 3, std=(0.25,) * 3), torch.device("cpu")
+    standardized = InputTransform(Normalization(mean=(0.5,) * 3, std=(0.25,) * 3), torch.device("cpu"))(
+        images
     )
     assert torch.allclose(standardized, torch.full_like(standardized, 2.0))
 

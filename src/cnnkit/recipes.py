@@ -175,11 +175,3 @@ def get_recipe(name: str) -> Recipe:
             f"Unknown recipe. Received: recipe={name!r}. Available: {', '.join(list_recipes())}."
         )
     return _RECIPES[name]
-
-
-def recipe_from_dict(values: dict) -> Recipe:
-    """Rebuild a recipe from ``Recipe.to_dict()`` output (e.g. stored in a checkpoint)."""
-    values = dict(values)
-    values["adam_betas"] = tuple(values.get("adam_betas", (0.9, 0.999)))
-    known = {f.name for f in dataclasses.fields(Recipe)}
-    return Recipe(**{k: v for k, v in values.items() if k in known})

@@ -59,8 +59,3 @@ class InputTransform:
         return torch.addcmul(self.shift, images.float(), self.scale).contiguous(
             memory_format=torch.channels_last
         )
-
-
-def to_model_input(images: torch.Tensor, normalization: Normalization, device: torch.device) -> torch.Tensor:
-    """One-off form of ``InputTransform(normalization, device)(images)``."""
-    return InputTransform(normalization, device)(images)
