@@ -161,3 +161,30 @@ def test_train_without_flags_uses_the_fast_recipe(quadrant_folder, tmp_path, cap
     assert mean != [0.0, 0.0, 0.0]  # standardised with statistics of the training images
     assert main(["evaluate", str(tmp_path / "train" / "best.pt"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["count"] == 40
+
+
+def test_default_recipe_trains_on_a_folder_at_another_image_size(quadrant_folder, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(quadrant_folder),
+                "--img-size",
+                "24",
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    checkpoint = torch.load(out / "train" / "last.pt", weights_only=True)
+    assert checkpoint["image_size"] == 24 and checkpoint["model_arguments"]["image_size"] == 24
+    capsys.readouterr()
+    image = sorted((quadrant_folder / "test" / "top_left").iterdir())[0]  # 16x16: resized to 24 on the way in
+    assert main(["predict", str(out / "train" / "last.pt"), str(image), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["predictions"]) == 4
