@@ -221,3 +221,11 @@ def test_small_data_gets_at_least_ten_steps_an_epoch_with_a_summed_loss():
     assert fast.batch_size == 40 and fast.steps_per_epoch == 10
     tutorial = trainer(get_recipe("tutorial"))  # mean loss: the batch the recipe asks for
     assert tutorial.batch_size == 32 and tutorial.steps_per_epoch == 13
+
+
+def test_a_plain_fast_classifier_has_the_head_the_default_recipe_was_tuned_for():
+    classifier = Classifier("fast", class_names=CLASS_NAMES)
+    recipe_model = create_model("fast", num_classes=4, **get_recipe("fast").model_arguments)
+    assert classifier.network.logit_scale == recipe_model.logit_scale == pytest.approx(1 / 256)
+    airbench94 = create_model("fast", **get_recipe("airbench94").model_arguments)
+    assert airbench94.logit_scale == pytest.approx(1 / 9)
