@@ -219,6 +219,9 @@ def test_small_data_gets_at_least_ten_steps_an_epoch_with_a_summed_loss():
 
     fast = trainer(get_recipe("fast"))  # batch 2000, summed loss
     assert fast.batch_size == 40 and fast.steps_per_epoch == 10
+    head_group = fast.optimizer.optimizers[0].param_groups[1]
+    # Weight decay applied per step follows the batch actually used: 2e-6 per example x 40.
+    assert head_group["lr"] * head_group["weight_decay"] == pytest.approx(2e-6 * 40)
     tutorial = trainer(get_recipe("tutorial"))  # mean loss: the batch the recipe asks for
     assert tutorial.batch_size == 32 and tutorial.steps_per_epoch == 13
 

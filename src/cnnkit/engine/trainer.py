@@ -115,7 +115,8 @@ class Trainer:
         self.augmenter = Augmenter(count, recipe.flip, recipe.translate, self.generator)
         self.lookahead: Lookahead | None = None
         self._initialize_from_data()
-        self.optimizer = build_optimizer(self.model, recipe, device)
+        # Weight decay per step scales with the batch actually used (smaller on small data).
+        self.optimizer = build_optimizer(self.model, recipe.replace(batch_size=self.batch_size), device)
 
     def _initialize_from_data(self) -> None:
         """Models with a data-dependent first layer (``initialize_from_data``) get a sample."""
