@@ -143,11 +143,17 @@ def test_unsupported_file_and_bad_zip(tmp_path):
         load_dataset(tmp_path / "broken.zip", progress=False)
 
 
-def test_undecodable_image_is_named(tmp_path):
+def test_undecodable_image_is_skipped_and_named(tmp_path):
     write_image_tree(tmp_path / "d", {"a": 2, "b": 1})
     (tmp_path / "d" / "a" / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    splits = load_dataset(tmp_path / "d", progress=False)
+    assert len(splits.train) == 3
+    [skipped] = splits.skipped
+    assert skipped.path == str(tmp_path / "d" / "a" / "bad.jpg")
+    with pytest.raises(DataError, match=r"d/a/bad\.jpg: cannot .*strict mode"):
+        load_dataset(tmp_path / "d", progress=False, strict=True)
     with pytest.raises(DataError, match=r"Cannot decode .*a/bad.jpg as an image"):
-        load_dataset(tmp_path / "d", progress=False)
+        decode_image(b"\xff\xd8 not a jpeg", None, "a/bad.jpg")
 
 
 def test_transparency_is_composited_on_white():
@@ -182,16 +188,19 @@ def test_parallel_decoding_matches_sequential(tmp_path, monkeypatch):
     monkeypatch.setattr(parallel_decode, "_CHUNK_RANGE", (8, 8))
     parallel = load_image_folder(archive, workers=2, progress=False)
     assert torch.equal(sequential.train.images, parallel.train.images)
-    # An error inside a worker process reaches the caller as the same DataError.
+    # A file failing inside a worker process is skipped there; strict raises it in the caller.
     (tmp_path / "d" / "b" / "zz.png").write_bytes(b"broken")
-    with pytest.raises(DataError, match=r"b/zz\.png"):
-        load_image_folder(tmp_path / "d", workers=2, progress=False)
+    skipping = load_image_folder(tmp_path / "d", workers=2, progress=False)
+    assert torch.equal(skipping.train.images, sequential.train.images)
+    assert [file.path for file in skipping.skipped] == [str(tmp_path / "d" / "b" / "zz.png")]
+    with pytest.raises(DataError, match=r"b/zz\.png: cannot decode \(unknown image format\); strict"):
+        load_image_folder(tmp_path / "d", workers=2, progress=False, strict=True)
 
 
 def test_progress_reports_decode_time(tmp_path, capsys):
     write_image_tree(tmp_path / "d", {"a": 1, "b": 1})
     load_dataset(tmp_path / "d", workers=1)
-    assert "Decoded 2 images from" in capsys.readouterr().err
+    assert "Decoded 2 images (144 bytes as uint8) from" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -11,17 +11,20 @@ import os
 import sys
 import zipfile
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cnnkit.data.dataset import ImageData
+from cnnkit.data.skipped import SkippedFile
 from cnnkit.fileio import atomic_open
 
 # Bump when the decoding (resize policy, colour handling) or the file layout changes, so that
 # caches written by older code are never mistaken for current ones.
-CACHE_FORMAT_VERSION = 1
+# 2: 16-bit and float images scaled, CMYK without Adobe marker, files skipped; names stored.
+CACHE_FORMAT_VERSION = 2
 
 _SPLITS = ("train", "test")
 
@@ -60,17 +63,35 @@ def cache_path(cache_dir: Path, kind: str, content_hash: str, image_size: int | 
     return cache_dir / f"{kind}-{key}.npz"
 
 
-def save_cache(path: Path, train: ImageData, test: ImageData | None) -> None:
-    """Write the splits to ``path`` atomically; failures are reported on stderr, not raised.
+@dataclass
+class CachedSplits:
+    """What the cache holds for one source: its splits and the files skipped while decoding it.
+
+    ``skipped`` paths are relative to the source, so that a moved folder still names its files.
+    """
+
+    train: ImageData
+    test: ImageData | None
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+
+def save_cache(path: Path, splits: CachedSplits) -> None:
+    """Write ``splits`` to ``path`` atomically; failures are reported on stderr, not raised.
 
     A cache that cannot be written (full disk, read-only home) only costs speed next time,
     so it must not abort the load that already succeeded.
     """
-    arrays: dict[str, np.ndarray] = {"class_names": np.array(train.class_names, dtype=np.str_)}
-    for name, split in zip(_SPLITS, (train, test), strict=True):
+    arrays: dict[str, np.ndarray] = {
+        "class_names": np.array(splits.train.class_names, dtype=np.str_),
+        "skipped_paths": _encode_strings([file.path for file in splits.skipped]),
+        "skipped_reasons": _encode_strings([file.reason for file in splits.skipped]),
+    }
+    for name, split in zip(_SPLITS, (splits.train, splits.test), strict=True):
         if split is not None:
             arrays[f"{name}_images"] = split.images.numpy()
             arrays[f"{name}_labels"] = split.labels.numpy()
+            if split.names is not None:
+                arrays[f"{name}_names"] = _encode_strings(split.names)
     try:
         with atomic_open(path, "wb") as file:
             np.savez(file, **arrays)
@@ -81,7 +102,7 @@ def save_cache(path: Path, train: ImageData, test: ImageData | None) -> None:
         )
 
 
-def load_cache(path: Path) -> tuple[ImageData, ImageData | None] | None:
+def load_cache(path: Path) -> CachedSplits | None:
     """Read splits written by ``save_cache``; ``None`` when missing or unreadable.
 
     A corrupt file (interrupted copy, disk error) is reported and ignored so the caller rebuilds it.
@@ -95,16 +116,37 @@ def load_cache(path: Path) -> tuple[ImageData, ImageData | None] | None:
                 _read_split(arrays, name, class_names) if f"{name}_images" in arrays else None
                 for name in _SPLITS
             ]
+            paths = _decode_strings(arrays["skipped_paths"])
+            reasons = _decode_strings(arrays["skipped_reasons"])
+            if len(paths) != len(reasons):
+                raise ValueError(f"{len(paths)} skipped paths but {len(reasons)} reasons")
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         print(f"Ignoring unreadable data cache {path} ({error}); rebuilding it.", file=sys.stderr)
         return None
     if splits[0] is None:
         return None
-    return splits[0], splits[1]
+    skipped = [SkippedFile(name, reason) for name, reason in zip(paths, reasons, strict=True)]
+    return CachedSplits(splits[0], splits[1], skipped)
 
 
 def _read_split(arrays: np.lib.npyio.NpzFile, name: str, class_names: list[str]) -> ImageData:
     images = torch.from_numpy(arrays[f"{name}_images"])
     labels = torch.from_numpy(arrays[f"{name}_labels"])
+    names = _decode_strings(arrays[f"{name}_names"]) if f"{name}_names" in arrays else None
     # ImageData validates dtypes and shapes, so a mangled cache surfaces here as ValueError.
-    return ImageData(images, labels, class_names)
+    return ImageData(images, labels, class_names, names)
+
+
+def _encode_strings(strings: list[str]) -> np.ndarray:
+    # One UTF-8 byte array joined by NUL (which no file name holds): a fixed-width numpy string
+    # array would take 4 bytes a character times the longest name, for every name.
+    # surrogateescape round-trips file names that are not valid UTF-8.
+    return np.frombuffer("\0".join(strings).encode("utf-8", "surrogateescape"), dtype=np.uint8)
+
+
+def _decode_strings(array: np.ndarray) -> list[str]:
+    if array.dtype != np.uint8 or array.ndim != 1:
+        raise ValueError(f"expected a 1-D uint8 string array, got {array.dtype} {array.shape}")
+    if array.size == 0:
+        return []
+    return array.tobytes().decode("utf-8", "surrogateescape").split("\0")

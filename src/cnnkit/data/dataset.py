@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+from cnnkit.data.skipped import SkippedFile
 
 
 @dataclass
@@ -15,11 +17,14 @@ class ImageData:
         images: uint8 tensor of shape (N, H, W, 3), contiguous, RGB.
         labels: int64 tensor of shape (N,), each in ``[0, len(class_names))``.
         class_names: class name of each label index.
+        names: each image's relative path in the folder or zip it was decoded from (for
+            reports naming files), or ``None`` for sources without file names (CIFAR-10 arrays).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     class_names: list[str]
+    names: list[str] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.uint8:
@@ -45,6 +50,15 @@ class ImageData:
                 f"labels must be in [0, {len(self.class_names)}). Received: "
                 f"min={int(self.labels.min())}, max={int(self.labels.max())}"
             )
+        if self.names is not None:
+            if isinstance(self.names, str | bytes):
+                raise ValueError(f"names must be a list of strings or None. Received: names={self.names!r}")
+            self.names = list(self.names)
+            if len(self.names) != len(self.labels):
+                raise ValueError(
+                    "names must hold one name per image or be None. "
+                    f"Received: len(names)={len(self.names)}, images.shape={tuple(self.images.shape)}"
+                )
         # Training code slices batches straight out of this tensor; contiguity keeps that cheap.
         self.images = self.images.contiguous()
         self.class_names = list(self.class_names)
@@ -59,7 +73,8 @@ class ImageData:
         if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
             raise ValueError(f"indices must be an integer tensor. Received: dtype={indices.dtype}")
         indices = indices.to(torch.int64)
-        return ImageData(self.images[indices], self.labels[indices], list(self.class_names))
+        names = None if self.names is None else [self.names[index] for index in indices.tolist()]
+        return ImageData(self.images[indices], self.labels[indices], list(self.class_names), names)
 
 
 @dataclass
@@ -70,11 +85,19 @@ class DataSplits:
         train: the training images.
         test: the test images, or ``None`` when the source has no test split.
         source: human description of where the data came from.
+        skipped: the files of an image folder or zip that were not used, each with its reason
+            (see ``write_skipped_list`` and ``skipped_summary``); empty for CIFAR-10.
     """
 
     train: ImageData
     test: ImageData | None
     source: str
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    @property
+    def file_count(self) -> int:
+        """How many files (or records) the source held: images loaded plus files skipped."""
+        return len(self.train) + (len(self.test) if self.test is not None else 0) + len(self.skipped)
 
 
 def _describe(value: object) -> str:

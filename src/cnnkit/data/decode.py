@@ -5,12 +5,13 @@ Pure functions: no I/O besides the bytes given, so callers can decide how to tre
 
 from __future__ import annotations
 
+import contextlib
 import io
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageChops, ImageOps
 
-from cnnkit.data.errors import DataError
+from cnnkit.data.errors import ImageDecodeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _ALLOWED = ", ".join(IMAGE_EXTENSIONS)
@@ -27,8 +28,10 @@ def is_image_name(name: str) -> bool:
 def decode_image(data: bytes, image_size: int | None, name: str) -> np.ndarray:
     """Decode image file bytes into an (H, W, 3) uint8 RGB array.
 
-    Transparent images are composited on white and EXIF orientation is applied. With
-    ``image_size``, an image of another size has its shorter side resized to ``image_size``
+    Every Pillow mode becomes RGB (see ``to_rgb``): transparent images are composited on white,
+    16-bit and float images are scaled to 8 bits, CMYK is inverted per its Adobe marker. EXIF
+    orientation is applied; of an animated GIF or a multi-page TIFF, the first frame is used.
+    With ``image_size``, an image of another size has its shorter side resized to ``image_size``
     (bilinear) and is then center-cropped to an ``image_size`` square.
 
     Args:
@@ -37,25 +40,63 @@ def decode_image(data: bytes, image_size: int | None, name: str) -> np.ndarray:
         name: file name used in error messages.
 
     Raises:
-        DataError: the bytes are not a decodable image; the message names ``name``.
+        ImageDecodeError: the bytes are not a decodable image (empty, truncated, corrupt, or
+            of an unknown format); the message names ``name``, ``reason`` is the short cause.
     """
+    if not data:
+        raise ImageDecodeError(name, "empty file (0 bytes)", f"{name} is an empty file (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image_size is not None and image.format == "JPEG":
                 # Let libjpeg decode at a reduced scale when the target is much smaller.
                 image.draft("RGB", (image_size, image_size))
+            # A truncated file raises here: ImageFile.LOAD_TRUNCATED_IMAGES stays False, as a
+            # half-grey photo would be silently wrong training data.
             image.load()
-            # In place: a copy of every image would double the cost of small ones.
-            ImageOps.exif_transpose(image, in_place=True)
-            rgb = _to_rgb(image)
+            _apply_exif_orientation(image)
+            rgb = to_rgb(image)
             if image_size is not None and rgb.size != (image_size, image_size):
                 rgb = resize_to_square(rgb, image_size)
             return np.asarray(rgb, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
-        raise DataError(
-            f"Cannot decode {name} as an image ({type(error).__name__}: {error}); "
-            f"supported formats: {_ALLOWED}"
+    except Exception as error:
+        # Pillow's format plugins meet malformed bytes with many exception types (OSError,
+        # SyntaxError, struct.error, IndexError, ZeroDivisionError, ...): for one file's bytes
+        # each means the same thing, that this file is not a usable image.
+        detail = _decoder_detail(error)
+        raise ImageDecodeError(
+            name,
+            f"cannot decode ({detail})",
+            f"Cannot decode {name} as an image ({detail}); supported formats: {_ALLOWED}",
         ) from error
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert a loaded Pillow image of any mode to RGB, keeping what a viewer would show.
+
+    - 16-bit grey (``I;16``, ``I;16B``, and ``I`` as Pillow opens 16-bit PNGs and TIFFs) is
+      scaled from 0-65535 to 0-255 (divided by 257), not clipped at 255.
+    - float (``F``): values in [0, 1] are scaled by 255; an image with larger values is taken
+      to be in 0-255 (what Pillow itself makes of 8-bit data); NaN becomes 0.
+    - alpha (``RGBA``, ``LA``, ``PA``, palette or grey with a transparent colour) is composited
+      on white; CMYK JPEGs without an Adobe marker are un-inverted (Pillow assumes one).
+    - everything else (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``) via Pillow.
+    """
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        return Image.fromarray(_sixteen_bit_to_eight(np.asarray(image))).convert("RGB")
+    if mode == "F":
+        return Image.fromarray(_float_to_eight(np.asarray(image))).convert("RGB")
+    if mode == "CMYK" and image.format == "JPEG" and "adobe" not in image.info:
+        # Pillow reads every CMYK JPEG as Adobe's inverted CMYK; without the marker the
+        # file holds plain CMYK, so undo that inversion.
+        image = ImageChops.invert(image)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if not has_alpha:
+        return image if mode == "RGB" else image.convert("RGB")
+    # Transparent pixels carry arbitrary colour; white is what viewers show behind them.
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
 
 
 def resize_to_square(image: Image.Image, size: int) -> Image.Image:
@@ -78,11 +119,31 @@ def resize_array(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(resize_to_square(Image.fromarray(image), size), dtype=np.uint8)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if not has_alpha:
-        return image if image.mode == "RGB" else image.convert("RGB")
-    # Transparent pixels carry arbitrary colour; white is what viewers show behind them.
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
+def _apply_exif_orientation(image: Image.Image) -> None:
+    # Broken EXIF metadata is no reason to lose a photo whose pixels decode: keep it as stored.
+    with contextlib.suppress(Exception):
+        # In place: a copy of every image would double the cost of small ones.
+        ImageOps.exif_transpose(image, in_place=True)
+
+
+def _sixteen_bit_to_eight(values: np.ndarray) -> np.ndarray:
+    # 65535 / 257 = 255 exactly; adding half the divisor rounds to the nearest level.
+    wide = np.clip(values.astype(np.int64), 0, 65535)
+    return ((wide + 128) // 257).astype(np.uint8)
+
+
+def _float_to_eight(values: np.ndarray) -> np.ndarray:
+    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
+    return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+
+
+def _decoder_detail(error: Exception) -> str:
+    if isinstance(error, Image.UnidentifiedImageError):
+        # Pillow's message names the in-memory buffer (with its address): useless to the user.
+        return "unknown image format"
+    if isinstance(error, Image.DecompressionBombError):
+        return f"too many pixels: {error}"
+    # One line, whatever the decoder wrote: skipped-file lists hold one file a line.
+    message = " ".join(str(error).replace("\0", " ").split())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__

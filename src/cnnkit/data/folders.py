@@ -5,81 +5,97 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from cnnkit.data.cache import hash_listing
 from cnnkit.data.dataset import DataSplits, ImageData
 from cnnkit.data.errors import DataError
-from cnnkit.data.layout import resolve_layout
+from cnnkit.data.layout import FolderLayout, resolve_layout
 from cnnkit.data.parallel_decode import DecodeJob, decode_images
-from cnnkit.data.readers import FOLDER, ZIP, list_folder_images, list_zip_images
+from cnnkit.data.readers import FOLDER, ZIP, display_name, list_folder, list_zip
+from cnnkit.data.skipped import (
+    OUTSIDE_CLASSES,
+    SkippedFile,
+    first_problem,
+    skipped_summary,
+    strict_error,
+)
 
 
 @dataclass
 class ImageSource:
-    """The image files of a folder or zip archive.
+    """The files of a folder or zip archive.
 
     Attributes:
         kind: ``readers.FOLDER`` or ``readers.ZIP``.
         path: the folder or the zip file.
-        names: relative POSIX paths of the visible image files.
+        names: relative POSIX paths of the files with an image extension.
+        skipped: the other files (not images, OS clutter), with relative paths.
     """
 
     kind: str
     path: Path
     names: list[str]
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+
+@dataclass
+class DecodedSource:
+    """The splits decoded from an image source, and the files left out (with relative paths)."""
+
+    train: ImageData
+    test: ImageData | None
+    skipped: list[SkippedFile]
 
 
 def scan_folder(path: Path) -> tuple[ImageSource, str]:
-    """List the images below folder ``path``; also return a digest of the listing for caching."""
-    listing = list_folder_images(path)
-    source = ImageSource(FOLDER, path, [relative for relative, _, _ in listing])
-    return source, hash_listing(listing)
+    """List the files below folder ``path``; also return a digest of the listing for caching."""
+    listing = list_folder(path)
+    return ImageSource(FOLDER, path, listing.images, listing.skipped), listing.digest
 
 
 def scan_zip(path: Path) -> ImageSource:
-    """List the image members of the zip archive at ``path``."""
-    return ImageSource(ZIP, path, list_zip_images(path))
+    """List the members of the zip archive at ``path``."""
+    listing = list_zip(path)
+    return ImageSource(ZIP, path, listing.images, listing.skipped)
+
+
+def displayed(kind: str, path: Path, skipped: list[SkippedFile]) -> list[SkippedFile]:
+    """``skipped`` with relative paths turned into what the user would name: path or member in zip."""
+    return [SkippedFile(display_name(kind, path, file.path), file.reason) for file in skipped]
 
 
 def decode_source(
-    source: ImageSource, image_size: int | None, workers: int, progress: bool
-) -> tuple[ImageData, ImageData | None]:
-    """Resolve the layout of ``source`` and decode its train (and test) images into tensors."""
-    layout = resolve_layout(source.names, str(source.path))
+    source: ImageSource, image_size: int | None, workers: int, progress: bool, strict: bool = False
+) -> DecodedSource:
+    """Resolve the layout of ``source`` and decode its train (and test) images into tensors.
+
+    Files that are not usable images are skipped and returned; with ``strict`` the first one
+    that is not OS clutter raises ``DataError`` (before any decoding when the listing shows it).
+    """
+    layout = resolve_layout(source.names, str(source.path), [file.path for file in source.skipped])
+    skipped = source.skipped + [SkippedFile(path, OUTSIDE_CLASSES) for path in layout.unused(source.names)]
+    problem = first_problem(displayed(source.kind, source.path, sorted(skipped, key=_by_path)))
+    if strict and problem is not None:
+        raise strict_error(problem)
     started = time.perf_counter()
     job = DecodeJob(source.kind, str(source.path), image_size)
-    train_images = decode_images(
-        job, [path for path, _ in layout.train], workers, progress, "Decoding train images"
-    )
-    train = _image_data(train_images, layout.train, layout.class_names)
+    train, failures = _decode_split(job, layout, "train", workers, progress, strict)
+    skipped += failures
     test = None
     if layout.test:
         # Without image_size the test images must match the training size exactly.
-        reference = layout.train[0][0]
-        test_job = DecodeJob(
-            source.kind,
-            str(source.path),
-            image_size,
-            train_images.shape[1:],
-            job.display_name(reference),
+        test_job = replace(
+            job, expected_shape=tuple(train.images.shape[1:]), reference_name=job.display_name(train.names[0])
         )
-        names = [path for path, _ in layout.test]
-        test_images = decode_images(test_job, names, workers, progress, "Decoding test images")
-        test = _image_data(test_images, layout.test, layout.class_names)
+        test, failures = _decode_split(test_job, layout, "test", workers, progress, strict)
+        skipped += failures
+    skipped.sort(key=_by_path)
     if progress:
-        count = len(train) + (len(test) if test is not None else 0)
-        elapsed = time.perf_counter() - started
-        print(
-            f"Decoded {count} images from {source.path} in {elapsed:.1f}s "
-            f"({workers} worker{'s' if workers > 1 else ''})",
-            file=sys.stderr,
-        )
-    return train, test
+        _report_decoded(source, train, test, skipped, time.perf_counter() - started, workers)
+    return DecodedSource(train, test, skipped)
 
 
 def load_image_folder(
@@ -87,6 +103,7 @@ def load_image_folder(
     image_size: int | None = None,
     workers: int | None = None,
     progress: bool = True,
+    strict: bool = False,
 ) -> DataSplits:
     """Decode an image folder or a .zip of one, without the tensor cache.
 
@@ -94,8 +111,15 @@ def load_image_folder(
     ``DIR/train/<class>/<image>`` beside ``DIR/test/`` (or ``DIR/val/``) for a test split.
     A level holding a single folder and no images is descended into.
 
+    Files that are not usable images (other file types, corrupt or truncated images, images
+    outside the class folders, hidden and system files) are skipped and listed in
+    ``DataSplits.skipped``. With ``strict``, the first of them raises ``DataError`` instead,
+    except hidden and system files (``.DS_Store``, ``__MACOSX/``, ``Thumbs.db``,
+    ``desktop.ini``), which the operating system put there and which are skipped anyway.
+
     Raises:
-        DataError: missing path, no images, or an undecodable image.
+        DataError: missing path, no images, a class folder without a usable image, images of
+            different sizes without ``image_size``, or (strict) a file that is not a usable image.
     """
     path = Path(path).expanduser()
     workers = resolve_workers(workers)
@@ -107,8 +131,9 @@ def load_image_folder(
         source = scan_zip(path)
     else:
         raise DataError(f"{path} is neither a folder nor a .zip file of images")
-    train, test = decode_source(source, image_size, workers, progress)
-    return DataSplits(train, test, f"image {source.kind} ({path})")
+    decoded = decode_source(source, image_size, workers, progress, strict)
+    skipped = displayed(source.kind, path, decoded.skipped)
+    return DataSplits(decoded.train, decoded.test, f"image {source.kind} ({path})", skipped)
 
 
 def resolve_workers(workers: int | None) -> int:
@@ -120,6 +145,73 @@ def resolve_workers(workers: int | None) -> int:
     return workers
 
 
-def _image_data(images: np.ndarray, labelled: list[tuple[str, int]], class_names: list[str]) -> ImageData:
-    labels = torch.tensor([label for _, label in labelled], dtype=torch.int64)
-    return ImageData(torch.from_numpy(images), labels, class_names)
+def _decode_split(
+    job: DecodeJob, layout: FolderLayout, split: str, workers: int, progress: bool, strict: bool
+) -> tuple[ImageData, list[SkippedFile]]:
+    """Decode the files of ``split`` ("train" or "test"); return it and its undecodable files."""
+    labelled = layout.train if split == "train" else layout.test
+    prefix = layout.train_prefix if split == "train" else layout.test_prefix
+    names = [path for path, _ in labelled]
+    decoded = decode_images(job, names, workers, progress, f"Decoding {split} images", strict)
+    all_labels = torch.tensor([label for _, label in labelled], dtype=torch.int64)
+    labels = all_labels[torch.from_numpy(decoded.kept)]
+    failures = [SkippedFile(name, reason) for name, reason in decoded.failures]
+    _check_classes_decoded(job, labelled, labels, layout.class_names, prefix, failures)
+    kept_names = [name for name, kept in zip(names, decoded.kept.tolist(), strict=True) if kept]
+    return ImageData(torch.from_numpy(decoded.images), labels, layout.class_names, kept_names), failures
+
+
+def _check_classes_decoded(
+    job: DecodeJob,
+    labelled: list[tuple[str, int]],
+    labels: torch.Tensor,
+    class_names: list[str],
+    prefix: str,
+    failures: list[SkippedFile],
+) -> None:
+    """Raise ``DataError`` naming a class folder of the split whose image files all failed."""
+    counts = torch.bincount(labels, minlength=len(class_names)).tolist()
+    # A class absent from a test folder is fine; one whose files all failed to decode is not.
+    for label in sorted({label for _, label in labelled}):
+        if counts[label] == 0:
+            folder = prefix + class_names[label] + "/"
+            examples = [file for file in failures if file.path.startswith(folder)]
+            raise DataError(
+                f"Class folder {job.display_name(folder)} has no usable image: all "
+                f"{len(examples)} of its image files failed to decode ({examples[0].path}: "
+                f"{examples[0].reason}); replace them or remove the folder"
+            )
+
+
+def _report_decoded(
+    source: ImageSource,
+    train: ImageData,
+    test: ImageData | None,
+    skipped: list[SkippedFile],
+    elapsed: float,
+    workers: int,
+) -> None:
+    splits = [train] if test is None else [train, test]
+    count = sum(len(split) for split in splits)
+    size = _format_bytes(sum(split.images.numel() for split in splits))
+    print(
+        f"Decoded {count:,} images ({size} as uint8) from {source.path} in "
+        f"{elapsed:.1f}s ({workers} worker{'s' if workers > 1 else ''})",
+        file=sys.stderr,
+    )
+    if skipped:
+        print(skipped_summary(skipped, count + len(skipped)), file=sys.stderr)
+
+
+def _format_bytes(count: int) -> str:
+    if count < 2**10:
+        return f"{count} bytes"
+    if count < 2**20:
+        return f"{count / 2**10:.1f} KiB"
+    if count < 2**30:
+        return f"{count / 2**20:.1f} MiB"
+    return f"{count / 2**30:,.2f} GiB"
+
+
+def _by_path(file: SkippedFile) -> str:
+    return file.path

@@ -2,25 +2,38 @@
 
 Each worker process opens the source itself and decodes contiguous chunks of files into one
 array per chunk, so inter-process traffic is a list of names in and one array out per chunk.
+A file that cannot be decoded is left out and reported; it stops nothing (unless strict).
+
+Memory stays at the output array plus a constant: the array is allocated once for all files,
+decoded images are written at a moving cursor (so failures leave no gaps), the slots that
+failures left unused at the end are released by shrinking the allocation in place, and at most
+a few chunks, each capped in bytes, are in flight between the processes.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from cnnkit.data.decode import decode_image
-from cnnkit.data.errors import DataError
-from cnnkit.data.readers import ZIP, ImageReader, open_reader
+from cnnkit.data.errors import DataError, ImageDecodeError
+from cnnkit.data.readers import ImageReader, display_name, open_reader
+from cnnkit.data.skipped import SkippedFile, strict_error
 from cnnkit.progress import ProgressBar
 
 # Below this many images, starting processes (and re-reading a zip's directory in each)
 # costs more than it saves.
 PARALLEL_THRESHOLD = 2000
 _CHUNK_RANGE = (32, 1000)
+# Caps a chunk's decoded size (and so what a result pickles and unpickles) for large images.
+_CHUNK_BYTES = 8 * 2**20
+# Chunks submitted but not yet collected: enough to keep every worker busy, few enough that
+# results finished ahead of a slow chunk cannot pile up in this process.
+_CHUNKS_IN_FLIGHT_PER_WORKER = 2
 
 
 @dataclass(frozen=True)
@@ -43,63 +56,173 @@ class DecodeJob:
 
     def display_name(self, name: str) -> str:
         """How to name member ``name`` in messages: a path for folders, member in zip for zips."""
-        return f"{name} in {self.path}" if self.kind == ZIP else str(Path(self.path) / name)
+        return display_name(self.kind, self.path, name)
+
+
+@dataclass
+class DecodedImages:
+    """The result of decoding a list of files.
+
+    Attributes:
+        images: (K, H, W, 3) uint8, the K files that decoded, in the order given.
+        kept: boolean mask over the files given: which of them are in ``images``.
+        failures: ``(name, reason)`` of each file that did not decode, in the order given.
+    """
+
+    images: np.ndarray
+    kept: np.ndarray
+    failures: list[tuple[str, str]]
 
 
 def decode_images(
-    job: DecodeJob, names: list[str], workers: int, progress: bool, description: str
-) -> np.ndarray:
-    """Decode the files ``names`` of ``job``'s source into one (N, H, W, 3) uint8 array.
+    job: DecodeJob,
+    names: list[str],
+    workers: int,
+    progress: bool,
+    description: str,
+    strict: bool = False,
+) -> DecodedImages:
+    """Decode the files ``names`` of ``job``'s source into one (K, H, W, 3) uint8 array.
 
-    The first image fixes the shape unless ``job.expected_shape`` is set; any image of
-    another shape raises ``DataError`` naming it (only possible when ``job.image_size`` is None).
+    Files that fail to decode are left out and listed in ``failures``; with ``strict`` the
+    first one raises instead. Without ``job.image_size`` or ``job.expected_shape``, the first
+    decodable image fixes the shape, and any image of another shape raises ``DataError`` naming it.
     """
     if not names:
         raise ValueError("names must not be empty. Received: names=[]")
+    collector = _Collector(job, names, strict)
     sequential = workers == 1 or len(names) < PARALLEL_THRESHOLD
     reader = open_reader(job.kind, Path(job.path))
     try:
-        first = _decode_one(reader, job, names[0])
-        if job.expected_shape is None:
-            job = DecodeJob(job.kind, job.path, job.image_size, first.shape, job.display_name(names[0]))
-        output = np.empty((len(names), *first.shape), dtype=np.uint8)
-        output[0] = first
-        chunks = _chunk_bounds(1, len(names), workers)
         with ProgressBar(len(names), description, unit="it", enabled=progress) as bar:
-            bar.update(1)
-            if sequential:
-                for start, stop in chunks:
-                    output[start:stop] = _decode_range(reader, job, names[start:stop])
-                    bar.update(stop - start)
-            else:
+            job, start = _fix_shape(reader, job, names, collector, bar)
+            if start < len(names) and sequential:
+                _decode_sequentially(reader, job, names, start, collector, bar)
+            elif start < len(names):
                 # Workers open their own handles; this process's stays unused meanwhile.
-                _decode_in_pool(job, names, chunks, workers, output, bar)
+                _decode_in_pool(job, names, start, workers, collector, bar)
     finally:
         reader.close()
-    return output
+    return collector.finish()
+
+
+class _Collector:
+    """Gathers decoded images into one preallocated array at a moving cursor, and the failures."""
+
+    def __init__(self, job: DecodeJob, names: list[str], strict: bool) -> None:
+        self.job = job
+        self.names = names
+        self.strict = strict
+        self.output: np.ndarray | None = None
+        self.cursor = 0
+        self.kept = np.zeros(len(names), dtype=bool)
+        self.failures: list[tuple[str, str]] = []
+
+    def allocate(self, shape: tuple[int, ...]) -> None:
+        # np.empty reserves without touching: slots never written cost no resident memory.
+        self.output = np.empty((len(self.names), *shape), dtype=np.uint8)
+
+    def add(self, index: int, image: np.ndarray) -> None:
+        self.output[self.cursor] = image
+        self.kept[index] = True
+        self.cursor += 1
+
+    def add_chunk(self, start: int, stop: int, images: np.ndarray, failed: list[tuple[int, str]]) -> None:
+        for offset, reason in failed:
+            self.fail(start + offset, reason)
+        self.kept[start:stop] = True
+        for offset, _ in failed:
+            self.kept[start + offset] = False
+        self.output[self.cursor : self.cursor + len(images)] = images
+        self.cursor += len(images)
+
+    def fail(self, index: int, reason: str) -> None:
+        if self.strict:
+            raise strict_error(SkippedFile(self.job.display_name(self.names[index]), reason))
+        self.failures.append((self.names[index], reason))
+
+    def finish(self) -> DecodedImages:
+        if self.output is None:
+            return DecodedImages(np.empty((0, 0, 0, 3), dtype=np.uint8), self.kept, self.failures)
+        if self.cursor < len(self.output):
+            # realloc shrinks in place on the usual allocators (no copy, the tail is returned);
+            # refcheck=False is safe as no view of the array has been handed out yet.
+            self.output.resize((self.cursor, *self.output.shape[1:]), refcheck=False)
+        return DecodedImages(self.output, self.kept, self.failures)
+
+
+def _fix_shape(
+    reader: ImageReader, job: DecodeJob, names: list[str], collector: _Collector, bar: ProgressBar
+) -> tuple[DecodeJob, int]:
+    """Allocate the output; return the job with its expected shape and the next index to decode."""
+    if job.image_size is not None and job.expected_shape is None:
+        job = replace(job, expected_shape=(job.image_size, job.image_size, 3))
+    if job.expected_shape is not None:
+        collector.allocate(job.expected_shape)
+        return job, 0
+    # Without a target size the first image that decodes sets the shape for all the others.
+    for index, name in enumerate(names):
+        bar.update(1)
+        try:
+            first = _decode_one(reader, job, name)
+        except ImageDecodeError as error:
+            collector.fail(index, error.reason)
+            continue
+        job = replace(job, expected_shape=first.shape, reference_name=job.display_name(name))
+        collector.allocate(first.shape)
+        collector.add(index, first)
+        return job, index + 1
+    return job, len(names)
+
+
+def _decode_sequentially(
+    reader: ImageReader,
+    job: DecodeJob,
+    names: list[str],
+    start: int,
+    collector: _Collector,
+    bar: ProgressBar,
+) -> None:
+    for index in range(start, len(names)):
+        try:
+            image = _decode_one(reader, job, names[index])
+        except ImageDecodeError as error:
+            collector.fail(index, error.reason)
+        else:
+            collector.add(index, image)
+        bar.update(1)
 
 
 def _decode_in_pool(
-    job: DecodeJob,
-    names: list[str],
-    chunks: list[tuple[int, int]],
-    workers: int,
-    output: np.ndarray,
-    bar: ProgressBar,
+    job: DecodeJob, names: list[str], start: int, workers: int, collector: _Collector, bar: ProgressBar
 ) -> None:
+    bounds = _chunk_bounds(start, len(names), workers, int(np.prod(job.expected_shape)))
+    chunks = iter(bounds)
     context = _multiprocessing_context()
-    tasks = [names[start:stop] for start, stop in chunks]
-    # Leaving the with block terminates the workers, also when one raises DataError.
-    with context.Pool(min(workers, len(tasks)), _initialize_worker, (job,)) as pool:
-        for (start, stop), array in zip(chunks, pool.imap(_decode_chunk, tasks), strict=True):
-            output[start:stop] = array
-            bar.update(stop - start)
+    # Leaving the with block terminates the workers, also when a DataError is raised here.
+    with context.Pool(min(workers, len(bounds)), _initialize_worker, (job,)) as pool:
+        pending: deque = deque()
+
+        def submit_next() -> None:
+            chunk = next(chunks, None)
+            if chunk is not None:
+                pending.append((chunk, pool.apply_async(_decode_chunk, (names[chunk[0] : chunk[1]],))))
+
+        for _ in range(workers * _CHUNKS_IN_FLIGHT_PER_WORKER):
+            submit_next()
+        while pending:
+            (begin, end), result = pending.popleft()
+            images, failed = result.get()
+            submit_next()
+            collector.add_chunk(begin, end, images, failed)
+            bar.update(end - begin)
 
 
-def _chunk_bounds(start: int, stop: int, workers: int) -> list[tuple[int, int]]:
+def _chunk_bounds(start: int, stop: int, workers: int, image_bytes: int) -> list[tuple[int, int]]:
     # Several chunks per worker keep the progress bar moving and the load balanced at the end.
     lowest, highest = _CHUNK_RANGE
     size = max(lowest, min(highest, (stop - start) // (workers * 8) or 1))
+    size = max(1, min(size, _CHUNK_BYTES // max(image_bytes, 1)))
     return [(begin, min(begin + size, stop)) for begin in range(start, stop, size)]
 
 
@@ -122,13 +245,6 @@ def _decode_one(reader: ImageReader, job: DecodeJob, name: str) -> np.ndarray:
     return image
 
 
-def _decode_range(reader: ImageReader, job: DecodeJob, names: list[str]) -> np.ndarray:
-    output = np.empty((len(names), *job.expected_shape), dtype=np.uint8)
-    for index, name in enumerate(names):
-        output[index] = _decode_one(reader, job, name)
-    return output
-
-
 # One reader and job per worker process, set by the pool initializer.
 _worker_state: dict[str, object] = {}
 
@@ -139,7 +255,19 @@ def _initialize_worker(job: DecodeJob) -> None:
     _worker_state["reader"] = open_reader(job.kind, Path(job.path))
 
 
-def _decode_chunk(names: list[str]) -> np.ndarray:
+def _decode_chunk(names: list[str]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Decode ``names`` in a worker: the images that decoded, and ``(offset, reason)`` of the rest."""
     reader = _worker_state["reader"]
     job = _worker_state["job"]
-    return _decode_range(reader, job, names)  # type: ignore[arg-type]
+    output = np.empty((len(names), *job.expected_shape), dtype=np.uint8)  # type: ignore[union-attr]
+    count = 0
+    failed = []
+    for offset, name in enumerate(names):
+        try:
+            output[count] = _decode_one(reader, job, name)  # type: ignore[arg-type]
+        except ImageDecodeError as error:
+            failed.append((offset, error.reason))
+        else:
+            count += 1
+    # Pickling a view sends only its own bytes.
+    return output[:count], failed

@@ -8,14 +8,30 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from cnnkit.data.cache import hash_listing
 from cnnkit.data.decode import is_image_name
-from cnnkit.data.errors import DataError
+from cnnkit.data.errors import DataError, ImageDecodeError
+from cnnkit.data.skipped import SkippedFile, clutter_reason, not_image_reason, path_clutter
 
 FOLDER = "folder"
 ZIP = "zip"
+# What reading one zip member can raise: damaged data, a bad CRC, encryption (RuntimeError),
+# a compression method this Python lacks (NotImplementedError).
+_MEMBER_READ_ERRORS = (
+    OSError,
+    KeyError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    RuntimeError,
+    NotImplementedError,
+    ValueError,
+)
 
 
 class ImageReader(Protocol):
@@ -24,11 +40,6 @@ class ImageReader(Protocol):
     def read(self, name: str) -> bytes: ...
 
     def close(self) -> None: ...
-
-
-def is_hidden(relative_path: str) -> bool:
-    """Whether any component is hidden (dot files, macOS ``__MACOSX`` resource folders)."""
-    return any(part.startswith(".") or part == "__MACOSX" for part in relative_path.split("/"))
 
 
 class FolderReader:
@@ -41,7 +52,8 @@ class FolderReader:
         try:
             return (self.root / name).read_bytes()
         except OSError as error:
-            raise DataError(f"Cannot read {self.root / name} ({error})") from error
+            reason = f"cannot read ({type(error).__name__}: {error.strerror or error})"
+            raise ImageDecodeError(display_name(FOLDER, self.root, name), reason) from error
 
     def close(self) -> None:
         """Nothing to release: each read opens and closes its own file."""
@@ -57,8 +69,10 @@ class ZipReader:
     def read(self, name: str) -> bytes:
         try:
             return self.archive.read(name)
-        except (OSError, KeyError, zipfile.BadZipFile, EOFError) as error:
-            raise DataError(f"Cannot read {name} from {self.path} ({error})") from error
+        except _MEMBER_READ_ERRORS as error:
+            # One damaged, encrypted or oddly compressed member must not stop the others.
+            reason = f"cannot read ({type(error).__name__}: {error})"
+            raise ImageDecodeError(display_name(ZIP, self.path, name), reason) from error
 
     def close(self) -> None:
         self.archive.close()
@@ -73,29 +87,89 @@ def open_reader(kind: str, path: Path) -> ImageReader:
     raise ValueError(f"kind must be '{FOLDER}' or '{ZIP}'. Received: kind={kind!r}")
 
 
-def list_folder_images(root: Path) -> list[tuple[str, int, int]]:
-    """Return ``(relative POSIX path, size, mtime_ns)`` of every visible image below ``root``."""
-    entries = []
+def display_name(kind: str, path: str | Path, name: str) -> str:
+    """How to name file ``name`` of a source in messages: a path for folders, member in zip for zips."""
+    if kind == ZIP:
+        return f"{name} in {path}"
+    # Path() would drop the trailing slash that marks a skipped folder.
+    return str(Path(path) / name) + ("/" if name.endswith("/") else "")
+
+
+@dataclass
+class Listing:
+    """The files of a folder or zip, sorted by what loading does with them.
+
+    Attributes:
+        images: relative POSIX paths of the files with an image extension (which may still
+            fail to decode), in listing order.
+        skipped: non-image files and OS clutter (hidden and system files; a hidden or system
+            folder is one entry ending in ``/``), with relative paths.
+        digest: for folders, a digest of every path, size and modification time seen, so that
+            any edit (also of a skipped file) changes the cache key; ``None`` for zips.
+    """
+
+    images: list[str]
+    skipped: list[SkippedFile]
+    digest: str | None = None
+
+
+def list_folder(root: Path) -> Listing:
+    """List every file below ``root`` (following links), without descending into clutter folders."""
+    images: list[str] = []
+    skipped: list[SkippedFile] = []
+    stats: list[tuple[str, int, int]] = []
     for directory, subdirectories, files in os.walk(root, followlinks=True):
-        # Pruning in place stops os.walk from descending into hidden folders at all.
-        subdirectories[:] = [name for name in subdirectories if not is_hidden(name)]
         relative_directory = Path(directory).relative_to(root).as_posix()
         prefix = "" if relative_directory == "." else relative_directory + "/"
-        for name in files:
-            if is_image_name(name) and not is_hidden(name):
+        kept = []
+        for name in sorted(subdirectories):
+            reason = clutter_reason(name, is_folder=True)
+            if reason is None:
+                kept.append(name)
+            else:
+                skipped.append(SkippedFile(prefix + name + "/", reason))
+                stats.append((prefix + name + "/", 0, 0))
+        # Pruning in place stops os.walk from descending into clutter folders at all.
+        subdirectories[:] = kept
+        for name in sorted(files):
+            relative = prefix + name
+            reason = clutter_reason(name, is_folder=False)
+            if reason is not None:
+                skipped.append(SkippedFile(relative, reason))
+                stats.append((relative, 0, 0))
+                continue
+            try:
                 status = os.stat(os.path.join(directory, name))
-                entries.append((prefix + name, status.st_size, status.st_mtime_ns))
-    return entries
+            except OSError as error:
+                # A dangling link or a file removed meanwhile: one file, not a reason to stop.
+                skipped.append(SkippedFile(relative, f"cannot read ({error.strerror or error})"))
+                stats.append((relative, -1, -1))
+                continue
+            stats.append((relative, status.st_size, status.st_mtime_ns))
+            if is_image_name(name):
+                images.append(relative)
+            else:
+                skipped.append(SkippedFile(relative, not_image_reason(name)))
+    return Listing(images, skipped, hash_listing(stats))
 
 
-def list_zip_images(path: Path) -> list[str]:
-    """Return the names of every visible image member of the zip archive at ``path``."""
+def list_zip(path: Path) -> Listing:
+    """List the members of the zip archive at ``path``; each clutter folder is one entry."""
+    images: list[str] = []
+    skipped: dict[str, SkippedFile] = {}
     with _open_zip(path) as archive:
-        return [
-            info.filename
-            for info in archive.infolist()
-            if not info.is_dir() and is_image_name(info.filename) and not is_hidden(info.filename)
-        ]
+        for info in archive.infolist():
+            name = info.filename
+            clutter = path_clutter(name)
+            if clutter is not None:
+                skipped.setdefault(clutter[0], SkippedFile(*clutter))
+            elif info.is_dir():
+                continue
+            elif is_image_name(name):
+                images.append(name)
+            else:
+                skipped.setdefault(name, SkippedFile(name, not_image_reason(name)))
+    return Listing(images, list(skipped.values()))
 
 
 def _open_zip(path: Path) -> zipfile.ZipFile:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from cnnkit.data.cache import (
+    CachedSplits,
     cache_path,
     cnnkit_home,
     hash_file,
@@ -34,10 +35,13 @@ from cnnkit.data.errors import DataError
 from cnnkit.data.folders import (
     ImageSource,
     decode_source,
+    displayed,
     resolve_workers,
     scan_folder,
     scan_zip,
 )
+from cnnkit.data.readers import FOLDER, ZIP
+from cnnkit.data.skipped import first_problem, skipped_summary, strict_error
 from cnnkit.progress import ProgressBar
 
 CIFAR10_NAME = "cifar10"
@@ -57,6 +61,7 @@ def load_dataset(
     cache_dir: Path | None = None,
     progress: bool = True,
     workers: int | None = None,
+    strict: bool = False,
 ) -> DataSplits:
     """Load a data set into memory, decoding it once and reading a tensor cache afterwards.
 
@@ -71,10 +76,14 @@ def load_dataset(
             subfolder; default ``cnnkit_home()``.
         progress: show progress bars and timing lines on stderr.
         workers: processes decoding image files; ``None`` means one per CPU core.
+        strict: for image folders and zips, raise ``DataError`` at the first file that is not
+            a usable image instead of skipping it; hidden and system files (``.DS_Store``,
+            ``__MACOSX/``, ``Thumbs.db``, ``desktop.ini``) are skipped even then. Skipped files
+            are listed in ``DataSplits.skipped``, also when read back from the cache.
 
     Raises:
-        DataError: missing or unsupported source, corrupt archive, undecodable image, or a
-            failed download.
+        DataError: missing or unsupported source, corrupt archive, a class folder without a
+            usable image, a failed download, or (strict) a file that is not a usable image.
     """
     if image_size is not None and (
         isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
@@ -84,7 +93,7 @@ def load_dataset(
         )
     workers = resolve_workers(workers)
     home = Path(cache_dir).expanduser() if cache_dir is not None else cnnkit_home()
-    loader = _SourceLoader(home / "cache", image_size, workers, progress)
+    loader = _SourceLoader(home / "cache", image_size, workers, progress, strict)
     if source is None or source == CIFAR10_NAME:
         md5 = expected_cifar10_md5()
         archive = download_cifar10(home, md5=md5, progress=progress)
@@ -104,30 +113,33 @@ def load_dataset(
 class _SourceLoader:
     """Runs a source's decoder through the tensor cache, with the shared load settings."""
 
-    def __init__(self, cache_dir: Path, image_size: int | None, workers: int, progress: bool):
+    def __init__(self, cache_dir: Path, image_size: int | None, workers: int, progress: bool, strict: bool):
         self.cache_dir = cache_dir
         self.image_size = image_size
         self.workers = workers
         self.progress = progress
+        self.strict = strict
 
     def cached(
-        self, kind: str, content_hash: str, image_size: int | None, build: Callable[[], Splits]
-    ) -> Splits:
+        self, kind: str, content_hash: str, image_size: int | None, build: Callable[[], CachedSplits]
+    ) -> CachedSplits:
         """Return the cached splits for this content and size, or ``build()`` and cache them."""
         path = cache_path(self.cache_dir, kind, content_hash, image_size)
         started = time.perf_counter()
         splits = load_cache(path)
         if splits is not None:
             if self.progress:
-                count = len(splits[0]) + (len(splits[1]) if splits[1] is not None else 0)
+                count = len(splits.train) + (len(splits.test) if splits.test is not None else 0)
                 elapsed = time.perf_counter() - started
                 print(
-                    f"Loaded {count} decoded images from cache {path} in {elapsed:.2f}s",
+                    f"Loaded {count:,} decoded images from cache {path} in {elapsed:.2f}s",
                     file=sys.stderr,
                 )
+                if splits.skipped:
+                    print(skipped_summary(splits.skipped, count + len(splits.skipped)), file=sys.stderr)
             return splits
         splits = build()
-        save_cache(path, *splits)
+        save_cache(path, splits)
         return splits
 
     def cifar10(self, content_hash: str, read: Callable[[], Splits]) -> Splits:
@@ -135,25 +147,34 @@ class _SourceLoader:
         size = self.image_size
         if size in (None, _CIFAR10_SIDE):
             # Both mean "as stored": they share one cache entry.
-            return self.cached("cifar10", content_hash, None, read)
+            splits = self.cached("cifar10", content_hash, None, lambda: CachedSplits(*read()))
+            return splits.train, splits.test
 
-        def read_resized() -> Splits:
+        def read_resized() -> CachedSplits:
             train, test = read()
-            return (
+            return CachedSplits(
                 _resize(train, size, self.progress),
                 _resize(test, size, self.progress) if test is not None else None,
             )
 
-        return self.cached("cifar10", content_hash, size, read_resized)
+        splits = self.cached("cifar10", content_hash, size, read_resized)
+        return splits.train, splits.test
 
-    def images(self, kind: str, content_hash: str, scan: Callable[[], ImageSource]) -> Splits:
-        """Cache the splits decoded from the image source returned by ``scan()``."""
-        return self.cached(
-            kind,
-            content_hash,
-            self.image_size,
-            lambda: decode_source(scan(), self.image_size, self.workers, self.progress),
-        )
+    def images(self, kind: str, path: Path, content_hash: str, scan: Callable[[], ImageSource]) -> DataSplits:
+        """Load the image folder or zip at ``path`` (listed by ``scan()``) through the cache."""
+
+        def build() -> CachedSplits:
+            decoded = decode_source(scan(), self.image_size, self.workers, self.progress, self.strict)
+            return CachedSplits(decoded.train, decoded.test, decoded.skipped)
+
+        splits = self.cached(kind, content_hash, self.image_size, build)
+        skipped = displayed(kind, path, splits.skipped)
+        # A strict load that decodes raises before anything is cached; one that finds a cache
+        # written without strict must refuse the same files.
+        problem = first_problem(skipped) if self.strict else None
+        if problem is not None:
+            raise strict_error(problem)
+        return DataSplits(splits.train, splits.test, f"image {kind} ({path})", skipped)
 
 
 def _load_folder(loader: _SourceLoader, path: Path) -> DataSplits:
@@ -168,15 +189,14 @@ def _load_folder(loader: _SourceLoader, path: Path) -> DataSplits:
         splits = loader.cifar10(hash_listing(listing), lambda: read_cifar10_folder(cifar_folder))
         return DataSplits(*splits, f"{CIFAR10_NAME} ({cifar_folder})")
     source, listing_hash = scan_folder(path)
-    return DataSplits(*loader.images("folder", listing_hash, lambda: source), f"image folder ({path})")
+    return loader.images(FOLDER, path, listing_hash, lambda: source)
 
 
 def _load_file(loader: _SourceLoader, path: Path) -> DataSplits:
     name = path.name.lower()
     if name.endswith(".zip"):
         # Hash before listing: on a cache hit the zip's directory never needs reading.
-        splits = loader.images("zip", hash_file(path), lambda: scan_zip(path))
-        return DataSplits(*splits, f"image zip ({path})")
+        return loader.images(ZIP, path, hash_file(path), lambda: scan_zip(path))
     if name.endswith(_ARCHIVE_SUFFIXES):
         splits = loader.cifar10(hash_file(path), lambda: read_cifar10_archive(path))
         return DataSplits(*splits, f"{CIFAR10_NAME} ({path})")
@@ -190,4 +210,4 @@ def _resize(data: ImageData, size: int, progress: bool) -> ImageData:
         for index, image in enumerate(images):
             resized[index] = resize_array(image, size)
             bar.update(1)
-    return ImageData(torch.from_numpy(resized), data.labels, data.class_names)
+    return ImageData(torch.from_numpy(resized), data.labels, data.class_names, data.names)
