@@ -23,6 +23,7 @@ from cnnkit.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from cnnkit.data import ImageData, load_dataset, split_train_val
 from cnnkit.engine.device import resolve_device, resolve_precision
 from cnnkit.engine.evaluation import evaluate_tensors, predict_logits
+from cnnkit.engine.interrupt import StopRequest
 from cnnkit.engine.preprocess import Normalization
 from cnnkit.engine.trainer import Callback, History, TrainingData, fit
 from cnnkit.models import create_model
@@ -112,11 +113,14 @@ class Classifier:
         seed: int = 0,
         verbose: bool = True,
         callbacks: Sequence[Callback] = (),
+        patience: int = 0,
+        monitor: str = "val_accuracy",
     ) -> History:
         """Train on uint8 images ``x`` and integer labels ``y``.
 
         ``validation_split`` holds out a stratified, seeded share of ``x`` (not Keras's tail,
-        which on class-sorted data holds whole classes out).
+        which on class-sorted data holds whole classes out). ``patience`` > 0 stops after that
+        many epochs without a better ``monitor`` value and restores the best weights.
         """
         train = _as_image_data(x, y, self.class_names)
         val = _as_image_data(*validation_data, self.class_names) if validation_data else None
@@ -127,6 +131,8 @@ class Classifier:
             "epochs": epochs,
             "val_fraction": validation_split,
             "seed": seed,
+            "patience": patience,
+            "monitor": monitor,
         }
         if learning_rate is not None:
             overrides["learning_rate"] = learning_rate
@@ -142,8 +148,14 @@ class Classifier:
         callbacks: Sequence[Callback] = (),
         verbose: bool = True,
         stream: TextIO | None = None,
+        resume_state: dict | None = None,
+        stop_request: StopRequest | None = None,
     ) -> History:
-        """Train on already split data with a complete ``recipe`` (what ``fit`` and the CLI share)."""
+        """Train on already split data with a complete ``recipe`` (what ``fit`` and the CLI share).
+
+        ``resume_state`` continues a stopped run (``Trainer.state_dict()``); ``stop_request``
+        makes training save and stop between steps (see ``cnnkit.engine.interrupt``).
+        """
         self.recipe = recipe.to_dict()
         data = TrainingData(train.images, train.labels)
         if val is not None:
@@ -158,6 +170,8 @@ class Classifier:
             callbacks=callbacks,
             verbose=verbose,
             stream=stream,
+            resume_state=resume_state,
+            stop_request=stop_request,
         )
         return self.history
 

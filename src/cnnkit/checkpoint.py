@@ -39,6 +39,8 @@ class Checkpoint:
     metrics: dict[str, float] = field(default_factory=dict)
     cnnkit_version: str = __version__
     optimizer_state: dict[str, Any] | None = None
+    # last.pt only: step, RNG states, data position, history... (engine.training_state)
+    training_state: dict[str, Any] | None = None
 
     def build_model(self) -> nn.Module:
         """The model, rebuilt from the registry and loaded with the stored weights (on CPU)."""
@@ -68,6 +70,8 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
     }
     if checkpoint.optimizer_state is not None:
         contents["optimizer_state"] = checkpoint.optimizer_state
+    if checkpoint.training_state is not None:
+        contents["training_state"] = checkpoint.training_state
     path = Path(path)
     atomic_write_with(path, lambda file: torch.save(contents, file))
     return path
@@ -109,6 +113,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         metrics=contents.get("metrics", {}),
         cnnkit_version=contents.get("cnnkit_version", "unknown"),
         optimizer_state=contents.get("optimizer_state"),
+        training_state=contents.get("training_state"),
     )
 
 

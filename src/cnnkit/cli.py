@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from cnnkit import __version__
+from cnnkit.engine.interrupt import TrainingInterrupted
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model into runs/<name>/")
     train.add_argument(
         "--data",
-        default="cifar10",
-        help="cifar10 (downloaded), its .tar.gz or cifar-10-batches-py folder, or an image folder or .zip",
+        help="cifar10 (the default, downloaded), its .tar.gz or cifar-10-batches-py folder, "
+        "or an image folder or .zip",
     )
     train.add_argument("--recipe", default=None, help="named hyperparameters (see `cnnkit models`)")
     train.add_argument("--model", default=None, help="model name (default: the recipe's)")
@@ -33,24 +36,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--img-size", type=int, help="resize images to this square size")
     train.add_argument("--seed", type=int)
+    train.add_argument(
+        "--patience",
+        type=int,
+        help="stop after N epochs without a better --monitor value (restores the best)",
+    )
+    train.add_argument(
+        "--monitor", choices=["val_accuracy", "val_loss"], help="what picks best.pt and early stopping"
+    )
+    train.add_argument(
+        "--resume", metavar="RUN_FOLDER", help="continue a stopped run from its last.pt, as configured"
+    )
+    train.add_argument(
+        "--strict", action="store_true", help="stop on the first unusable file instead of skipping it"
+    )
     _add_runtime_arguments(train)
     train.add_argument("--out", default="runs", help="folder holding run folders (default: runs)")
     train.add_argument("--name", help="run folder name (default: train, train2, ...)")
     train.add_argument("--quiet", action="store_true", help="no progress or epoch lines")
 
-    evaluate = commands.add_parser("evaluate", help="loss and accuracy of a checkpoint")
+    evaluate = commands.add_parser(
+        "evaluate", help="per-class metrics, confusion matrix and worst errors of a checkpoint"
+    )
     evaluate.add_argument("checkpoint")
     evaluate.add_argument(
         "--data", help="data to evaluate on (default: the run's own test or validation split)"
     )
+    evaluate.add_argument(
+        "--out", help="report folder (default: a new evaluate, evaluate2, ... beside the checkpoint)"
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     _add_runtime_arguments(evaluate)
 
-    predict = commands.add_parser("predict", help="class probabilities for image files")
+    predict = commands.add_parser(
+        "predict", help="top classes of images: files, folders, glob patterns, .zip archives"
+    )
     predict.add_argument("checkpoint")
-    predict.add_argument("images", nargs="+")
-    predict.add_argument("--top-k", type=int, default=5)
-    predict.add_argument("--json", action="store_true", help="print JSON")
+    predict.add_argument(
+        "images",
+        nargs="+",
+        metavar="PATH",
+        help="an image, a folder (searched recursively), a glob pattern or a .zip (images inside)",
+    )
+    predict.add_argument("--top-k", type=int, default=5, help="classes per image (default: 5)")
+    predict.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    # Deprecated alias kept so scripts written against --json keep working.
+    predict.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="same as --format json"
+    )
+    predict.add_argument("--output", metavar="FILE", help="write the results to FILE instead of stdout")
+    predict.add_argument(
+        "--batch-size", type=int, default=256, help="images decoded and classified at once (default: 256)"
+    )
     _add_runtime_arguments(predict)
 
     summary = commands.add_parser("summary", help="print a model's layers and parameters")
@@ -78,6 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return handlers[arguments.command](arguments)
+    except TrainingInterrupted as interruption:
+        print(f"cnnkit: {interruption}", file=sys.stderr)
+        if interruption.checkpoint:
+            folder = Path(interruption.checkpoint).parent
+            print(f"Resume with: cnnkit train --resume {shlex.quote(str(folder))}", file=sys.stderr)
+        return interruption.exit_code
     except KeyboardInterrupt:
         print("\ncnnkit: interrupted", file=sys.stderr)
         return 130
@@ -88,10 +131,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+# What a resumed run takes from its checkpoint; giving any of these with --resume is an error.
+_RUN_SETTINGS = ("data", "recipe", "model", "epochs", "batch_size", "lr", "val_split")
+_RUN_SETTINGS += ("img_size", "seed", "patience", "monitor", "name")
+
+
 def _train(arguments: argparse.Namespace) -> int:
     from cnnkit.recipes import DEFAULT_RECIPE
-    from cnnkit.workflows import resolve_recipe, train
+    from cnnkit.workflows import resolve_recipe, resume, train
 
+    if arguments.resume:
+        given = [name for name in _RUN_SETTINGS if getattr(arguments, name) is not None]
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ValueError(f"--resume continues the run as it was configured. Received: {flags}")
+        result = resume(
+            arguments.resume,
+            device=arguments.device,
+            precision=arguments.precision,
+            verbose=not arguments.quiet,
+        )
+        return _print_train_result(result)
     recipe = resolve_recipe(
         arguments.recipe or DEFAULT_RECIPE,
         model=arguments.model,
@@ -101,16 +161,23 @@ def _train(arguments: argparse.Namespace) -> int:
         val_fraction=arguments.val_split,
         image_size=arguments.img_size,
         seed=arguments.seed,
+        patience=arguments.patience,
+        monitor=arguments.monitor,
     )
     result = train(
-        arguments.data,
+        arguments.data or "cifar10",
         recipe,
         device=arguments.device,
         precision=arguments.precision,
         out=arguments.out,
         name=arguments.name,
         verbose=not arguments.quiet,
+        strict=arguments.strict,
     )
+    return _print_train_result(result)
+
+
+def _print_train_result(result) -> int:
     report = result.report
     evaluation = report.get("evaluation")
     if evaluation:
@@ -124,38 +191,38 @@ def _train(arguments: argparse.Namespace) -> int:
 
 
 def _evaluate(arguments: argparse.Namespace) -> int:
+    from cnnkit.evaluation_report import format_evaluation
     from cnnkit.workflows import evaluate_checkpoint
 
     result = evaluate_checkpoint(
-        arguments.checkpoint, arguments.data, device=arguments.device, precision=arguments.precision
+        arguments.checkpoint,
+        arguments.data,
+        device=arguments.device,
+        precision=arguments.precision,
+        out=arguments.out,
     )
-    if arguments.json:
-        print(json.dumps(result))
-    else:
-        print(
-            f"{result['data']} [{result['split']}] {result['count']} images: "
-            f"loss {result['loss']:.4f} - accuracy {result['accuracy']:.4f}"
-        )
+    print(json.dumps(result) if arguments.json else format_evaluation(result))
     return 0
 
 
 def _predict(arguments: argparse.Namespace) -> int:
-    from cnnkit.workflows import predict_files
+    from cnnkit.prediction import predict_paths, write_predictions, write_predictions_file
 
-    results = predict_files(
+    results = predict_paths(
         arguments.checkpoint,
         arguments.images,
         arguments.top_k,
+        arguments.batch_size,
         device=arguments.device,
         precision=arguments.precision,
     )
-    if arguments.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    for result in results:
-        ranked = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in result["predictions"])
-        print(f"{result['path']}: {ranked}")
-    return 0
+    if arguments.output:
+        summary = write_predictions_file(arguments.output, results, arguments.format)
+        print(f"{summary.count} images, {summary.failed} failed, written to {arguments.output}")
+    else:
+        summary = write_predictions(results, sys.stdout, arguments.format)
+    # Every result is out either way; the exit code tells scripts that some inputs failed.
+    return 1 if summary.failed else 0
 
 
 def _summary(arguments: argparse.Namespace) -> int:

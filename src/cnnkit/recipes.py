@@ -59,6 +59,12 @@ class Recipe:
     image_size: int | None = None  # None: the data's own size
     model_arguments: dict = field(default_factory=dict)  # e.g. {"widths": [64, 256, 256]}
     eval_batch_size: int = 1024  # evaluation only: larger batches, same results, faster
+    # The metric that picks best.pt and drives early stopping: "val_accuracy" (higher is better)
+    # or "val_loss" (lower is better); without a validation split, its training counterpart.
+    monitor: str = "val_accuracy"
+    # Early stopping: stop after this many epochs without a better monitored value and restore
+    # the best weights (Keras's EarlyStopping(restore_best_weights=True)); 0 never stops early.
+    patience: int = 0
     seed: int = 0
 
     def replace(self, **changes: object) -> Recipe:
@@ -89,6 +95,8 @@ class Recipe:
             (self.tta in (0, 1, 2), "tta", "0, 1 or 2"),
             (self.normalization in ("scale", "standardize"), "normalization", "'scale' or 'standardize'"),
             (self.image_size is None or self.image_size >= 4, "image_size", "None or >= 4"),
+            (self.monitor in ("val_accuracy", "val_loss"), "monitor", "'val_accuracy' or 'val_loss'"),
+            (self.patience >= 0, "patience", ">= 0"),
         ]
         for ok, name, allowed in checks:
             if not ok:
@@ -96,6 +104,20 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Recipe:
+        """The recipe ``to_dict`` wrote (as stored in checkpoints, lists for tuples)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"Unknown recipe field(s): {', '.join(sorted(unknown))}.")
+        values = dict(values)
+        if "adam_betas" in values:
+            values["adam_betas"] = tuple(values["adam_betas"])
+        recipe = cls(**values)
+        recipe.validate()
+        return recipe
 
 
 _TUTORIAL = Recipe(name="tutorial", model="tutorial", epochs=5, batch_size=32, learning_rate=1e-3)

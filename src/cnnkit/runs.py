@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from cnnkit.checkpoint import Checkpoint, save_checkpoint, to_plain
-from cnnkit.engine.trainer import EpochEnd
+from cnnkit.engine.trainer import EpochEnd, Trainer
 from cnnkit.fileio import atomic_write_text
 from cnnkit.reports.history import plot_curves, write_metrics_csv
 
@@ -46,32 +46,39 @@ def write_report(folder: Path, report: dict[str, Any]) -> None:
 
 
 class RunRecorder:
-    """A training callback: after each epoch, write metrics.csv, curves.png, last.pt, best.pt."""
+    """A training callback writing the run folder: metrics.csv and curves.png after each epoch,
+    ``last.pt`` (everything needed to continue) after each epoch and on interruption, and
+    ``best.pt`` whenever the monitored metric improves. A worse model never replaces ``best.pt``.
+    """
 
     def __init__(self, folder: Path, checkpoint_template: Checkpoint, plots: bool = True) -> None:
         self.folder = folder
         self.template = checkpoint_template
         self.plots = plots
-        self.best_score: float | None = None
-        self.best_epoch: int | None = None
 
     def on_epoch_end(self, state: EpochEnd) -> None:
         write_metrics_csv(self.folder / "metrics.csv", state.history.rows)
         if self.plots:
             plot_curves(self.folder / "curves.png", state.history.rows, title=self.folder.name)
-        # last.pt carries the optimizer state so a run can be continued; best.pt is for use.
-        save_checkpoint(self.folder / "last.pt", self._checkpoint(state, with_optimizer=True))
-        # Best by validation accuracy; without a validation split, by training accuracy.
-        score = state.metrics.get("val_accuracy", state.metrics["accuracy"])
-        if self.best_score is None or score > self.best_score:
-            self.best_score, self.best_epoch = score, state.epoch
-            save_checkpoint(self.folder / "best.pt", self._checkpoint(state, with_optimizer=False))
+        self.save_last(state.trainer)
+        if state.improved:
+            save_checkpoint(self.folder / "best.pt", self._checkpoint(state.trainer, resumable=False))
 
-    def _checkpoint(self, state: EpochEnd, with_optimizer: bool) -> Checkpoint:
+    def on_interrupt(self, trainer: Trainer) -> Path:
+        """Save the mid-epoch state so that ``cnnkit train --resume`` continues from this step."""
+        return self.save_last(trainer)
+
+    def save_last(self, trainer: Trainer) -> Path:
+        return save_checkpoint(self.folder / "last.pt", self._checkpoint(trainer, resumable=True))
+
+    def _checkpoint(self, trainer: Trainer, resumable: bool) -> Checkpoint:
+        rows = trainer.history.rows
+        state = trainer.state_dict() if resumable else None
         return dataclasses.replace(
             self.template,
-            state_dict=state.model.state_dict(),
-            epoch=state.epoch,
-            metrics=state.metrics,
-            optimizer_state=state.optimizer.state_dict() if with_optimizer else None,
+            state_dict=trainer.model.state_dict(),
+            epoch=trainer.completed_epochs,
+            metrics=rows[-1] if rows else {},
+            optimizer_state=state["optimizer"] if state else None,
+            training_state=state["training"] if state else None,
         )

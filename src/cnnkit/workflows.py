@@ -16,11 +16,21 @@ import torch
 from cnnkit import __version__
 from cnnkit.api import Classifier
 from cnnkit.checkpoint import load_checkpoint
-from cnnkit.data import DataSplits, ImageData, decode_image, load_dataset, split_train_val
+from cnnkit.data import (
+    DataSplits,
+    ImageData,
+    check_trainable,
+    load_dataset,
+    split_train_val,
+    write_skipped_list,
+)
 from cnnkit.engine.device import precision_name
+from cnnkit.engine.interrupt import stop_on_signals
 from cnnkit.engine.preprocess import Normalization
 from cnnkit.engine.trainer import History
+from cnnkit.evaluation_report import evaluate_classifier, report_folder, write_evaluation_report
 from cnnkit.models import create_model, list_models
+from cnnkit.prediction import predict_files  # noqa: F401  (re-exported: cnnkit.workflows.predict_files)
 from cnnkit.recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from cnnkit.runs import (
     RunRecorder,
@@ -52,16 +62,20 @@ def train(
     name: str | None = None,
     verbose: bool = True,
     stream: TextIO | None = None,
+    strict: bool = False,
 ) -> TrainResult:
     """Load ``data``, train ``recipe`` into a new run folder, and evaluate the final model.
 
     The final evaluation uses the data's test split, or the validation split where there is none.
+    Files that are not usable images are skipped and listed in the run's ``skipped.txt``;
+    ``strict`` makes the first of them an error instead.
     """
     recipe = recipe or get_recipe(DEFAULT_RECIPE)
     stream = stream or sys.stdout
     if recipe.model not in list_models():  # fail before spending time on the data
         create_model(recipe.model)  # raises, naming the close matches
-    splits = load_dataset(data, image_size=recipe.image_size, progress=verbose)
+    splits = load_dataset(data, image_size=recipe.image_size, progress=verbose, strict=strict)
+    check_trainable(splits.train, splits.source)
     train_data, val_data = split_train_val(splits.train, recipe.val_fraction, recipe.seed)
     image_size = _square_size(train_data)
     normalization = Normalization.for_recipe(recipe.normalization, train_data.images)
@@ -78,29 +92,127 @@ def train(
     folder = create_run_folder(out, name)
     config = _run_config(data, splits, recipe, classifier, train_data, val_data)
     write_config(folder, config)
-    classifier.recipe = recipe.to_dict()
-    # The run's checkpoints are the classifier's own, plus weights, epoch and metrics each epoch.
-    recorder = RunRecorder(folder, classifier.to_checkpoint(config=config))
+    if splits.skipped:
+        write_skipped_list(folder / "skipped.txt", splits.skipped)
+        if verbose:  # the data layer has printed the summary line; say where the list is
+            stream.write(f"Skipped files and reasons: {folder / 'skipped.txt'}\n")
     if verbose:
         stream.write(
             f"Training {recipe.model} ({recipe.name} recipe) on {splits.source}: "
             f"{len(train_data)} train, {len(val_data) if val_data else 0} validation images, "
             f"{classifier.device.type} {precision_name(classifier.precision)}\n"
         )
+    run = _Run(folder, classifier, recipe, splits, train_data, val_data, config)
+    return _train_in_folder(run, verbose, stream)
+
+
+def resume(
+    run_folder: str | os.PathLike,
+    device: str = "auto",
+    precision: str = "auto",
+    verbose: bool = True,
+    stream: TextIO | None = None,
+) -> TrainResult:
+    """Continue the stopped run in ``run_folder`` from its ``last.pt``, as if never interrupted.
+
+    On the same device and thread count, the final weights and metrics equal those of an
+    uninterrupted run. After a hard kill, ``last.pt`` is the last finished epoch's.
+    """
+    folder = Path(run_folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Run folder not found: {folder}")
+    if not (folder / "last.pt").is_file():
+        raise FileNotFoundError(
+            f"{folder} has no last.pt: the run stopped before finishing its first epoch. Start it again."
+        )
+    checkpoint = load_checkpoint(folder / "last.pt")
+    state = checkpoint.training_state
+    if state is None:
+        raise ValueError(f"{folder / 'last.pt'} holds no training state (an older cnnkit wrote it).")
+    if state["finished"]:
+        raise ValueError(
+            f"The run in {folder} already finished after {len(state['history'])} epochs: "
+            "nothing to resume. Start a new run to train more."
+        )
+    recipe = Recipe.from_dict(checkpoint.recipe)
+    config = checkpoint.config
+    stream = stream or sys.stdout
+    splits = load_dataset(config["data"], image_size=recipe.image_size, progress=verbose)
+    train_data, val_data = split_train_val(splits.train, recipe.val_fraction, recipe.seed)
+    if train_data.class_names != checkpoint.class_names:
+        raise ValueError(
+            f"The classes of {config['data']} changed since the run started: "
+            f"now {', '.join(train_data.class_names)}, then {', '.join(checkpoint.class_names)}."
+        )
+    classifier = Classifier.from_checkpoint(checkpoint, device=device, precision=precision)
+    if verbose:
+        position = state["position"]
+        where = (
+            f"epoch {position['epoch']}, step {position['step'] + 1}"
+            if position
+            else f"epoch {len(state['history']) + 1}"
+        )
+        stream.write(f"Resuming {folder} at {where} ({recipe.name} recipe, {splits.source})\n")
+    resume_state = {
+        "model": checkpoint.state_dict,
+        "optimizer": checkpoint.optimizer_state,
+        "training": state,
+    }
+    run = _Run(folder, classifier, recipe, splits, train_data, val_data, config)
+    return _train_in_folder(run, verbose, stream, resume_state)
+
+
+@dataclass
+class _Run:
+    """What a run folder's training needs, set up by ``train`` or read back by ``resume``."""
+
+    folder: Path
+    classifier: Classifier
+    recipe: Recipe
+    splits: DataSplits
+    train_data: ImageData
+    val_data: ImageData | None
+    config: dict[str, Any]
+
+
+def _train_in_folder(
+    run: _Run, verbose: bool, stream: TextIO, resume_state: dict | None = None
+) -> TrainResult:
+    """Fit with the run folder recorder, stop cleanly on SIGINT/SIGTERM, evaluate, write the report."""
+    folder, classifier = run.folder, run.classifier
+    classifier.recipe = run.recipe.to_dict()
+    # The run's checkpoints are the classifier's own, plus weights, epoch and metrics each epoch.
+    recorder = RunRecorder(folder, classifier.to_checkpoint(config=run.config))
     started = time.perf_counter()
-    history = classifier.fit_data(
-        train_data, val_data, recipe, callbacks=[recorder], verbose=verbose, stream=stream
-    )
-    report = _final_report(
-        folder, classifier, history, recorder, splits, val_data, time.perf_counter() - started
-    )
+    try:
+        with stop_on_signals() as stop_request:
+            history = classifier.fit_data(
+                run.train_data,
+                run.val_data,
+                run.recipe,
+                callbacks=[recorder],
+                verbose=verbose,
+                stream=stream,
+                resume_state=resume_state,
+                stop_request=stop_request,
+            )
+    except FloatingPointError as error:
+        last = folder / "last.pt"
+        kept = (
+            f"the last good checkpoint is {last}"
+            if last.is_file()
+            else "no epoch finished, so there is no checkpoint"
+        )
+        raise FloatingPointError(f"{error} Training stopped; {kept}.") from None
+    report = _final_report(run, history, time.perf_counter() - started)
     write_report(folder, report)
     return TrainResult(folder, history, report, classifier)
 
 
-def _final_report(folder, classifier, history, recorder, splits, val_data, seconds) -> dict[str, Any]:
+def _final_report(run: _Run, history: History, seconds: float) -> dict[str, Any]:
+    folder, classifier = run.folder, run.classifier
     split_name, evaluation_data = (
-        ("test", splits.test) if splits.test is not None else ("validation", val_data)
+        ("test", run.splits.test) if run.splits.test is not None else ("validation", run.val_data)
     )
     report: dict[str, Any] = {
         "run_folder": str(folder),
@@ -108,7 +220,7 @@ def _final_report(folder, classifier, history, recorder, splits, val_data, secon
         "epochs": len(history.rows),
         "train_seconds": round(seconds, 2),
         "final_epoch": history.rows[-1],
-        "best_epoch": recorder.best_epoch,
+        "best_epoch": history.best_epoch,
         "best_checkpoint": str(folder / "best.pt"),
         "last_checkpoint": str(folder / "last.pt"),
     }
@@ -156,17 +268,35 @@ def evaluate_checkpoint(
     device: str = "auto",
     precision: str = "auto",
     batch_size: int = 1024,
+    out: str | os.PathLike | None = None,
+    reports: bool = True,
 ) -> dict[str, Any]:
-    """Loss and accuracy of a checkpoint on ``data``'s test split (or all of it, if it has none).
+    """The full classification report of a checkpoint on ``data``'s test split (or all of it).
 
     Without ``data``, the run's own data: its test split, or the exact validation split it held out.
+    Returns plain values: ``accuracy``, ``loss``, ``count``, per-class metrics, averages, confusion
+    matrix, most confident errors, ``missing_classes`` (see ``ClassificationReport.to_dict``), plus
+    ``split``, ``data`` and ``checkpoint``. With ``reports``, the report's files are written to
+    ``out`` or to a new ``evaluate``, ``evaluate2``... folder beside the checkpoint, and
+    ``report_folder`` and ``files`` name them.
     """
     checkpoint = load_checkpoint(checkpoint_path)
     classifier = Classifier.from_checkpoint(checkpoint, device=device, precision=precision)
     evaluation_data, split_name, source = _evaluation_data(checkpoint, data)
     labels = match_labels(evaluation_data, checkpoint.class_names)
-    metrics = classifier.evaluate(evaluation_data.images, labels, batch_size)
-    return {**metrics, "split": split_name, "data": source, "checkpoint": str(checkpoint_path)}
+    report = evaluate_classifier(classifier, evaluation_data, labels, batch_size)
+    result = {
+        **report.to_dict(),
+        "split": split_name,
+        "data": source,
+        "checkpoint": str(checkpoint_path),
+    }
+    if reports:
+        # The folder is made only once the evaluation has succeeded: a failure leaves nothing behind.
+        folder = report_folder(checkpoint_path, out)
+        files = write_evaluation_report(folder, report, evaluation_data.images, result)
+        result.update(report_folder=str(folder), files=files)
+    return result
 
 
 def _evaluation_data(checkpoint, data) -> tuple[ImageData, str, str]:
@@ -197,32 +327,3 @@ def match_labels(data: ImageData, class_names: list[str]) -> torch.Tensor:
         )
     mapping = torch.tensor([index[name] for name in data.class_names], dtype=torch.long)
     return mapping[data.labels.long()]
-
-
-def predict_files(
-    checkpoint_path: str | os.PathLike,
-    paths: list[str | os.PathLike],
-    top_k: int = 5,
-    device: str = "auto",
-    precision: str = "auto",
-) -> list[dict[str, Any]]:
-    """Top-k class names and probabilities for each image file (any size or mode)."""
-    if top_k < 1:
-        raise ValueError(f"top_k must be >= 1. Received: top_k={top_k}")
-    classifier = Classifier.load(checkpoint_path, device=device, precision=precision)
-    images = []
-    for path in paths:
-        with open(path, "rb") as file:
-            images.append(torch.tensor(decode_image(file.read(), classifier.image_size, str(path))))
-    probabilities = torch.from_numpy(classifier.predict(torch.stack(images)))
-    top = probabilities.topk(min(top_k, len(classifier.class_names)), dim=1)
-    return [
-        {
-            "path": str(path),
-            "predictions": [
-                {"class": classifier.class_names[index], "probability": round(value, 6)}
-                for value, index in zip(values.tolist(), indices.tolist(), strict=True)
-            ],
-        }
-        for path, values, indices in zip(paths, top.values, top.indices, strict=True)
-    ]

@@ -21,9 +21,11 @@ from torch import nn
 from cnnkit.engine.augment import Augmenter
 from cnnkit.engine.device import configure_threads, flush_denormals, keep_freed_memory
 from cnnkit.engine.evaluation import evaluate_tensors
+from cnnkit.engine.interrupt import StopRequest, TrainingInterrupted
 from cnnkit.engine.lookahead import Lookahead, lookahead_decay
 from cnnkit.engine.optimization import build_optimizer, lr_multiplier, set_learning_rate
 from cnnkit.engine.preprocess import InputTransform, Normalization
+from cnnkit.engine.training_state import EpochPosition, load_training_state, training_state
 from cnnkit.progress import ProgressBar
 from cnnkit.recipes import Recipe
 
@@ -37,6 +39,7 @@ class History:
     """One row of metrics per epoch; ``history.history["val_accuracy"]`` reads like Keras."""
 
     rows: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None  # by the recipe's monitored metric
 
     @property
     def history(self) -> dict[str, list[float]]:
@@ -46,7 +49,7 @@ class History:
 
 @dataclass
 class EpochEnd:
-    """What a callback sees after each epoch."""
+    """What a callback sees after each epoch (``trainer`` gives the full state to save)."""
 
     epoch: int  # 1-based
     epochs: int
@@ -54,6 +57,8 @@ class EpochEnd:
     history: History
     model: nn.Module
     optimizer: torch.optim.Optimizer
+    trainer: Trainer
+    improved: bool  # the monitored metric is the best so far (best.pt material)
 
 
 class Callback(Protocol):
@@ -80,10 +85,18 @@ def fit(
     callbacks: Sequence[Callback] = (),
     verbose: bool = True,
     stream: TextIO | None = None,
+    resume_state: dict | None = None,
+    stop_request: StopRequest | None = None,
 ) -> History:
-    """Train ``model`` in place as ``recipe`` says; return the per-epoch history."""
+    """Train ``model`` in place as ``recipe`` says; return the per-epoch history.
+
+    ``resume_state`` (from ``Trainer.state_dict``) continues a run exactly where it stopped;
+    ``stop_request`` (see ``engine.interrupt``) makes it save and stop between two steps.
+    """
     trainer = Trainer(model, data, recipe, normalization, device, precision, verbose, stream or sys.stdout)
-    return trainer.fit(callbacks)
+    if resume_state is not None:
+        trainer.load_state_dict(resume_state)
+    return trainer.fit(callbacks, stop_request)
 
 
 class Trainer:
@@ -96,6 +109,14 @@ class Trainer:
         self.model = model.to(device, memory_format=torch.channels_last)
         self.data, self.recipe, self.normalization = data, recipe, normalization
         self.device, self.precision, self.verbose, self.stream = device, precision, verbose, stream
+        has_validation = data.val_images is not None and len(data.val_images) > 0
+        if recipe.patience and not has_validation:
+            raise ValueError(
+                f"Early stopping watches validation metrics: use a validation split. "
+                f"Received: patience={recipe.patience} with no validation images"
+            )
+        # Without validation data, "best" falls back to the training metric of the same kind.
+        self.monitor = recipe.monitor if has_validation else recipe.monitor.removeprefix("val_")
         # One CPU generator drives shuffling and augmentation: the same seed, the same run, anywhere.
         self.generator = torch.Generator().manual_seed(recipe.seed)
         self.to_input = InputTransform(normalization, device)
@@ -110,8 +131,15 @@ class Trainer:
         self.steps_per_epoch = (
             count // self.batch_size if recipe.drop_last else math.ceil(count / self.batch_size)
         )
+        self.epochs = math.ceil(recipe.epochs)
         self.total_steps = math.ceil(self.steps_per_epoch * recipe.epochs)
         self.step = 0
+        self.history = History()
+        self.position: EpochPosition | None = None  # None between epochs
+        self.stop_training = False  # early stopping sets it
+        self.best_value: float | None = None
+        self.best_epoch: int | None = None
+        self.best_weights: dict[str, torch.Tensor] | None = None  # kept only for early stopping
         self.augmenter = Augmenter(count, recipe.flip, recipe.translate, self.generator)
         self.lookahead: Lookahead | None = None
         self._initialize_from_data()
@@ -127,27 +155,80 @@ class Trainer:
         sample = torch.randperm(len(images), generator=self.generator)[:INITIALIZATION_SAMPLE]
         initialize(self.to_input(images[sample]))
 
-    def fit(self, callbacks: Sequence[Callback] = ()) -> History:
-        history = History()
-        epochs = math.ceil(self.recipe.epochs)
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            metrics = self.train_one_epoch(epoch, epochs)
-            train_seconds = time.perf_counter() - start
-            metrics.update(self.validate())
-            metrics = {
-                "epoch": epoch,
-                "seconds": time.perf_counter() - start,
-                "ms_per_sample": 1000 * train_seconds / max(1, metrics.pop("samples")),
-                **metrics,
-            }
-            history.rows.append(metrics)
+    @property
+    def completed_epochs(self) -> int:
+        return len(self.history.rows)
+
+    @property
+    def finished(self) -> bool:
+        return self.completed_epochs >= self.epochs or self.stop_training
+
+    def fit(self, callbacks: Sequence[Callback] = (), stop_request: StopRequest | None = None) -> History:
+        while not self.finished:
+            if stop_request:  # a signal that arrived during an epoch's last step or its validation
+                self._interrupt(callbacks, stop_request)
+            epoch = self.completed_epochs + 1
+            if self.position is None:
+                self.position = self._begin_epoch(epoch)
+            self.train_steps(callbacks, stop_request)
+            metrics = self._end_epoch()
+            improved = self._track_best(epoch, metrics)
             if self.verbose:
-                self.stream.write(format_epoch_line(epoch, epochs, metrics) + "\n")
+                self.stream.write(format_epoch_line(epoch, self.epochs, metrics) + "\n")
                 self.stream.flush()
             for callback in callbacks:
-                callback.on_epoch_end(EpochEnd(epoch, epochs, metrics, history, self.model, self.optimizer))
-        return history
+                state = EpochEnd(
+                    epoch, self.epochs, metrics, self.history, self.model, self.optimizer, self, improved
+                )
+                callback.on_epoch_end(state)
+        if self.recipe.patience and self.best_weights is not None:
+            # Keras's restore_best_weights: the model the run hands back is its best one.
+            self.model.load_state_dict(self.best_weights)
+        return self.history
+
+    def _begin_epoch(self, epoch: int) -> EpochPosition:
+        order = torch.randperm(len(self.data.train_images), generator=self.generator)
+        return EpochPosition(epoch, order, self.augmenter.flips_for_epoch(epoch - 1))
+
+    def _end_epoch(self) -> dict[str, float]:
+        """Close the epoch: lookahead average, validation, one history row."""
+        position, self.position = self.position, None
+        if self.lookahead is not None:
+            self.lookahead.update(self.model, decay=1.0)  # end each epoch on the averaged weights
+        started = time.perf_counter()
+        validation = self.validate()
+        seen = max(1, position.seen)
+        metrics = {
+            "epoch": position.epoch,
+            "seconds": position.train_seconds + time.perf_counter() - started,
+            "ms_per_sample": 1000 * position.train_seconds / seen,
+            "loss": position.loss_sum / seen,
+            "accuracy": position.correct / seen,
+            **validation,
+        }
+        self.history.rows.append(metrics)
+        return metrics
+
+    def _track_best(self, epoch: int, metrics: dict[str, float]) -> bool:
+        """Update the best monitored value; stop early after ``patience`` epochs without progress."""
+        value = metrics[self.monitor]
+        lower_is_better = self.monitor.endswith("loss")
+        improved = self.best_value is None or (
+            value < self.best_value if lower_is_better else value > self.best_value
+        )
+        if improved:
+            self.best_value, self.best_epoch = value, epoch
+            self.history.best_epoch = epoch
+            if self.recipe.patience:
+                self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        elif self.recipe.patience and epoch - self.best_epoch >= self.recipe.patience:
+            self.stop_training = True
+            if self.verbose:
+                self.stream.write(
+                    f"Early stopping: {self.monitor} has not improved for {self.recipe.patience} "
+                    f"epochs; restoring the weights of epoch {self.best_epoch}.\n"
+                )
+        return improved
 
     def validate(self) -> dict[str, float]:
         """Validation loss and accuracy (no test-time augmentation: that is for the final score)."""
@@ -164,45 +245,76 @@ class Trainer:
         )
         return {"val_loss": result["loss"], "val_accuracy": result["accuracy"]}
 
-    def train_one_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
-        """One pass over the shuffled training data; mean loss and accuracy (Keras's numbers)."""
+    def train_steps(
+        self, callbacks: Sequence[Callback] = (), stop_request: StopRequest | None = None
+    ) -> None:
+        """Run the current epoch's remaining steps (all of them, unless resumed mid-epoch)."""
+        position = self.position
         self.model.train()
-        self._set_first_layer_bias_trainable(epoch)
-        order = torch.randperm(len(self.data.train_images), generator=self.generator)
-        flips = self.augmenter.flips_for_epoch(epoch - 1)
-        steps = min(self.steps_per_epoch, self.total_steps - self.step)
+        self._set_first_layer_bias_trainable(position.epoch)
+        # Every epoch but the last is whole; the last may be cut short by fractional epochs.
+        steps = min(self.steps_per_epoch, self.total_steps - (position.epoch - 1) * self.steps_per_epoch)
         # Sums stay on the device: reading them every step would force a CUDA sync.
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
+        loss_sum = torch.tensor(position.loss_sum, device=self.device)
+        correct = torch.tensor(position.correct, device=self.device, dtype=torch.long)
         progress = ProgressBar(
-            steps, f"Epoch {epoch}/{epochs}", unit="step", stream=self.stream, enabled=self.verbose
+            steps,
+            f"Epoch {position.epoch}/{self.epochs}",
+            unit="step",
+            stream=self.stream,
+            enabled=self.verbose,
         )
-        for step in range(steps):
-            batch = order[step * self.batch_size : (step + 1) * self.batch_size]
-            loss, logits, targets = self.train_step(batch, flips[batch])
+        if position.step:  # resumed mid-epoch
+            progress.update(position.step)
+        started = time.perf_counter()
+        for step in range(position.step, steps):
+            batch = position.order[step * self.batch_size : (step + 1) * self.batch_size]
+            loss, logits, targets = self.train_step(batch, position.flips[batch])
             # Reading the loss forces a device sync: free on the CPU, so every step there; on a GPU
             # only at the progress updates, which sync anyway.
             sync_point = step % 10 == 0 or step == steps - 1
             if (self.device.type == "cpu" or sync_point) and not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"Loss became {loss.item()} at epoch {epoch}/{epochs}, step {step + 1}."
+                    f"Loss became {loss.item()} at epoch {position.epoch}/{self.epochs}, step {step + 1}."
                 )
             loss_sum += loss.detach() * (len(batch) if self.recipe.loss_reduction == "mean" else 1)
             correct += (logits.argmax(1) == targets).sum()
-            seen += len(batch)
+            position.seen += len(batch)
+            position.step = step + 1
             if self.verbose and sync_point:
                 progress.update(
-                    step + 1 - progress.count, loss=loss_sum.item() / seen, accuracy=correct.item() / seen
+                    step + 1 - progress.count,
+                    loss=loss_sum.item() / position.seen,
+                    accuracy=correct.item() / position.seen,
                 )
+            if position.step < steps and stop_request:  # the last step ends the epoch first
+                position.loss_sum, position.correct = loss_sum.item(), int(correct.item())
+                position.train_seconds += time.perf_counter() - started
+                progress.close()
+                self._interrupt(callbacks, stop_request)
         progress.close()
-        if self.lookahead is not None:
-            self.lookahead.update(self.model, decay=1.0)  # end each epoch on the averaged weights
-        return {
-            "loss": loss_sum.item() / max(1, seen),
-            "accuracy": correct.item() / max(1, seen),
-            "samples": seen,
-        }
+        position.loss_sum, position.correct = loss_sum.item(), int(correct.item())
+        position.train_seconds += time.perf_counter() - started
+
+    def _interrupt(self, callbacks: Sequence[Callback], stop_request: StopRequest) -> None:
+        """Let callbacks save the mid-epoch state, then stop with ``TrainingInterrupted``."""
+        saved = None
+        for callback in callbacks:
+            on_interrupt = getattr(callback, "on_interrupt", None)
+            if on_interrupt is not None:
+                saved = on_interrupt(self) or saved
+        position = self.position
+        where = (
+            f"at epoch {position.epoch}/{self.epochs}, step {position.step}/{self.steps_per_epoch}"
+            if position is not None
+            else f"after epoch {self.completed_epochs}/{self.epochs}"
+        )
+        raise TrainingInterrupted(
+            f"Training stopped by {stop_request.signal_name} {where}"
+            + (f"; its state is saved in {saved}" if saved else ""),
+            stop_request.signal_number,
+            saved,
+        )
 
     def train_step(self, batch: torch.Tensor, flips: torch.Tensor):
         """Forward, backward and update on one batch of indices; returns (loss, logits, targets)."""
@@ -247,6 +359,18 @@ class Trainer:
         freeze = getattr(self.model, "set_first_layer_bias_trainable", None)
         if freeze is not None and self.recipe.first_layer_bias_epochs:
             freeze(epoch <= self.recipe.first_layer_bias_epochs)
+
+    def state_dict(self) -> dict:
+        """``{"model", "optimizer", "training"}``: everything needed to continue exactly."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "training": training_state(self),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()`` output: model, optimizer, RNGs, data position, history."""
+        load_training_state(self, state)
 
 
 def format_epoch_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
