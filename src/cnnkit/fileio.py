@@ -14,6 +14,9 @@ from typing import IO
 class DiskFullError(OSError):
     """Raised when a write fails because the disk is full (or over quota)."""
 
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()  # the message alone, without "[Errno 28]"
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:

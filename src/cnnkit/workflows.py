@@ -21,6 +21,7 @@ from cnnkit.data import (
     ImageData,
     check_trainable,
     load_dataset,
+    skipped_summary,
     split_train_val,
     write_skipped_list,
 )
@@ -93,9 +94,15 @@ def train(
     config = _run_config(data, splits, recipe, classifier, train_data, val_data)
     write_config(folder, config)
     if splits.skipped:
-        write_skipped_list(folder / "skipped.txt", splits.skipped)
-        if verbose:  # the data layer has printed the summary line; say where the list is
-            stream.write(f"Skipped files and reasons: {folder / 'skipped.txt'}\n")
+        listing = folder / "skipped.txt"
+        write_skipped_list(listing, splits.skipped)
+        # Verbose loading has printed the summary line already; quiet runs still get it once.
+        line = (
+            f"Skipped files and reasons: {listing}"
+            if verbose
+            else skipped_summary(splits.skipped, splits.file_count, listing)
+        )
+        print(line, file=sys.stderr)
     if verbose:
         stream.write(
             f"Training {recipe.model} ({recipe.name} recipe) on {splits.source}: "
