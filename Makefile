@@ -7,7 +7,7 @@ ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cnnkit-installed
 
-.PHONY: setup train test lint format benchmark
+.PHONY: setup train test lint format benchmark browser
 
 setup: $(STAMP)
 
@@ -20,8 +20,16 @@ $(STAMP): pyproject.toml
 train: setup
 	@$(BIN)/cnnkit train --data $(DATA) $(ARGS)
 
-test: setup lint
+test: setup lint browser
 	@$(BIN)/python -m pytest -q
+
+# The service's browser test drives Debian's chromium package (Playwright downloads no browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing chromium (Debian package) for the browser test ..."; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing and apt-get needs root: the browser test will be skipped"; fi; }
 
 lint: setup
 	@$(BIN)/ruff check --quiet src tests benchmarks
