@@ -25,6 +25,7 @@ from cnnkit.data import (
     split_train_val,
     write_skipped_list,
 )
+from cnnkit.engine import distributed
 from cnnkit.engine.device import precision_name
 from cnnkit.engine.interrupt import stop_on_signals
 from cnnkit.engine.preprocess import Normalization
@@ -75,6 +76,9 @@ def train(
     stream = stream or sys.stdout
     if recipe.model not in list_models():  # fail before spending time on the data
         create_model(recipe.model)  # raises, naming the close matches
+    # Under torchrun, every process runs this; rank 0 alone prints and writes the run folder.
+    job, device = distributed.initialize(device)
+    verbose = verbose and job.is_main
     splits = load_dataset(data, image_size=recipe.image_size, progress=verbose, strict=strict)
     check_trainable(splits.train, splits.source)
     train_data, val_data = split_train_val(splits.train, recipe.val_fraction, recipe.seed)
@@ -90,10 +94,11 @@ def train(
         seed=recipe.seed,
         **recipe.model_arguments,
     )
-    folder = create_run_folder(out, name)
+    folder = _create_shared_run_folder(out, name, job)
     config = _run_config(data, splits, recipe, classifier, train_data, val_data)
-    write_config(folder, config)
-    if splits.skipped:
+    if job.is_main:
+        write_config(folder, config)
+    if splits.skipped and job.is_main:
         listing = folder / "skipped.txt"
         write_skipped_list(listing, splits.skipped)
         # Verbose loading has printed the summary line already; quiet runs still get it once.
@@ -144,6 +149,8 @@ def resume(
     recipe = Recipe.from_dict(checkpoint.recipe)
     config = checkpoint.config
     stream = stream or sys.stdout
+    job, device = distributed.initialize(device)
+    verbose = verbose and job.is_main
     splits = load_dataset(config["data"], image_size=recipe.image_size, progress=verbose)
     train_data, val_data = split_train_val(splits.train, recipe.val_fraction, recipe.seed)
     if train_data.class_names != checkpoint.class_names:
@@ -190,6 +197,7 @@ def _train_in_folder(
     classifier.recipe = run.recipe.to_dict()
     # The run's checkpoints are the classifier's own, plus weights, epoch and metrics each epoch.
     recorder = RunRecorder(folder, classifier.to_checkpoint(config=run.config))
+    is_main = distributed.current().is_main
     started = time.perf_counter()
     try:
         with stop_on_signals() as stop_request:
@@ -197,7 +205,7 @@ def _train_in_folder(
                 run.train_data,
                 run.val_data,
                 run.recipe,
-                callbacks=[recorder],
+                callbacks=[recorder] if is_main else [],
                 verbose=verbose,
                 stream=stream,
                 resume_state=resume_state,
@@ -211,9 +219,21 @@ def _train_in_folder(
             else "no epoch finished, so there is no checkpoint"
         )
         raise FloatingPointError(f"{error} Training stopped; {kept}.") from None
+    if not is_main:  # the other ranks' work is done: rank 0 evaluates and reports
+        return TrainResult(folder, history, {}, classifier)
     report = _final_report(run, history, time.perf_counter() - started)
     write_report(folder, report)
     return TrainResult(folder, history, report, classifier)
+
+
+def _create_shared_run_folder(out, name, job: distributed.Distributed) -> Path:
+    """Rank 0 creates the run folder; under torchrun the other ranks learn its name from it."""
+    folder = create_run_folder(out, name) if job.is_main else None
+    if job.enabled:
+        shared = [str(folder) if folder else None]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        folder = Path(shared[0])
+    return folder
 
 
 def _final_report(run: _Run, history: History, seconds: float) -> dict[str, Any]:

@@ -28,15 +28,25 @@ class Augmenter:
             return torch.rand(len(self.first_flips), generator=self.generator) < 0.5
         return torch.zeros(len(self.first_flips), dtype=torch.bool)
 
-    def __call__(self, inputs: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-        """Augment a batch; ``flips`` holds the batch's rows of ``flips_for_epoch``."""
+    def draw_shifts(self, count: int) -> torch.Tensor | None:
+        """Random ``(dy, dx)`` shifts for ``count`` images (None without translation)."""
+        if not self.translate:
+            return None
+        return torch.randint(-self.translate, self.translate + 1, (count, 2), generator=self.generator)
+
+    def __call__(
+        self, inputs: torch.Tensor, flips: torch.Tensor, shifts: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Augment a batch; ``flips`` holds the batch's rows of ``flips_for_epoch``.
+
+        ``shifts`` (from ``draw_shifts``) lets distributed ranks share one draw for the global
+        batch, so the generator stays in step on every rank; by default they are drawn here.
+        """
         if self.flip != "none":
             mask = flips.to(inputs.device).view(-1, 1, 1, 1)
             inputs = torch.where(mask, inputs.flip(-1), inputs)
         if self.translate:
-            shifts = torch.randint(
-                -self.translate, self.translate + 1, (len(inputs), 2), generator=self.generator
-            )
+            shifts = self.draw_shifts(len(inputs)) if shifts is None else shifts
             inputs = translate(inputs, shifts.to(inputs.device), self.translate)
         return inputs
 

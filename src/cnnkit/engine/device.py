@@ -97,8 +97,12 @@ def available_cores() -> int:
 
 
 def configure_threads(threads: int | None = None) -> int:
-    """Use one intra-op thread per available core (PyTorch may count hyperthreads otherwise)."""
-    count = threads or available_cores()
+    """Use one intra-op thread per available core (PyTorch may count hyperthreads otherwise).
+
+    Processes that torchrun started on one machine share its cores (LOCAL_WORLD_SIZE of them).
+    """
+    sharing = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    count = threads or max(1, available_cores() // sharing)
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     return count

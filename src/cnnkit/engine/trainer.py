@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnkit.engine import distributed
 from cnnkit.engine.augment import Augmenter
 from cnnkit.engine.device import configure_threads, flush_denormals, keep_freed_memory
 from cnnkit.engine.evaluation import evaluate_tensors
@@ -107,6 +108,10 @@ class Trainer:
         flush_denormals()
         keep_freed_memory()
         self.model = model.to(device, memory_format=torch.channels_last)
+        # Under torchrun: this rank's place. The forward/backward runs through the DDP wrapper.
+        self.distributed = distributed.current()
+        self.training_model = self.model
+        self._wrapped_trainable: tuple[bool, ...] | None = None
         self.data, self.recipe, self.normalization = data, recipe, normalization
         self.device, self.precision, self.verbose, self.stream = device, precision, verbose, stream
         has_validation = data.val_images is not None and len(data.val_images) > 0
@@ -131,6 +136,8 @@ class Trainer:
         self.steps_per_epoch = (
             count // self.batch_size if recipe.drop_last else math.ceil(count / self.batch_size)
         )
+        if self.distributed.enabled:
+            self._check_distributed_batches(count)
         self.epochs = math.ceil(recipe.epochs)
         self.total_steps = math.ceil(self.steps_per_epoch * recipe.epochs)
         self.step = 0
@@ -145,6 +152,17 @@ class Trainer:
         self._initialize_from_data()
         # Weight decay per step scales with the batch actually used (smaller on small data).
         self.optimizer = build_optimizer(self.model, recipe.replace(batch_size=self.batch_size), device)
+
+    def _check_distributed_batches(self, count: int) -> None:
+        """Every rank needs at least one image of every step (BatchNorm can't take none)."""
+        world_size = self.distributed.world_size
+        if self.batch_size < world_size:
+            raise ValueError(
+                f"The global batch must hold at least one image per process. "
+                f"Received: batch_size={self.batch_size} with {world_size} processes"
+            )
+        if 0 < count % self.batch_size < world_size and not self.recipe.drop_last:
+            self.steps_per_epoch -= 1  # the epoch's last, tiny batch is dropped
 
     def _initialize_from_data(self) -> None:
         """Models with a data-dependent first layer (``initialize_from_data``) get a sample."""
@@ -165,7 +183,7 @@ class Trainer:
 
     def fit(self, callbacks: Sequence[Callback] = (), stop_request: StopRequest | None = None) -> History:
         while not self.finished:
-            if stop_request:  # a signal that arrived during an epoch's last step or its validation
+            if self._stop_requested(stop_request):  # arrived in an epoch's last step or validation
                 self._interrupt(callbacks, stop_request)
             epoch = self.completed_epochs + 1
             if self.position is None:
@@ -184,7 +202,33 @@ class Trainer:
         if self.recipe.patience and self.best_weights is not None:
             # Keras's restore_best_weights: the model the run hands back is its best one.
             self.model.load_state_dict(self.best_weights)
+        if self.distributed.enabled:
+            distributed.check_ranks_agree(self.model, self.device)
         return self.history
+
+    def _sum_over_ranks(self, position: EpochPosition) -> None:
+        """Turn this rank's running sums of an epoch into the whole job's."""
+        totals = distributed.all_reduce_sum([position.loss_sum, position.correct, position.seen], self.device)
+        position.loss_sum, position.correct, position.seen = totals[0], int(totals[1]), int(totals[2])
+
+    def _stop_requested(self, stop_request: StopRequest | None) -> bool:
+        """Whether to stop now; under torchrun every rank must agree to stop at the same step."""
+        if self.distributed.enabled:
+            return distributed.any_rank(bool(stop_request), self.device)
+        return bool(stop_request)
+
+    def _wrap_for_distributed(self) -> None:
+        """(Re)build the DDP wrapper when the set of trainable parameters changes.
+
+        DDP expects a gradient for every parameter it was built with; the fast network freezes
+        its first layer's bias after a few epochs, so the wrapper is rebuilt then.
+        """
+        if not self.distributed.enabled:
+            return
+        trainable = tuple(parameter.requires_grad for parameter in self.model.parameters())
+        if trainable != self._wrapped_trainable:
+            self.training_model = distributed.wrap(self.model, self.device)
+            self._wrapped_trainable = trainable
 
     def _begin_epoch(self, epoch: int) -> EpochPosition:
         order = torch.randperm(len(self.data.train_images), generator=self.generator)
@@ -195,6 +239,9 @@ class Trainer:
         position, self.position = self.position, None
         if self.lookahead is not None:
             self.lookahead.update(self.model, decay=1.0)  # end each epoch on the averaged weights
+        if self.distributed.enabled:
+            distributed.average_buffers(self.model)
+            self._sum_over_ranks(position)
         started = time.perf_counter()
         validation = self.validate()
         seen = max(1, position.seen)
@@ -234,16 +281,25 @@ class Trainer:
         """Validation loss and accuracy (no test-time augmentation: that is for the final score)."""
         if self.data.val_images is None or not len(self.data.val_images):
             return {}
-        result = evaluate_tensors(
-            self.model,
-            self.data.val_images,
-            self.data.val_labels,
-            self.normalization,
-            self.device,
-            self.precision,
-            self.recipe.eval_batch_size,
-        )
-        return {"val_loss": result["loss"], "val_accuracy": result["accuracy"]}
+        # Each rank scores its share of the validation set; the sums are added up across ranks.
+        share = self.distributed.shard(len(self.data.val_images))
+        images, labels = self.data.val_images[share], self.data.val_labels[share]
+        sums = [0.0, 0.0, float(len(images))]
+        if len(images):
+            result = evaluate_tensors(
+                self.model,
+                images,
+                labels,
+                self.normalization,
+                self.device,
+                self.precision,
+                self.recipe.eval_batch_size,
+            )
+            sums = [result["loss"] * len(images), result["accuracy"] * len(images), float(len(images))]
+        if self.distributed.enabled:
+            sums = distributed.all_reduce_sum(sums, self.device)
+        loss_sum, correct, count = sums
+        return {"val_loss": loss_sum / count, "val_accuracy": correct / count}
 
     def train_steps(
         self, callbacks: Sequence[Callback] = (), stop_request: StopRequest | None = None
@@ -252,6 +308,7 @@ class Trainer:
         position = self.position
         self.model.train()
         self._set_first_layer_bias_trainable(position.epoch)
+        self._wrap_for_distributed()
         # Every epoch but the last is whole; the last may be cut short by fractional epochs.
         steps = min(self.steps_per_epoch, self.total_steps - (position.epoch - 1) * self.steps_per_epoch)
         # Sums stay on the device: reading them every step would force a CUDA sync.
@@ -277,9 +334,9 @@ class Trainer:
                 raise FloatingPointError(
                     f"Loss became {loss.item()} at epoch {position.epoch}/{self.epochs}, step {step + 1}."
                 )
-            loss_sum += loss.detach() * (len(batch) if self.recipe.loss_reduction == "mean" else 1)
+            loss_sum += loss.detach() * (len(targets) if self.recipe.loss_reduction == "mean" else 1)
             correct += (logits.argmax(1) == targets).sum()
-            position.seen += len(batch)
+            position.seen += len(targets)
             position.step = step + 1
             if self.verbose and sync_point:
                 progress.update(
@@ -287,7 +344,7 @@ class Trainer:
                     loss=loss_sum.item() / position.seen,
                     accuracy=correct.item() / position.seen,
                 )
-            if position.step < steps and stop_request:  # the last step ends the epoch first
+            if position.step < steps and self._stop_requested(stop_request):  # the last step ends the epoch
                 position.loss_sum, position.correct = loss_sum.item(), int(correct.item())
                 position.train_seconds += time.perf_counter() - started
                 progress.close()
@@ -298,6 +355,8 @@ class Trainer:
 
     def _interrupt(self, callbacks: Sequence[Callback], stop_request: StopRequest) -> None:
         """Let callbacks save the mid-epoch state, then stop with ``TrainingInterrupted``."""
+        if self.distributed.enabled and self.position is not None:
+            self._sum_over_ranks(self.position)  # rank 0 saves the whole job's running sums
         saved = None
         for callback in callbacks:
             on_interrupt = getattr(callback, "on_interrupt", None)
@@ -317,20 +376,37 @@ class Trainer:
         )
 
     def train_step(self, batch: torch.Tensor, flips: torch.Tensor):
-        """Forward, backward and update on one batch of indices; returns (loss, logits, targets)."""
-        inputs = self.augmenter(self.to_input(self.data.train_images[batch]), flips)
+        """Forward, backward and update on one global batch of indices.
+
+        Returns this rank's (loss, logits, targets); alone, the rank's share is the whole batch.
+        """
+        global_count = len(batch)
+        shifts = self.augmenter.draw_shifts(global_count)  # drawn for the global batch on every rank
+        share = self.distributed.shard(global_count)
+        batch, flips = batch[share], flips[share]
+        inputs = self.augmenter(
+            self.to_input(self.data.train_images[batch]), flips, None if shifts is None else shifts[share]
+        )
         targets = self.data.train_labels[batch].to(self.device, non_blocking=True)
         set_learning_rate(self.optimizer, lr_multiplier(self.step, self.total_steps, self.recipe))
         with torch.autocast(self.device.type, dtype=self.precision, enabled=self.precision != torch.float32):
-            logits = self.model(inputs)
+            logits = self.training_model(inputs)
         loss = F.cross_entropy(
             logits.float(),
             targets,
             label_smoothing=self.recipe.label_smoothing,
             reduction=self.recipe.loss_reduction,
         )
+        objective = loss
+        if self.distributed.enabled:
+            # DDP averages gradients over ranks. Scaled so the average is the global batch's own
+            # gradient: a summed loss the sum over every rank, a mean the mean over the global
+            # batch (shares may differ by one image).
+            world_size = self.distributed.world_size
+            is_sum = self.recipe.loss_reduction == "sum"
+            objective = loss * (world_size if is_sum else world_size * len(targets) / global_count)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         self.optimizer.step()
         self.step += 1
         self._lookahead_step()

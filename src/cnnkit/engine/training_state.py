@@ -92,6 +92,9 @@ def load_training_state(trainer: Any, state: dict[str, Any]) -> None:
     trainer.history.rows = [dict(row) for row in training["history"]]
     position = training["position"]
     trainer.position = None if position is None else EpochPosition(**position)
+    if trainer.position is not None and not trainer.distributed.is_main:
+        # The saved sums are the whole job's: rank 0 carries them on, the others restart at zero.
+        trainer.position.loss_sum, trainer.position.correct, trainer.position.seen = 0.0, 0, 0
     trainer.generator.set_state(training["generator"])
     torch.set_rng_state(training["torch_rng"])
     if training["cuda_rng"] is not None and trainer.device.type == "cuda":
