@@ -6,8 +6,8 @@ import torch
 
 from cnnkit.api import Classifier
 from cnnkit.engine.device import resolve_device, resolve_precision
+from cnnkit.engine.history import format_epoch_line
 from cnnkit.engine.preprocess import InputTransform, Normalization
-from cnnkit.engine.trainer import format_epoch_line
 from tests.conftest import CLASS_NAMES, make_quadrant_images
 
 

@@ -23,9 +23,10 @@ from cnnkit.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from cnnkit.data import ImageData, load_dataset, split_train_val
 from cnnkit.engine.device import resolve_device, resolve_precision
 from cnnkit.engine.evaluation import evaluate_tensors, predict_logits
+from cnnkit.engine.history import Callback, History
 from cnnkit.engine.interrupt import StopRequest
 from cnnkit.engine.preprocess import Normalization
-from cnnkit.engine.trainer import Callback, History, TrainingData, fit
+from cnnkit.engine.trainer import TrainingData, fit
 from cnnkit.models import create_model
 from cnnkit.recipes import Recipe, get_recipe
 from cnnkit.reports.summary import format_summary

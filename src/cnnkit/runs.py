@@ -12,7 +12,8 @@ from typing import Any
 import yaml
 
 from cnnkit.checkpoint import Checkpoint, save_checkpoint, to_plain
-from cnnkit.engine.trainer import EpochEnd, Trainer
+from cnnkit.engine.history import EpochEnd
+from cnnkit.engine.trainer import Trainer
 from cnnkit.fileio import atomic_write_text
 from cnnkit.reports.history import plot_curves, write_metrics_csv
 

@@ -27,9 +27,9 @@ from cnnkit.data import (
 )
 from cnnkit.engine import distributed
 from cnnkit.engine.device import precision_name
+from cnnkit.engine.history import History
 from cnnkit.engine.interrupt import stop_on_signals
 from cnnkit.engine.preprocess import Normalization
-from cnnkit.engine.trainer import History
 from cnnkit.evaluation_report import evaluate_classifier, report_folder, write_evaluation_report
 from cnnkit.models import create_model, list_models
 from cnnkit.prediction import predict_files  # noqa: F401  (re-exported: cnnkit.workflows.predict_files)

@@ -11,8 +11,8 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, TextIO
+from dataclasses import dataclass
+from typing import TextIO
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from cnnkit.engine import distributed
 from cnnkit.engine.augment import Augmenter
 from cnnkit.engine.device import configure_threads, flush_denormals, keep_freed_memory
 from cnnkit.engine.evaluation import evaluate_tensors
+from cnnkit.engine.history import Callback, EpochEnd, History, format_epoch_line
 from cnnkit.engine.interrupt import StopRequest, TrainingInterrupted
 from cnnkit.engine.lookahead import Lookahead, lookahead_decay
 from cnnkit.engine.optimization import build_optimizer, lr_multiplier, set_learning_rate
@@ -33,37 +34,6 @@ from cnnkit.recipes import Recipe
 # Images the data-initialised first layer (the fast network's whitening) is computed from.
 INITIALIZATION_SAMPLE = 5000
 MIN_STEPS_PER_EPOCH = 10
-
-
-@dataclass
-class History:
-    """One row of metrics per epoch; ``history.history["val_accuracy"]`` reads like Keras."""
-
-    rows: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int | None = None  # by the recipe's monitored metric
-
-    @property
-    def history(self) -> dict[str, list[float]]:
-        keys = self.rows[0].keys() if self.rows else []
-        return {key: [row[key] for row in self.rows] for key in keys}
-
-
-@dataclass
-class EpochEnd:
-    """What a callback sees after each epoch (``trainer`` gives the full state to save)."""
-
-    epoch: int  # 1-based
-    epochs: int
-    metrics: dict[str, float]
-    history: History
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    trainer: Trainer
-    improved: bool  # the monitored metric is the best so far (best.pt material)
-
-
-class Callback(Protocol):
-    def on_epoch_end(self, state: EpochEnd) -> None: ...
 
 
 @dataclass
@@ -447,16 +417,3 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state_dict()`` output: model, optimizer, RNGs, data position, history."""
         load_training_state(self, state)
-
-
-def format_epoch_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
-    """``Epoch 1/5 - 5.1s - 0.127 ms/sample - loss: 1.3853 - accuracy: 0.4956 - val_loss: ...``"""
-    parts = [
-        f"Epoch {epoch}/{epochs}",
-        f"{metrics['seconds']:.1f}s",
-        f"{metrics['ms_per_sample']:.3f} ms/sample",
-    ]
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        if key in metrics:
-            parts.append(f"{key}: {metrics[key]:.4f}")
-    return " - ".join(parts)
