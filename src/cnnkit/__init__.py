@@ -27,6 +27,8 @@ _EXPORTS = {
     "train": "cnnkit.workflows",
     "evaluate_checkpoint": "cnnkit.workflows",
     "predict_files": "cnnkit.workflows",
+    "load_predictor": "cnnkit.predictor",
+    "OnnxClassifier": "cnnkit.onnx_model",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -12,8 +12,8 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cnnkit.data import IMAGE_EXTENSIONS
-from cnnkit.data.decode import is_image_name
+# From the torch-free submodule: predicting with an ONNX model must not import torch.
+from cnnkit.data.decode import IMAGE_EXTENSIONS, is_image_name
 
 PathArgument = str | os.PathLike
 _WILDCARDS = frozenset("*?[")

@@ -2,6 +2,7 @@
 write the results as a table, JSON or CSV as they come.
 
 A bad input never stops a run: it becomes an error entry in its place among the results.
+Nothing here imports torch: a checkpoint loads it (``load_predictor``), an ONNX model never does.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import textwrap
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -16,12 +18,11 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, TextIO
 
 import numpy as np
-import torch
 
-from cnnkit.api import Classifier
-from cnnkit.data import decode_image
+from cnnkit.data.decode import decode_image
 from cnnkit.fileio import atomic_open
 from cnnkit.image_paths import InputItem, ItemReader, PathArgument, expand_inputs
+from cnnkit.predictor import Predictor, load_predictor
 
 FORMATS = ("table", "json", "csv")
 CSV_COLUMNS = ("path", "rank", "class", "probability", "error")
@@ -80,7 +81,7 @@ class PredictionSummary:
 
 
 def predict_paths(
-    model: Classifier | PathArgument,
+    model: Predictor | PathArgument,
     paths: Iterable[PathArgument] | PathArgument,
     top_k: int = 5,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -94,7 +95,8 @@ def predict_paths(
     gives a result with ``error`` set in its place; the others go on.
 
     Args:
-        model: a ``Classifier``, or the path of a checkpoint to load onto ``device``.
+        model: a ``Classifier`` (or any ``Predictor``), or the path of a checkpoint to load onto
+            ``device`` or of an ``.onnx`` file (see ``load_predictor``).
         top_k: classes per image, at most the model's class count.
         device, precision: used to load a checkpoint (see ``Classifier``); a given model keeps its own.
     """
@@ -103,14 +105,16 @@ def predict_paths(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
     classifier = (
-        model if isinstance(model, Classifier) else Classifier.load(model, device=device, precision=precision)
+        load_predictor(model, device=device, precision=precision)
+        if isinstance(model, str | os.PathLike)
+        else model
     )
     items = expand_inputs(paths)
     return _predict_items(classifier, items, min(top_k, len(classifier.class_names)), batch_size)
 
 
 def _predict_items(
-    classifier: Classifier, items: list[InputItem], top_k: int, batch_size: int
+    classifier: Predictor, items: list[InputItem], top_k: int, batch_size: int
 ) -> Iterator[PredictionResult]:
     with ItemReader() as reader:
         for start in range(0, len(items), batch_size):
@@ -120,7 +124,7 @@ def _predict_items(
 
 
 def _classify_chunk(
-    classifier: Classifier,
+    classifier: Predictor,
     chunk: list[InputItem],
     images: list[np.ndarray | str],
     top_k: int,
@@ -129,9 +133,11 @@ def _classify_chunk(
     decoded = [image for image in images if not isinstance(image, str)]
     ranked: Iterator[tuple[list[float], list[int]]] = iter(())
     if decoded:
-        probabilities = torch.from_numpy(classifier.predict(np.stack(decoded), batch_size))
-        top = probabilities.topk(top_k, dim=1)
-        ranked = zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        probabilities = classifier.predict(np.stack(decoded), batch_size)
+        # Stable: of equal probabilities, the first class ranks first.
+        indices = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+        values = np.take_along_axis(probabilities, indices, axis=1)
+        ranked = zip(values.tolist(), indices.tolist(), strict=True)
     for item, image in zip(chunk, images, strict=True):
         if isinstance(image, str):
             yield PredictionResult(item.path, error=image)
@@ -169,7 +175,8 @@ def predict_files(
     device: str = "auto",
     precision: str = "auto",
 ) -> list[dict[str, Any]]:
-    """Top-k classes and probabilities of every image ``paths`` name (see ``expand_inputs``).
+    """Top-k classes and probabilities of every image ``paths`` name (see ``expand_inputs``), with
+    the checkpoint or ``.onnx`` model at ``checkpoint_path``.
 
     Returns one ``{"path", "predictions": [{"class", "probability"}]}`` per image, or
     ``{"path", "error"}`` for an input that yields no decodable image (instead of raising).

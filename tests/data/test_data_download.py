@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from cnnkit.data import DataError, download, download_cifar10
+from cnnkit.data import DataError, download_cifar10
+from cnnkit.data.download import download
 
 PAYLOAD = bytes(range(256)) * 64
 PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()

@@ -3,19 +3,48 @@
 Sources: the CIFAR-10 python archive (downloaded, or a local .tar.gz / extracted folder) and
 image folders laid out as ``<class>/<image>`` (or a .zip of one). See ``load_dataset``; files of
 a folder that are not usable images are skipped and listed in ``DataSplits.skipped``.
+
+The names below load lazily: decoding (``decode_image``) needs no torch, and the torch-free ONNX
+predictor imports it, so importing this package must not pull in the torch-based modules.
 """
 
-from cnnkit.data.cache import cnnkit_home
-from cnnkit.data.checks import check_trainable
-from cnnkit.data.cifar10 import CIFAR10_CLASSES
-from cnnkit.data.dataset import DataSplits, ImageData
-from cnnkit.data.decode import IMAGE_EXTENSIONS, decode_image
-from cnnkit.data.download import CIFAR10_MD5, CIFAR10_URL, download, download_cifar10
-from cnnkit.data.errors import DataError
-from cnnkit.data.folders import load_image_folder
-from cnnkit.data.skipped import SkippedFile, skipped_summary, write_skipped_list
-from cnnkit.data.sources import load_dataset
-from cnnkit.data.split import split_train_val
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cnnkit.data.cache import cnnkit_home
+    from cnnkit.data.checks import check_trainable
+    from cnnkit.data.cifar10 import CIFAR10_CLASSES
+    from cnnkit.data.dataset import DataSplits, ImageData
+    from cnnkit.data.decode import IMAGE_EXTENSIONS, decode_image
+    from cnnkit.data.download import CIFAR10_MD5, CIFAR10_URL, download_cifar10
+    from cnnkit.data.errors import DataError
+    from cnnkit.data.folders import load_image_folder
+    from cnnkit.data.skipped import SkippedFile, skipped_summary, write_skipped_list
+    from cnnkit.data.sources import load_dataset
+    from cnnkit.data.split import split_train_val
+
+_EXPORTS = {
+    "CIFAR10_CLASSES": "cifar10",
+    "CIFAR10_MD5": "download",
+    "CIFAR10_URL": "download",
+    "IMAGE_EXTENSIONS": "decode",
+    "DataError": "errors",
+    "DataSplits": "dataset",
+    "ImageData": "dataset",
+    "SkippedFile": "skipped",
+    "check_trainable": "checks",
+    "cnnkit_home": "cache",
+    "decode_image": "decode",
+    "download_cifar10": "download",
+    "load_dataset": "sources",
+    "load_image_folder": "folders",
+    "skipped_summary": "skipped",
+    "split_train_val": "split",
+    "write_skipped_list": "skipped",
+}
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -29,7 +58,6 @@ __all__ = [
     "check_trainable",
     "cnnkit_home",
     "decode_image",
-    "download",
     "download_cifar10",
     "load_dataset",
     "load_image_folder",
@@ -37,3 +65,11 @@ __all__ = [
     "split_train_val",
     "write_skipped_list",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"cnnkit.data.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cnnkit.data' has no attribute {name!r}")

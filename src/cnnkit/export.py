@@ -1,0 +1,316 @@
+"""``cnnkit export``: a checkpoint as an ONNX model that runs without torch, verified before it is written.
+
+The graph takes raw pixels and does everything ``Classifier.predict`` does::
+
+    images  uint8 (N, H, W, 3) RGB            (or float (N, 3, H, W) in [0, 1]: input_format="float")
+      -> float, channels first, (pixel / 255 - mean) / std   (the checkpoint's normalisation)
+      -> the network, averaged over the test-time views of the checkpoint's recipe (optional)
+      -> outputs "probabilities" (softmax, (N, classes)) and "logits" ((N, classes))
+
+N (the batch) is dynamic; H = W = the checkpoint's image size. The file's ``metadata_props``
+describe the model (see ``cnnkit.onnx_model``), which ``OnnxClassifier`` reads with ONNX Runtime alone.
+
+Before anything is written, ONNX Runtime's probabilities are compared with PyTorch's (float32, on
+CPU) on real images: the user's, else the run's own data, else deterministic synthetic images.
+Needs the ``export`` extra (onnx, onnxscript, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnkit import __version__
+from cnnkit.checkpoint import Checkpoint, load_checkpoint
+from cnnkit.engine.evaluation import predict_logits, tta_logits
+from cnnkit.engine.preprocess import Normalization
+from cnnkit.export_images import verification_images
+from cnnkit.fileio import atomic_write_bytes
+from cnnkit.onnx_model import (
+    FLOAT_NCHW,
+    FORMAT,
+    FORMAT_VERSION,
+    INPUT_NAME,
+    LOGITS,
+    PROBABILITIES,
+    UINT8_NHWC,
+    encode_metadata,
+)
+from cnnkit.predictor import ONNX_SUFFIX
+
+INPUT_FORMATS = {"uint8": UINT8_NHWC, "float": FLOAT_NCHW}
+EXPORTERS = ("dynamo", "torchscript")
+# Opset 20 is torch 2.13's default and the first with GELU as one operator (the fast network's
+# activation; earlier opsets spell it with Erf). ONNX Runtime runs it from version 1.17; the
+# operators these models use gained nothing in opsets 21-23.
+DEFAULT_OPSET = 20
+DEFAULT_TOLERANCE = 1e-4
+DEFAULT_VERIFY_COUNT = 64
+# Traced with more than one image: torch.export specialises a dimension of size 1 to a constant.
+_EXAMPLE_BATCH = 2
+
+
+class ExportVerificationError(ValueError):
+    """ONNX Runtime's outputs differ from PyTorch's by more than the tolerance; nothing was written."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What ``export_onnx`` wrote and how it checked it."""
+
+    path: Path
+    size_bytes: int
+    exporter: str
+    opset: int
+    input_format: str
+    tta: int
+    export_seconds: float
+    verified_images: int
+    verification_source: str
+    max_difference: float
+    tolerance: float
+
+
+class ExportedClassifier(nn.Module):
+    """The network with its input scaling, test-time augmentation and softmax, as one graph."""
+
+    def __init__(self, network: nn.Module, normalization: Normalization, tta: int, input_format: str) -> None:
+        super().__init__()
+        self.network = network
+        self.tta = tta
+        self.input_format = input_format
+        std = torch.tensor(normalization.std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(normalization.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std as one multiply-add, with the same constants as InputTransform.
+        pixel_scale = 255.0 if input_format == UINT8_NHWC else 1.0
+        self.register_buffer("scale", 1.0 / (pixel_scale * std))
+        self.register_buffer("shift", -mean / std)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.input_format == UINT8_NHWC:
+            images = images.permute(0, 3, 1, 2).float()
+        inputs = images * self.scale + self.shift
+        logits = tta_logits(self.network, inputs, self.tta)
+        return torch.softmax(logits, dim=1), logits
+
+
+def default_output_path(checkpoint_path: str | os.PathLike) -> Path:
+    """``runs/train/best.pt`` -> ``runs/train/best.onnx``."""
+    return Path(checkpoint_path).with_suffix(ONNX_SUFFIX)
+
+
+def export_onnx(
+    checkpoint_path: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    input_format: str = "uint8",
+    tta: bool = False,
+    verify_data: str | os.PathLike | None = None,
+    verify_count: int = DEFAULT_VERIFY_COUNT,
+    tolerance: float = DEFAULT_TOLERANCE,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "dynamo",
+) -> ExportResult:
+    """Export the checkpoint at ``checkpoint_path`` to ONNX, verify it, then write it atomically.
+
+    Args:
+        output: the ``.onnx`` file to write (default: the checkpoint's path with ``.onnx``).
+        input_format: ``"uint8"``: uint8 ``(N, H, W, 3)`` RGB pixels, as decoded images come;
+            ``"float"``: float32 ``(N, 3, H, W)`` RGB in [0, 1]. Either way normalisation is inside.
+        tta: include the test-time augmentation of the checkpoint's recipe (``Classifier.tta``).
+            By default the plain network is exported: a deployed model answers from one view,
+            6x cheaper than the fast recipes' 6 views, for ~0.8 points of accuracy.
+        verify_data: images to verify on (anything ``cnnkit predict`` takes, or a data set
+            ``load_dataset`` reads); default: the run's own data if it is on this machine, else
+            synthetic images. ``verify_count`` of them are used, spread over the set.
+        tolerance: largest absolute difference of probabilities allowed between ONNX Runtime
+            and PyTorch (float32, CPU).
+        opset: the ONNX opset; ``exporter``: ``"dynamo"`` (torch.export) or ``"torchscript"``.
+
+    Raises:
+        ExportVerificationError: the outputs differ by more than ``tolerance``; nothing is written
+            and an existing ``output`` is left as it was.
+    """
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(f"input_format must be 'uint8' or 'float'. Received: input_format={input_format!r}")
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}. Received: exporter={exporter!r}")
+    if verify_count < 1:
+        raise ValueError(f"verify_count must be >= 1. Received: verify_count={verify_count}")
+    output = Path(output) if output is not None else default_output_path(checkpoint_path)
+    if output.suffix.lower() != ONNX_SUFFIX:  # how load_predictor (and cnnkit predict) tells the kinds apart
+        raise ValueError(f"The output's name must end in .onnx. Received: output={str(output)!r}")
+    if output.resolve() == Path(checkpoint_path).resolve():
+        raise ValueError(f"The ONNX file would overwrite the checkpoint. Received: output={str(output)!r}")
+    checkpoint = load_checkpoint(checkpoint_path)
+    network = checkpoint.build_model().eval()
+    level = int(checkpoint.recipe.get("tta", 0)) if tta else 0
+    module = ExportedClassifier(network, checkpoint.normalization, level, INPUT_FORMATS[input_format]).eval()
+
+    started = time.perf_counter()
+    model = _export(module, checkpoint.image_size, opset, exporter)
+    export_seconds = time.perf_counter() - started
+    _set_metadata(model, _metadata(checkpoint, module, exporter, opset))
+    data = model.SerializeToString()
+
+    images, source = verification_images(checkpoint, verify_data, verify_count)
+    expected = _pytorch_probabilities(network, checkpoint.normalization, images, level)
+    difference = _max_difference(data, module.input_format, images, expected)
+    if not difference <= tolerance:  # also catches NaN
+        raise ExportVerificationError(
+            f"The ONNX model does not match PyTorch: probabilities differ by up to {difference:.3g} "
+            f"(tolerance {tolerance:g}) on {len(images)} images ({source}); nothing was written to {output}."
+        )
+    atomic_write_bytes(output, data)
+    return ExportResult(
+        path=output,
+        size_bytes=len(data),
+        exporter=exporter,
+        opset=opset,
+        input_format=module.input_format,
+        tta=level,
+        export_seconds=export_seconds,
+        verified_images=len(images),
+        verification_source=source,
+        max_difference=difference,
+        tolerance=tolerance,
+    )
+
+
+def _export(module: ExportedClassifier, image_size: int, opset: int, exporter: str) -> Any:
+    """The ``onnx.ModelProto`` of ``module`` with a dynamic batch axis.
+
+    The dynamo exporter (torch.export) is the one used by default: both exported every registered
+    model (tutorial, tutorial-extra-conv, fast at sizes 16, 17 and 32, with and without TTA) with
+    probabilities within 2e-7 of PyTorch's, but the TorchScript exporter is deprecated in torch
+    2.x and turns the TTA's reflect padding into a run-time shape computation (Shape, Gather,
+    ConstantOfShape), where dynamo gives static Pad and Slice nodes. Dynamo takes longer to
+    export (2-8 s against 0.3-5 s on 2 busy cores), which a one-off command can afford.
+    """
+    onnx = _import_export_dependencies()
+    if module.input_format == UINT8_NHWC:
+        example = torch.zeros(_EXAMPLE_BATCH, image_size, image_size, 3, dtype=torch.uint8)
+    else:
+        example = torch.zeros(_EXAMPLE_BATCH, 3, image_size, image_size)
+    options = {
+        "input_names": [INPUT_NAME],
+        "output_names": [PROBABILITIES, LOGITS],
+        "opset_version": opset,
+        "verbose": False,  # else the dynamo exporter prints its progress on stdout
+    }
+    with _quiet_exporter(), torch.no_grad():
+        if exporter == "dynamo":
+            batch = torch.export.Dim("batch", min=1)
+            program = torch.onnx.export(
+                module, (example,), dynamo=True, dynamic_shapes={INPUT_NAME: {0: batch}}, **options
+            )
+            model = program.model_proto
+        else:
+            buffer = io.BytesIO()
+            axes = {name: {0: "batch"} for name in (INPUT_NAME, PROBABILITIES, LOGITS)}
+            torch.onnx.export(module, (example,), buffer, dynamo=False, dynamic_axes=axes, **options)
+            model = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(model)
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    # The exporters warn about their own internals (deprecations, torchvision ops it won't
+    # register): noise for a user whose model is checked against PyTorch right after.
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            for logger in loggers:
+                logger.setLevel(logging.ERROR)
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
+def _metadata(checkpoint: Checkpoint, module: ExportedClassifier, exporter: str, opset: int) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_name": checkpoint.model_name,
+        "model_arguments": checkpoint.model_arguments,
+        "class_names": list(checkpoint.class_names),
+        "image_size": int(checkpoint.image_size),
+        "input_format": module.input_format,
+        "normalization": checkpoint.normalization.to_dict(),
+        "tta": module.tta,
+        "metrics": {key: float(value) for key, value in checkpoint.metrics.items()},
+        "epoch": int(checkpoint.epoch),
+        "recipe": str(checkpoint.recipe.get("name", "")),
+        "cnnkit_version": __version__,
+        "exporter": f"{exporter} (torch {torch.__version__})",
+        "opset": str(opset),
+    }
+
+
+def _set_metadata(model: Any, metadata: dict) -> None:
+    del model.metadata_props[:]
+    for key, value in encode_metadata(metadata).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name, model.producer_version = "cnnkit", __version__
+    size = metadata["image_size"]
+    shape = (
+        f"uint8 (N, {size}, {size}, 3) RGB"
+        if metadata["input_format"] == UINT8_NHWC
+        else (f"float32 (N, 3, {size}, {size}) RGB in [0, 1]")
+    )
+    model.doc_string = (
+        f"{metadata['model_name']} classifier of {len(metadata['class_names'])} classes. Input "
+        f"'{INPUT_NAME}': {shape}, normalised inside. Outputs '{PROBABILITIES}' (softmax) and "
+        f"'{LOGITS}', (N, classes); test-time augmentation level {metadata['tta']}."
+    )
+
+
+def _pytorch_probabilities(
+    network: nn.Module, normalization: Normalization, images: np.ndarray, tta: int
+) -> np.ndarray:
+    """The reference: cnnkit's own prediction path (InputTransform, tta_logits), float32 on CPU."""
+    logits = predict_logits(
+        network, torch.from_numpy(images), normalization, torch.device("cpu"), torch.float32, tta=tta
+    )
+    return torch.softmax(logits, dim=1).numpy()
+
+
+def _max_difference(data: bytes, input_format: str, images: np.ndarray, expected: np.ndarray) -> float:
+    """Largest |ONNX Runtime - PyTorch| over the whole batch at once and the first image alone."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    inputs = images if input_format == UINT8_NHWC else images.transpose(0, 3, 1, 2).astype(np.float32) / 255
+    batch = session.run([PROBABILITIES], {INPUT_NAME: np.ascontiguousarray(inputs)})[0]
+    single = session.run([PROBABILITIES], {INPUT_NAME: np.ascontiguousarray(inputs[:1])})[0]
+    return float(max(np.abs(batch - expected).max(), np.abs(single - expected[:1]).max()))
+
+
+def _import_export_dependencies() -> Any:
+    try:
+        import onnx
+        import onnxruntime  # noqa: F401  (verification)
+        import onnxscript  # noqa: F401  (the dynamo exporter's operator library)
+    except ImportError as error:
+        raise ImportError(
+            f"cnnkit export needs onnx, onnxscript and onnxruntime ({error.name} is missing): "
+            "pip install 'cnnkit[export]'"
+        ) from None
+    return onnx

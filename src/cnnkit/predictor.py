@@ -1,0 +1,96 @@
+"""One interface to predict with a model file, whatever its kind: ``load_predictor(path)``.
+
+An ``.onnx`` file (``cnnkit export``) runs on ONNX Runtime and never imports torch; any other
+path is read as a checkpoint and imports torch then, not before. Prediction over files
+(``cnnkit.prediction``) and the HTTP service use this.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from cnnkit.onnx_model import UINT8_NHWC, OnnxClassifier
+
+ONNX_SUFFIX = ".onnx"
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What a loaded model offers: its classes, input size, description and probabilities."""
+
+    class_names: list[str]
+    image_size: int
+    metadata: dict[str, Any]
+
+    def predict(self, images: np.ndarray, batch_size: int = ...) -> np.ndarray:
+        """Probabilities ``(N, classes)`` of uint8 RGB ``(N, image_size, image_size, 3)`` images."""
+        ...
+
+
+def load_predictor(path: str | os.PathLike, device: str = "auto", precision: str = "auto") -> Predictor:
+    """The model in ``path``, ready to ``predict``: an ``OnnxClassifier`` for a ``.onnx`` file,
+    else a ``CheckpointPredictor`` (torch) on ``device`` with ``precision``.
+
+    Both have ``class_names``, ``image_size``, ``metadata`` (``model_name``, ``class_names``,
+    ``image_size``, ``normalization``, ``tta``, ``metrics``, ``epoch``, ``cnnkit_version``,
+    ``source``, ``path``, ...) and ``predict(uint8 images (N, H, W, 3)) -> probabilities (N, classes)``.
+    An ONNX model runs on the CPU in float32: ``device`` and ``precision`` may only say so.
+    """
+    if Path(path).suffix.lower() == ONNX_SUFFIX:
+        if device not in ("auto", "cpu"):
+            raise ValueError(f"An ONNX model runs on the CPU. Received: device={device!r}")
+        if precision not in ("auto", "fp32"):
+            raise ValueError(f"An ONNX model runs in fp32. Received: precision={precision!r}")
+        return OnnxClassifier(path)
+    return CheckpointPredictor(path, device=device, precision=precision)
+
+
+class CheckpointPredictor:
+    """A checkpoint's ``cnnkit.api.Classifier`` behind the ``Predictor`` interface (imports torch)."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto", precision: str = "auto") -> None:
+        try:
+            from cnnkit.api import Classifier  # torch, only for checkpoints
+            from cnnkit.checkpoint import load_checkpoint
+            from cnnkit.engine.device import precision_name
+        except ModuleNotFoundError as error:
+            if error.name != "torch":
+                raise
+            raise ModuleNotFoundError(
+                f"{path} is read as a PyTorch checkpoint (its name does not end in .onnx), which needs "
+                "torch; without torch, export it elsewhere with `cnnkit export` and use the .onnx file.",
+                name="torch",
+            ) from None
+
+        checkpoint = load_checkpoint(path)
+        self.classifier = Classifier.from_checkpoint(checkpoint, device=device, precision=precision)
+        self.class_names: list[str] = list(self.classifier.class_names)
+        self.image_size: int = int(self.classifier.image_size)
+        self.metadata: dict[str, Any] = {
+            "model_name": checkpoint.model_name,
+            "model_arguments": dict(checkpoint.model_arguments),
+            "class_names": self.class_names,
+            "image_size": self.image_size,
+            "input_format": UINT8_NHWC,
+            "normalization": checkpoint.normalization.to_dict(),
+            "tta": self.classifier.tta,
+            "metrics": dict(checkpoint.metrics),
+            "epoch": checkpoint.epoch,
+            "recipe": checkpoint.recipe.get("name", ""),
+            "cnnkit_version": checkpoint.cnnkit_version,
+            "source": "checkpoint",
+            "path": str(path),
+            "device": str(self.classifier.device),
+            "precision": precision_name(self.classifier.precision),
+        }
+
+    def __repr__(self) -> str:
+        return f"CheckpointPredictor({self.metadata['path']!r}, model={self.metadata['model_name']!r})"
+
+    def predict(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Probabilities ``(N, classes)`` of uint8 RGB ``(N, H, W, 3)`` images (``Classifier.predict``)."""
+        return self.classifier.predict(images, batch_size)
