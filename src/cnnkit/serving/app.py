@@ -1,0 +1,267 @@
+"""The HTTP service: an ASGI app (FastAPI) around one loaded model.
+
+Work is kept off the event loop: images are decoded and classified in the micro-batcher's
+thread (see ``batcher``), and a large body is split into its files in another, so the loop only
+moves bytes and JSON and stays free to accept requests while a batch computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from cnnkit import __version__
+from cnnkit.predictor import Predictor
+from cnnkit.serving.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, MicroBatcher
+from cnnkit.serving.schemas import ErrorResponse, Health, ModelInfo, PredictResponse
+from cnnkit.serving.uploads import RequestError, Upload, classify_uploads, read_body, split_uploads
+
+STATIC_DIRECTORY = Path(__file__).parent / "static"
+DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
+DEFAULT_MAX_IMAGES_PER_REQUEST = 256
+# Splitting a multipart body takes ~0.1 ms per 10 KiB on a busy core: smaller bodies are split on
+# the event loop (a hand-off to a thread costs more), larger ones in a thread, not to stall it.
+INLINE_SPLIT_BYTES = 64 * 2**10
+# The page loads nothing from elsewhere; this makes sure an injected script could not either.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+_BINARY = {"type": "string", "format": "binary"}
+# The body is read by hand (bounded, then parsed off the loop), so OpenAPI is told what it takes.
+PREDICT_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": _BINARY,
+                            "description": "One or more image files (or one, as the field 'file').",
+                        }
+                    },
+                }
+            },
+            "image/*": {"schema": _BINARY},
+            "application/octet-stream": {"schema": _BINARY},
+        },
+    }
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "Malformed body (empty, or broken multipart).",
+        413: "Body larger than the upload limit, or too many images.",
+        415: "Not an image: an unsupported Content-Type, or the only image cannot be decoded.",
+        422: "No 'files' field in a multipart body, or a bad top_k.",
+    }.items()
+}
+
+logger = logging.getLogger("cnnkit.serving")
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """What one request may hold, and how requests are batched."""
+
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_images_per_request: int = DEFAULT_MAX_IMAGES_PER_REQUEST
+    max_batch: int = DEFAULT_MAX_BATCH
+    batch_wait_ms: float = DEFAULT_MAX_WAIT_MS
+
+
+def create_app(
+    predictor: Predictor,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_images_per_request: int = DEFAULT_MAX_IMAGES_PER_REQUEST,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    batch_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+) -> FastAPI:
+    """The service for ``predictor`` (see ``cnnkit.predictor.load_predictor``), as an ASGI app.
+
+    Routes: ``POST /v1/predict``, ``GET /v1/model``, ``GET /healthz``, the web page at ``/``
+    (with ``/static/``), and FastAPI's ``/docs`` and ``/openapi.json``.
+
+    Args:
+        max_upload_bytes: largest request body; larger ones get 413 before they are read in full.
+        max_images_per_request: most images one request may carry (413 beyond).
+        max_batch: most images run through the model at once.
+        batch_wait_ms: how long a request waits for others to share its batch.
+    """
+    for name, value in (
+        ("max_upload_bytes", max_upload_bytes),
+        ("max_images_per_request", max_images_per_request),
+    ):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1. Received: {name}={value}")
+    limits = ServiceLimits(max_upload_bytes, max_images_per_request, max_batch, batch_wait_ms)
+    batcher = MicroBatcher(
+        functools.partial(classify_uploads, predictor), max_batch=max_batch, max_wait_ms=batch_wait_ms
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await batcher.aclose()
+
+    app = FastAPI(
+        title="cnnkit",
+        version=__version__,
+        summary="Image classification with a cnnkit model.",
+        description="Send images to `POST /v1/predict`; `GET /` is a web page to try it.",
+        lifespan=lifespan,
+    )
+    app.state.predictor, app.state.batcher, app.state.limits = predictor, batcher, limits
+    app.add_exception_handler(RequestError, _request_error_response)
+    app.mount("/static", StaticFiles(directory=STATIC_DIRECTORY), name="static")
+    _add_information_routes(app, describe_model(predictor, limits), batcher)
+    _add_predict_route(app, predictor, batcher, limits)
+    return app
+
+
+def _add_information_routes(app: FastAPI, model_info: dict[str, Any], batcher: MicroBatcher) -> None:
+    page = (STATIC_DIRECTORY / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def web_page() -> HTMLResponse:
+        return HTMLResponse(page, headers=PAGE_HEADERS)
+
+    @app.get("/v1/model", response_model=ModelInfo, summary="The model being served")
+    async def model() -> JSONResponse:
+        return JSONResponse(model_info)
+
+    @app.get("/healthz", response_model=Health, summary="Liveness, with batching counters")
+    async def health() -> JSONResponse:
+        return JSONResponse({"status": "ok", "batching": batcher.statistics.to_dict()})
+
+
+def _add_predict_route(
+    app: FastAPI,
+    predictor: Predictor,
+    batcher: MicroBatcher,
+    limits: ServiceLimits,
+) -> None:
+    class_names = list(predictor.class_names)
+
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        responses=_ERRORS,
+        openapi_extra=PREDICT_REQUEST_BODY,
+        summary="Top classes of one or more images",
+    )
+    async def predict(
+        request: Request,
+        top_k: Annotated[int, Query(ge=1, le=1000, description="Classes per image (at most all).")] = 5,
+    ) -> JSONResponse:
+        """Images as multipart/form-data (field `files`, repeated, or `file`) or one raw image body
+        (`Content-Type: image/*`). Results come in the order the images were sent; an image that
+        cannot be decoded gets an `error` in its place (or 415 when it is the only one)."""
+        body = await read_body(request, limits.max_upload_bytes)
+        split = functools.partial(
+            split_uploads, request.headers.get("content-type"), body, limits.max_images_per_request
+        )
+        uploads = split() if len(body) <= INLINE_SPLIT_BYTES else await _in_thread(split)
+        del body, split  # the uploads hold what is needed
+        try:
+            outcomes = await batcher.submit(uploads)
+        except Exception as error:
+            logger.exception("The model failed on a request")
+            raise RequestError(500, f"The model failed ({type(error).__name__}: {error})") from None
+        if len(outcomes) == 1 and isinstance(outcomes[0], str):
+            raise RequestError(415, outcomes[0])
+        ranked = rank_results(uploads, outcomes, class_names, min(top_k, len(class_names)))
+        return JSONResponse({"results": ranked})
+
+
+async def _in_thread(function: functools.partial) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, function)
+
+
+def rank_results(
+    uploads: list[Upload], outcomes: list[np.ndarray | str], class_names: list[str], top_k: int
+) -> list[dict[str, Any]]:
+    """One result dict per upload (see ``schemas.ImageResult``) from its probabilities or error."""
+    rows = [outcome for outcome in outcomes if not isinstance(outcome, str)]
+    ranked: list[tuple[list[int], list[float]]] = []
+    if rows:
+        probabilities = np.stack(rows)
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+        values = np.take_along_axis(probabilities, order, axis=1).astype(np.float64).round(6)
+        ranked = list(zip(order.tolist(), values.tolist(), strict=True))
+    results = []
+    next_ranked = iter(ranked)
+    for upload, outcome in zip(uploads, outcomes, strict=True):
+        if isinstance(outcome, str):
+            results.append({"name": upload.name, "error": outcome})
+            continue
+        indices, values = next(next_ranked)
+        predictions = [
+            {"class": class_names[index], "probability": value}
+            for index, value in zip(indices, values, strict=True)
+        ]
+        results.append({"name": upload.name, "predictions": predictions})
+    return results
+
+
+def describe_model(predictor: Predictor, limits: ServiceLimits) -> dict[str, Any]:
+    """What ``GET /v1/model`` answers (see ``schemas.ModelInfo``)."""
+    metadata = dict(predictor.metadata)
+    source = metadata.get("source", "unknown")
+    if source == "checkpoint":
+        traced = ", traced" if metadata.get("runner") == "torchscript" else ""
+        backend = f"torch ({metadata.get('device', 'cpu')}, {metadata.get('precision', 'fp32')}{traced})"
+    elif source == "onnx":
+        backend = "onnxruntime (cpu, fp32)"
+    else:
+        backend = type(predictor).__name__
+    shown = ("epoch", "recipe", "cnnkit_version", "model_arguments", "normalization", "input_format")
+    return _json_safe(
+        {
+            "name": metadata.get("model_name", "unknown"),
+            "classes": list(predictor.class_names),
+            "input_size": int(predictor.image_size),
+            "metrics": dict(metadata.get("metrics", {})),
+            "format": source,
+            "backend": backend,
+            "tta": int(metadata.get("tta", 0)),
+            "file": Path(str(metadata.get("path", ""))).name,  # not the server's folders
+            "details": {key: metadata[key] for key in shown if key in metadata},
+            "limits": asdict(limits),
+        }
+    )
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats (a diverged run's NaN loss) as null: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+async def _request_error_response(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestError)
+    return JSONResponse({"detail": error.detail}, status_code=error.status_code)

@@ -1,0 +1,71 @@
+"""The JSON the service answers with, as pydantic models: they document the API in OpenAPI.
+
+Responses are built as plain dicts (validating every response would cost time on each request);
+these models describe those dicts, and the tests check that the two agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RankedClass(BaseModel):
+    """One of an image's most probable classes."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_name: str = Field(alias="class", description="The class name.")
+    probability: float = Field(ge=0, le=1, description="Softmax probability, rounded to 6 decimals.")
+
+
+class ImageResult(BaseModel):
+    """One image's top classes, most probable first, or why it could not be classified."""
+
+    name: str = Field(description="The uploaded file's name ('request body' for a raw image body).")
+    predictions: list[RankedClass] | None = Field(default=None, description="Absent when 'error' is set.")
+    error: str | None = Field(default=None, description="Why this image was not classified.")
+
+
+class PredictResponse(BaseModel):
+    """The results of a prediction request, one per image, in the order they were sent."""
+
+    results: list[ImageResult]
+
+
+class Limits(BaseModel):
+    """What the service accepts and how it batches."""
+
+    max_upload_bytes: int
+    max_images_per_request: int
+    max_batch: int
+    batch_wait_ms: float
+
+
+class ModelInfo(BaseModel):
+    """The model being served."""
+
+    name: str
+    classes: list[str]
+    input_size: int = Field(description="Images are resized (shorter side) and center-cropped to this.")
+    metrics: dict[str, float | None] = Field(description="The checkpoint's last training metrics.")
+    format: str = Field(description="'checkpoint' (PyTorch) or 'onnx'.")
+    backend: str = Field(description="What runs the model, e.g. 'torch (cpu, bf16)' or 'onnxruntime (cpu)'.")
+    tta: int = Field(description="Test-time augmentation level: 0 none, 1 mirror, 2 mirror and shifts.")
+    file: str = Field(description="The model file's name.")
+    details: dict[str, Any] = Field(description="Epoch, recipe, cnnkit version and other metadata.")
+    limits: Limits
+
+
+class Health(BaseModel):
+    """The service is up; batching counters since it started."""
+
+    status: str
+    batching: dict[str, float]
+
+
+class ErrorResponse(BaseModel):
+    """A refused request: one line saying why (or FastAPI's list of validation errors)."""
+
+    detail: str | list[dict[str, Any]]

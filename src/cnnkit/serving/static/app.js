@@ -1,0 +1,234 @@
+// cnnkit classifier page: choose, drop or paste images; each is sent to POST v1/predict on its own
+// (the server batches concurrent requests), shown as a preview with its top classes as bars.
+"use strict";
+
+const MAX_PARALLEL_REQUESTS = 4;
+
+const page = {
+  modelInfo: document.getElementById("model-info"),
+  dropZone: document.getElementById("drop-zone"),
+  fileInput: document.getElementById("file-input"),
+  topK: document.getElementById("top-k"),
+  clear: document.getElementById("clear"),
+  status: document.getElementById("status"),
+  results: document.getElementById("results"),
+};
+
+// A job is one image sent once; "generation" changes when results are cleared or recomputed, so
+// answers to older requests still in flight are dropped instead of counted or shown.
+const state = { maxUploadBytes: Infinity, queue: [], running: 0, done: 0, total: 0, generation: 0 };
+
+async function loadModelDescription() {
+  try {
+    const response = await fetch("v1/model");
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const model = await response.json();
+    state.maxUploadBytes = model.limits.max_upload_bytes;
+    page.topK.max = String(model.classes.length);
+    page.topK.value = String(Math.min(Number(page.topK.value), model.classes.length));
+    const accuracy = model.metrics.val_accuracy ?? model.metrics.accuracy;
+    const parts = [
+      `Model ${model.name}`,
+      `${model.classes.length} classes`,
+      `${model.input_size}×${model.input_size} input`,
+      `test-time augmentation ${model.tta}`,
+      model.backend,
+    ];
+    if (typeof accuracy === "number") parts.push(`validation accuracy ${(accuracy * 100).toFixed(1)} %`);
+    page.modelInfo.textContent = parts.join(" · ");
+  } catch (error) {
+    page.modelInfo.textContent = `Could not load the model description (${error.message}).`;
+  }
+}
+
+function topK() {
+  const value = Math.round(Number(page.topK.value));
+  const limit = Number(page.topK.max) || 1000;
+  return Number.isFinite(value) && value >= 1 ? Math.min(value, limit) : 5;
+}
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function addFiles(files) {
+  for (const file of files) {
+    const card = createCard(file);
+    page.results.append(card);
+    enqueue(file, card);
+  }
+}
+
+function createCard(file) {
+  const card = element("li", "result");
+  card.dataset.state = "pending";
+  const figure = element("figure");
+  const preview = element("img");
+  preview.alt = `Preview of ${file.name}`;
+  preview.src = URL.createObjectURL(file);
+  // Browsers cannot show every format the server reads (TIFF): say so instead of a broken image.
+  preview.addEventListener("error", () => preview.replaceWith(element("div", "no-preview", "No preview")));
+  figure.append(preview, element("figcaption", "", file.name));
+  const outcome = element("div", "outcome");
+  outcome.setAttribute("aria-live", "polite");
+  card.append(figure, outcome);
+  card.file = file;
+  card.preview = preview;
+  return card;
+}
+
+function enqueue(file, card) {
+  const job = { file, card, generation: state.generation };
+  card.job = job;
+  showPending(card);
+  state.total += 1;
+  state.queue.push(job);
+  updateStatus();
+  pump();
+}
+
+function pump() {
+  while (state.running < MAX_PARALLEL_REQUESTS && state.queue.length) {
+    const job = state.queue.shift();
+    state.running += 1;
+    classify(job).finally(() => {
+      state.running -= 1;
+      if (job.generation === state.generation) state.done += 1;
+      updateStatus();
+      pump();
+    });
+  }
+}
+
+function updateStatus() {
+  if (state.total === 0) {
+    page.status.textContent = "No images yet.";
+  } else if (state.done < state.total) {
+    page.status.textContent = `Classifying… ${state.done} of ${state.total} done.`;
+  } else {
+    page.status.textContent = `Classified ${state.total} image${state.total === 1 ? "" : "s"}.`;
+  }
+}
+
+async function classify(job) {
+  const { file, card } = job;
+  const current = () => card.job === job && card.isConnected;
+  if (file.size > state.maxUploadBytes) {
+    const limit = (state.maxUploadBytes / 2 ** 20).toFixed(1);
+    showError(card, `This file is larger than the server's upload limit (${limit} MiB).`);
+    return;
+  }
+  const form = new FormData();
+  form.append("files", file, file.name);
+  try {
+    const response = await fetch(`v1/predict?top_k=${topK()}`, { method: "POST", body: form });
+    const answer = await response.json().catch(() => null);
+    if (!current()) return;
+    if (!response.ok) {
+      showError(card, describeError(answer) || `The server answered HTTP ${response.status}.`);
+      return;
+    }
+    const result = answer.results[0];
+    if (result.error) showError(card, result.error);
+    else showPredictions(card, result.predictions);
+  } catch (error) {
+    if (current()) showError(card, `The request failed: ${error.message}`);
+  }
+}
+
+function describeError(answer) {
+  if (!answer || answer.detail === undefined) return "";
+  if (typeof answer.detail === "string") return answer.detail;
+  return answer.detail.map((item) => item.msg).join("; ");
+}
+
+function showPending(card) {
+  card.dataset.state = "pending";
+  card.setAttribute("aria-busy", "true");
+  card.querySelector(".outcome").replaceChildren(element("p", "pending", "Classifying…"));
+}
+
+function showPredictions(card, predictions) {
+  const list = element("ol", "bars");
+  list.setAttribute("aria-label", `Top ${predictions.length} classes for ${card.file.name}`);
+  for (const { class: name, probability } of predictions) {
+    const percent = `${(probability * 100).toFixed(1)} %`;
+    const row = element("li");
+    const label = element("span", "label", name);
+    label.title = name;
+    const bar = element("span", "bar");
+    bar.setAttribute("aria-hidden", "true");
+    const fill = element("span", "fill");
+    bar.append(fill);
+    row.append(label, bar, element("span", "value", percent));
+    list.append(row);
+    // Set after insertion so the width animates; CSSOM, which the page's CSP allows.
+    requestAnimationFrame(() => {
+      fill.style.width = `${Math.max(probability * 100, 0.5)}%`;
+    });
+  }
+  card.querySelector(".outcome").replaceChildren(list);
+  card.dataset.state = "done";
+  card.removeAttribute("aria-busy");
+}
+
+function showError(card, message) {
+  const error = element("p", "error", message);
+  error.setAttribute("role", "alert");
+  card.querySelector(".outcome").replaceChildren(error);
+  card.dataset.state = "error";
+  card.removeAttribute("aria-busy");
+}
+
+function clearResults() {
+  for (const card of page.results.children) {
+    if (card.preview && card.preview.src) URL.revokeObjectURL(card.preview.src);
+  }
+  page.results.replaceChildren();
+  state.queue = [];
+  state.done = state.total = 0;
+  state.generation += 1;
+  updateStatus();
+}
+
+function reclassifyAll() {
+  state.queue = [];
+  state.done = state.total = 0;
+  state.generation += 1;
+  for (const card of page.results.children) enqueue(card.file, card);
+}
+
+function setUpDragAndDrop() {
+  // Dropping a file anywhere else would make the browser open it and leave the page.
+  for (const type of ["dragover", "drop"]) {
+    window.addEventListener(type, (event) => event.preventDefault());
+  }
+  page.dropZone.addEventListener("dragenter", () => page.dropZone.classList.add("dragging"));
+  page.dropZone.addEventListener("dragover", (event) => {
+    event.dataTransfer.dropEffect = "copy";
+    page.dropZone.classList.add("dragging");
+  });
+  page.dropZone.addEventListener("dragleave", (event) => {
+    if (!page.dropZone.contains(event.relatedTarget)) page.dropZone.classList.remove("dragging");
+  });
+  page.dropZone.addEventListener("drop", (event) => {
+    page.dropZone.classList.remove("dragging");
+    addFiles(event.dataTransfer.files);
+  });
+}
+
+page.fileInput.addEventListener("change", () => {
+  addFiles(page.fileInput.files);
+  page.fileInput.value = ""; // choosing the same file again fires "change" again
+});
+page.topK.addEventListener("change", reclassifyAll);
+page.clear.addEventListener("click", clearResults);
+document.addEventListener("paste", (event) => {
+  const files = [...event.clipboardData.files];
+  if (files.length) addFiles(files);
+});
+setUpDragAndDrop();
+loadModelDescription();
