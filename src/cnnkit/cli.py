@@ -1,9 +1,10 @@
-"""``cnnkit train|evaluate|predict|summary|models``: parses arguments, calls the library, prints."""
+"""``cnnkit train|evaluate|predict|export|serve|summary|models``: parses arguments, calls the library."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict", help="top classes of images: files, folders, glob patterns, .zip archives"
     )
-    predict.add_argument("checkpoint")
+    predict.add_argument("checkpoint", help="a checkpoint, or an .onnx model from `cnnkit export` (no torch)")
     predict.add_argument(
         "images",
         nargs="+",
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=256, help="images decoded and classified at once (default: 256)"
     )
     _add_runtime_arguments(predict)
+
+    _add_export_parser(commands)
+    _add_serve_parser(commands)
 
     summary = commands.add_parser("summary", help="print a model's layers and parameters")
     summary.add_argument("--model", default="tutorial")
@@ -112,10 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "predict": _predict,
         "summary": _summary,
         "models": _models,
+        "export": _export,
+        "serve": _serve,
     }
     try:
         return handlers[arguments.command](arguments)
     except TrainingInterrupted as interruption:
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the job
+            return interruption.exit_code
         print(f"cnnkit: {interruption}", file=sys.stderr)
         if interruption.checkpoint:
             folder = Path(interruption.checkpoint).parent
@@ -124,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ncnnkit: interrupted", file=sys.stderr)
         return 130
+    except ImportError as error:  # an optional extra that isn't installed; the message says which
+        print(f"cnnkit: error: {error}", file=sys.stderr)
+        return 1
     except (ValueError, OSError, FloatingPointError) as error:
         # One clear line for the user; a traceback is for bugs, not for bad input.
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -137,6 +148,15 @@ _RUN_SETTINGS += ("img_size", "seed", "patience", "monitor", "name")
 
 
 def _train(arguments: argparse.Namespace) -> int:
+    from cnnkit.engine.distributed import shutdown
+
+    try:
+        return _train_or_resume(arguments)
+    finally:
+        shutdown()  # leave a torchrun job cleanly (a no-op for one process)
+
+
+def _train_or_resume(arguments: argparse.Namespace) -> int:
     from cnnkit.recipes import DEFAULT_RECIPE
     from cnnkit.workflows import resolve_recipe, resume, train
 
@@ -179,6 +199,8 @@ def _train(arguments: argparse.Namespace) -> int:
 
 def _print_train_result(result) -> int:
     report = result.report
+    if not report:  # a torchrun rank other than 0: rank 0 prints the job's result
+        return 0
     evaluation = report.get("evaluation")
     if evaluation:
         print(
@@ -223,6 +245,105 @@ def _predict(arguments: argparse.Namespace) -> int:
         summary = write_predictions(results, sys.stdout, arguments.format)
     # Every result is out either way; the exit code tells scripts that some inputs failed.
     return 1 if summary.failed else 0
+
+
+def _add_export_parser(commands) -> None:
+    export = commands.add_parser(
+        "export", help="write a checkpoint as an ONNX model (runs without torch), verified against PyTorch"
+    )
+    export.add_argument("checkpoint")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--output", metavar="FILE", help="default: the checkpoint's path with .onnx")
+    export.add_argument(
+        "--input",
+        choices=["uint8", "float"],
+        default="uint8",
+        help="uint8: (N, H, W, 3) RGB pixels (default); float: (N, 3, H, W) RGB in [0, 1]",
+    )
+    export.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="include the recipe's test-time augmentation in the graph (default: no, one view: 6x cheaper)",
+    )
+    export.add_argument(
+        "--verify-data",
+        metavar="PATH",
+        help="images to verify on (default: the run's data if present, else synthetic images)",
+    )
+    export.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
+
+
+def _export(arguments: argparse.Namespace) -> int:
+    from cnnkit.export import export_onnx
+
+    result = export_onnx(
+        arguments.checkpoint,
+        arguments.output,
+        input_format=arguments.input,
+        tta=arguments.tta,
+        verify_data=arguments.verify_data,
+        exporter=arguments.exporter,
+    )
+    print(
+        f"Exported {arguments.checkpoint} to {result.path} ({result.size_bytes / 2**20:.1f} MiB, "
+        f"opset {result.opset}, input {result.input_format}, TTA level {result.tta}) in "
+        f"{result.export_seconds:.1f}s"
+    )
+    print(
+        f"Verified on {result.verified_images} images ({result.verification_source}): ONNX Runtime "
+        f"matches PyTorch within {result.max_difference:.1e} (tolerance {result.tolerance:g})"
+    )
+    return 0
+
+
+def _add_serve_parser(commands) -> None:
+    serve = commands.add_parser(
+        "serve", help="an HTTP service and web page classifying images (POST /v1/predict, GET /)"
+    )
+    serve.add_argument("model", metavar="CHECKPOINT_OR_ONNX", help="a checkpoint or an .onnx model")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000, help="default: 8000")
+    serve.add_argument(
+        "--max-upload-mb", type=float, default=10.0, help="largest request body, in MiB (default: 10)"
+    )
+    serve.add_argument(
+        "--max-batch", type=int, default=256, help="most images per forward pass (default: 256)"
+    )
+    serve.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=2.0,
+        help="how long a request waits for others to share its batch (default: 2)",
+    )
+    serve.add_argument(
+        "--tta",
+        type=int,
+        choices=[0, 1, 2],
+        help="test-time augmentation level for a checkpoint (default: 0, one view: 3-6x faster than 2)",
+    )
+    serve.add_argument("--threads", type=int, help="model threads (default: every core but one)")
+    serve.add_argument("--access-log", action="store_true", help="log a line per request")
+    _add_runtime_arguments(serve)
+
+
+def _serve(arguments: argparse.Namespace) -> int:
+    from cnnkit.serving import serve
+
+    serve(
+        arguments.model,
+        arguments.host,
+        arguments.port,
+        max_upload_mb=arguments.max_upload_mb,
+        max_batch=arguments.max_batch,
+        batch_wait_ms=arguments.batch_wait_ms,
+        tta=arguments.tta,
+        device=arguments.device,
+        precision=arguments.precision,
+        threads=arguments.threads,
+        access_log=arguments.access_log,
+    )
+    return 0
 
 
 def _summary(arguments: argparse.Namespace) -> int:
