@@ -12,8 +12,8 @@ import torch
 
 from cnnkit.checkpoint import load_checkpoint
 from cnnkit.recipes import get_recipe
-from cnnkit.reports.history import read_metrics_csv
 from cnnkit.workflows import train
+from tests.run_helpers import learning_metrics, train_command
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -60,35 +60,11 @@ def test_two_processes_train_identical_weights_equal_to_one_process(quadrant_fol
             assert abs(distributed_row[metric] - single_row[metric]) < 1e-4, metric
 
 
-def cli_arguments(data: Path, out: Path, name: str) -> list[str]:
-    return [
-        "-m",
-        "cnnkit",
-        "train",
-        "--data",
-        str(data),
-        "--recipe",
-        "tutorial",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "4",
-        "--seed",
-        "5",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-        "--name",
-        name,
-    ]
-
-
 def test_sigterm_to_torchrun_saves_once_and_resume_under_torchrun_matches(quadrant_folder, tmp_path):
-    whole = finish(torchrun(*cli_arguments(quadrant_folder, tmp_path, "whole")))
+    whole = finish(torchrun("-m", "cnnkit", *train_command(quadrant_folder, tmp_path, "whole")))
     assert whole.count("Run folder:") == 1  # rank 0 reports for the job
 
-    process = torchrun(*cli_arguments(quadrant_folder, tmp_path, "cut"))
+    process = torchrun("-m", "cnnkit", *train_command(quadrant_folder, tmp_path, "cut"))
     output = []
     for line in process.stdout:
         output.append(line)
@@ -104,10 +80,3 @@ def test_sigterm_to_torchrun_saves_once_and_resume_under_torchrun_matches(quadra
 
     finish(torchrun("-m", "cnnkit", "train", "--resume", str(folder), "--device", "cpu"))
     assert learning_metrics(folder) == learning_metrics(tmp_path / "whole")
-
-
-def learning_metrics(folder: Path) -> list[dict]:
-    timing = {"seconds", "ms_per_sample"}
-    return [
-        {k: v for k, v in row.items() if k not in timing} for row in read_metrics_csv(folder / "metrics.csv")
-    ]

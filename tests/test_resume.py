@@ -18,16 +18,7 @@ from cnnkit.cli import main
 from cnnkit.engine.interrupt import StopRequest, TrainingInterrupted
 from cnnkit.recipes import get_recipe
 from cnnkit.reports.history import read_metrics_csv
-
-# Columns that measure time, not learning: they may differ between two identical runs.
-TIMING = {"seconds", "ms_per_sample"}
-
-
-def learning_metrics(folder: Path) -> list[dict]:
-    return [
-        {key: value for key, value in row.items() if key not in TIMING}
-        for row in read_metrics_csv(folder / "metrics.csv")
-    ]
+from tests.run_helpers import learning_metrics, train_command
 
 
 def assert_same_weights(first: Path, second: Path) -> None:
@@ -90,29 +81,6 @@ def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_result(
     assert_same_weights(cut / "last.pt", whole.run_folder / "last.pt")
     assert_same_weights(cut / "best.pt", whole.run_folder / "best.pt")
     assert resumed.report["evaluation"] == whole.report["evaluation"]
-
-
-def train_command(data: Path, out: Path, name: str) -> list[str]:
-    # Batch 4: 32 steps an epoch, slow enough to be stopped mid-run.
-    return [
-        "train",
-        "--data",
-        str(data),
-        "--recipe",
-        "tutorial",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "4",
-        "--seed",
-        "5",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-        "--name",
-        name,
-    ]
 
 
 def run_until_epoch_then_signal(
