@@ -209,6 +209,7 @@ def _print_train_result(result) -> int:
         )
     print(f"Trained in {report['train_seconds']:.1f}s; best epoch {report['best_epoch']}.")
     print(f"Run folder: {result.run_folder}")
+    print(f"Where it fails, class by class: cnnkit evaluate {shlex.quote(str(result.run_folder))}/best.pt")
     return 0
 
 
