@@ -34,7 +34,10 @@ def parse_overrides(pairs: list[str], recipe: Recipe) -> Recipe:
         key, _, text = pair.partition("=")
         if key.startswith("model_arguments."):
             arguments = dict(changes.get("model_arguments", recipe.model_arguments))
-            arguments[key.split(".", 1)[1]] = [int(part) for part in text.split(",")]
+            if text.lower() in ("true", "false"):
+                arguments[key.split(".", 1)[1]] = text.lower() == "true"
+            else:
+                arguments[key.split(".", 1)[1]] = [int(part) for part in text.split(",")]
             changes["model_arguments"] = arguments
             continue
         current = getattr(recipe, key)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cnnkit.api import Classifier
-from cnnkit.engine.augment import Augmenter, translate
+from cnnkit.engine.augment import Augmenter, cutout, translate
 from cnnkit.engine.evaluation import tta_logits
 from cnnkit.engine.lookahead import Lookahead
 from cnnkit.engine.optimization import build_optimizer, lr_multiplier
@@ -64,6 +64,44 @@ def test_translate_shifts_with_reflection():
     shifted = translate(image, torch.tensor([[1, 0]]), 2)  # content moves up one row
     assert torch.equal(shifted[0, 0, :3], image[0, 0, 1:])
     assert torch.equal(shifted[0, 0, 3], image[0, 0, 2])  # reflected edge
+
+
+def test_cutout_zeroes_one_whole_square_inside_each_image():
+    inputs = torch.ones(200, 3, 10, 10)
+    corners = torch.rand(200, 2, generator=torch.Generator().manual_seed(0))
+    output = cutout(inputs, corners, 4)
+    zeroed = output == 0
+    assert torch.equal(zeroed[:, 0], zeroed[:, 2])  # the same square in every channel
+    for mask in zeroed[:, 0]:
+        rows, columns = mask.nonzero().unbind(1)
+        assert mask.sum() == 16 and rows.max() - rows.min() == 3 and columns.max() - columns.min() == 3
+    tops = {int(m.nonzero()[0, 0]) for m in zeroed[:, 0]}
+    assert tops == set(range(7))  # every position where the square fits whole, edges included
+    with pytest.raises(ValueError, match="cutout=11"):
+        cutout(inputs, corners, 11)
+
+
+def test_augmenter_applies_cutout_after_its_other_transforms():
+    augmenter = Augmenter(8, "alternating", 1, torch.Generator().manual_seed(0), cutout=3)
+    draw = augmenter.draw(8)
+    assert draw.shifts.shape == (8, 2) and draw.cutout_corners.shape == (8, 2)
+    inputs = torch.rand(8, 3, 8, 8) + 1  # no zeros of its own
+    output = augmenter(inputs, torch.zeros(8, dtype=torch.bool), draw)
+    assert ((output == 0).sum(dim=(1, 2, 3)) == 27).all()  # 3x3 squares, 3 channels
+    assert Augmenter(8, "none", 0, torch.Generator()).draw(8).cutout_corners is None
+
+
+def test_residual_groups_add_a_skip_around_their_last_two_convs():
+    model = create_model("fast", image_size=16, widths=(8, 16, 16), residual=True)
+    group = model.groups[0]
+    plain = create_model("fast", image_size=16, widths=(8, 16, 16))
+    assert len(list(model.parameters())) == len(list(plain.parameters())) + 3 * 3  # conv3, norm3 a group
+    with torch.no_grad():
+        group.conv2.weight.zero_()
+        group.conv3.weight.zero_()
+    inputs = torch.randn(4, 24, 16, 16)
+    expected = nn.functional.gelu(group.norm1(group.pool(group.conv1(inputs))))
+    assert torch.allclose(group(inputs), expected, atol=1e-5)  # zero branch: the skip alone
 
 
 class CallCounter(nn.Module):
@@ -224,6 +262,8 @@ def test_small_data_gets_at_least_ten_steps_an_epoch_with_a_summed_loss():
     assert head_group["lr"] * head_group["weight_decay"] == pytest.approx(2e-6 * 40)
     tutorial = trainer(get_recipe("tutorial"))  # mean loss: the batch the recipe asks for
     assert tutorial.batch_size == 32 and tutorial.steps_per_epoch == 13
+    with pytest.raises(ValueError, match=r"image size \(16 px\). Received: cutout=17"):
+        trainer(get_recipe("fast").replace(cutout=17))
 
 
 def test_a_plain_fast_classifier_has_the_head_the_default_recipe_was_tuned_for():

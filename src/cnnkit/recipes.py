@@ -43,6 +43,7 @@ class Recipe:
         "none"  # "none", "random" (each epoch), "alternating" (random in epoch 0, then every other epoch)
     )
     translate: int = 0  # random shifts of up to this many pixels (reflect padding)
+    cutout: int = 0  # zero a random square of this side in each training image (0: off)
     lookahead: bool = False  # every lookahead_every steps, move the weights to an EMA of themselves
     lookahead_every: int = 5
     lookahead_start_epoch: int = 3
@@ -92,6 +93,7 @@ class Recipe:
             (self.loss_reduction in ("mean", "sum"), "loss_reduction", "'mean' or 'sum'"),
             (self.flip in ("none", "random", "alternating"), "flip", "'none', 'random' or 'alternating'"),
             (self.translate >= 0, "translate", ">= 0"),
+            (self.cutout >= 0, "cutout", ">= 0"),
             (self.tta in (0, 1, 2), "tta", "0, 1 or 2"),
             (self.normalization in ("scale", "standardize"), "normalization", "'scale' or 'standardize'"),
             (self.image_size is None or self.image_size >= 4, "image_size", "None or >= 4"),

@@ -90,6 +90,11 @@ class Trainer:
                 f"Early stopping watches validation metrics: use a validation split. "
                 f"Received: patience={recipe.patience} with no validation images"
             )
+        image_side = min(data.train_images.shape[1:3])  # (N, H, W, C) pixels
+        if recipe.cutout > image_side:
+            raise ValueError(
+                f"cutout must be at most the image size ({image_side} px). Received: cutout={recipe.cutout}"
+            )
         # Without validation data, "best" falls back to the training metric of the same kind.
         self.monitor = recipe.monitor if has_validation else recipe.monitor.removeprefix("val_")
         # One CPU generator drives shuffling and augmentation: the same seed, the same run, anywhere.
@@ -117,7 +122,7 @@ class Trainer:
         self.best_value: float | None = None
         self.best_epoch: int | None = None
         self.best_weights: dict[str, torch.Tensor] | None = None  # kept only for early stopping
-        self.augmenter = Augmenter(count, recipe.flip, recipe.translate, self.generator)
+        self.augmenter = Augmenter(count, recipe.flip, recipe.translate, self.generator, recipe.cutout)
         self.lookahead: Lookahead | None = None
         self._initialize_from_data()
         # Weight decay per step scales with the batch actually used (smaller on small data).
@@ -351,12 +356,10 @@ class Trainer:
         Returns this rank's (loss, logits, targets); alone, the rank's share is the whole batch.
         """
         global_count = len(batch)
-        shifts = self.augmenter.draw_shifts(global_count)  # drawn for the global batch on every rank
+        draw = self.augmenter.draw(global_count)  # drawn for the global batch on every rank
         share = self.distributed.shard(global_count)
         batch, flips = batch[share], flips[share]
-        inputs = self.augmenter(
-            self.to_input(self.data.train_images[batch]), flips, None if shifts is None else shifts[share]
-        )
+        inputs = self.augmenter(self.to_input(self.data.train_images[batch]), flips, draw[share])
         targets = self.data.train_labels[batch].to(self.device, non_blocking=True)
         set_learning_rate(self.optimizer, lr_multiplier(self.step, self.total_steps, self.recipe))
         with torch.autocast(self.device.type, dtype=self.precision, enabled=self.precision != torch.float32):

@@ -27,17 +27,28 @@ class BatchNorm(nn.BatchNorm2d):
 
 
 class ConvGroup(nn.Module):
-    def __init__(self, channels_in: int, channels_out: int, momentum: float) -> None:
+    """conv -> pool -> BN -> GELU -> conv -> BN -> GELU; ``residual`` adds airbench96's third
+    conv -> BN -> GELU and a skip connection around the last two convs."""
+
+    def __init__(self, channels_in: int, channels_out: int, momentum: float, residual: bool = False) -> None:
         super().__init__()
         self.conv1 = dirac_conv(channels_in, channels_out)
         self.pool = nn.MaxPool2d(2)
         self.norm1 = BatchNorm(channels_out, momentum)
         self.conv2 = dirac_conv(channels_out, channels_out)
         self.norm2 = BatchNorm(channels_out, momentum)
+        self.residual = residual
+        if residual:
+            self.conv3 = dirac_conv(channels_out, channels_out)
+            self.norm3 = BatchNorm(channels_out, momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.gelu(self.norm1(self.pool(self.conv1(x))))
-        return F.gelu(self.norm2(self.conv2(x)))
+        if not self.residual:
+            return F.gelu(self.norm2(self.conv2(x)))
+        shortcut = x
+        x = F.gelu(self.norm2(self.conv2(x)))
+        return shortcut + F.gelu(self.norm3(self.conv3(x)))
 
 
 def dirac_conv(channels_in: int, channels_out: int) -> nn.Conv2d:
@@ -62,9 +73,11 @@ class FastNet(nn.Module):
         batchnorm_momentum: float = 0.4,
         logit_scale: float | None = 1 / 9,
         unit_head: bool = False,
+        residual: bool = False,
     ) -> None:
         """``logit_scale`` None divides the logits by the last width (the Muon variant's head);
-        ``unit_head`` starts the head's weights at unit standard deviation."""
+        ``unit_head`` starts the head's weights at unit standard deviation; ``residual`` gives
+        each group a third conv and a skip connection (airbench96)."""
         super().__init__()
         if image_size < 16:
             raise ValueError(
@@ -76,9 +89,9 @@ class FastNet(nn.Module):
         self.whiten.weight.requires_grad_(False)
         nn.init.zeros_(self.whiten.bias)
         self.groups = nn.Sequential(
-            ConvGroup(whitening_width, widths[0], batchnorm_momentum),
-            ConvGroup(widths[0], widths[1], batchnorm_momentum),
-            ConvGroup(widths[1], widths[2], batchnorm_momentum),
+            ConvGroup(whitening_width, widths[0], batchnorm_momentum, residual),
+            ConvGroup(widths[0], widths[1], batchnorm_momentum, residual),
+            ConvGroup(widths[1], widths[2], batchnorm_momentum, residual),
         )
         # A global max-pool instead of airbench's MaxPool2d(3): the same on 32x32 inputs (3x3 maps
         # by then) and it adapts to any input size.
@@ -124,7 +137,15 @@ def fast(
     widths: tuple[int, int, int] = (64, 256, 256),
     logit_scale: float | None = None,
     unit_head: bool = True,
+    residual: bool = False,
 ) -> FastNet:
     """airbench94's network, 1.97M parameters at the default widths, with the head of its Muon
     variant (cnnkit's default recipe); airbench94's own head is ``logit_scale=1/9, unit_head=False``."""
-    return FastNet(num_classes, image_size, tuple(widths), logit_scale=logit_scale, unit_head=unit_head)
+    return FastNet(
+        num_classes,
+        image_size,
+        tuple(widths),
+        logit_scale=logit_scale,
+        unit_head=unit_head,
+        residual=residual,
+    )
