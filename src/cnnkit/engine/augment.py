@@ -105,9 +105,7 @@ def cutout(inputs: torch.Tensor, corners: torch.Tensor, size: int) -> torch.Tens
     """
     height, width = inputs.shape[-2:]
     if size > min(height, width):
-        raise ValueError(
-            f"cutout must be at most the image size ({height}x{width}). Received: cutout={size}"
-        )
+        raise ValueError(f"cutout must be at most the image size ({height}x{width}). Received: cutout={size}")
     top = (corners[:, 0] * (height - size + 1)).long().view(-1, 1, 1)
     left = (corners[:, 1] * (width - size + 1)).long().view(-1, 1, 1)
     rows = torch.arange(height, device=inputs.device).view(1, -1, 1)
