@@ -35,9 +35,10 @@ def parse_overrides(pairs: list[str], recipe: Recipe) -> Recipe:
         if key.startswith("model_arguments."):
             arguments = dict(changes.get("model_arguments", recipe.model_arguments))
             if text.lower() in ("true", "false"):
-                arguments[key.split(".", 1)[1]] = text.lower() == "true"
+                value = text.lower() == "true"
             else:
-                arguments[key.split(".", 1)[1]] = [int(part) for part in text.split(",")]
+                value = [int(part) for part in text.split(",")] if "," in text else int(text)
+            arguments[key.split(".", 1)[1]] = value
             changes["model_arguments"] = arguments
             continue
         current = getattr(recipe, key)

@@ -364,26 +364,39 @@ class Trainer:
         set_learning_rate(self.optimizer, lr_multiplier(self.step, self.total_steps, self.recipe))
         with torch.autocast(self.device.type, dtype=self.precision, enabled=self.precision != torch.float32):
             logits = self.training_model(inputs)
-        loss = F.cross_entropy(
-            logits.float(),
-            targets,
-            label_smoothing=self.recipe.label_smoothing,
-            reduction=self.recipe.loss_reduction,
-        )
-        objective = loss
+        loss, objective = self.loss(logits, targets)
         if self.distributed.enabled:
             # DDP averages gradients over ranks. Scaled so the average is the global batch's own
             # gradient: a summed loss the sum over every rank, a mean the mean over the global
             # batch (shares may differ by one image).
             world_size = self.distributed.world_size
             is_sum = self.recipe.loss_reduction == "sum"
-            objective = loss * (world_size if is_sum else world_size * len(targets) / global_count)
+            objective = objective * (world_size if is_sum else world_size * len(targets) / global_count)
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
         self.optimizer.step()
         self.step += 1
         self._lookahead_step()
-        return loss, logits, targets
+        return loss, logits if logits.ndim == 2 else logits.mean(0), targets
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to report, the loss to minimise).
+
+        An ensemble's ``(members, N, classes)`` logits: each member learns from its own loss, so
+        the objective is their sum (every member's gradient is its own); the report, their mean.
+        """
+        losses = torch.stack(
+            [
+                F.cross_entropy(
+                    member_logits.float(),
+                    targets,
+                    label_smoothing=self.recipe.label_smoothing,
+                    reduction=self.recipe.loss_reduction,
+                )
+                for member_logits in (logits if logits.ndim == 3 else logits[None])
+            ]
+        )
+        return losses.mean(), losses.sum()
 
     def _lookahead_step(self) -> None:
         recipe = self.recipe
