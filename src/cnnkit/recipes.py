@@ -178,8 +178,10 @@ _RECIPES: dict[str, Recipe] = {
     # in 257 s against airbench94's 89.71% in 355 s (docs/benchmarks.md).
     "fast": _AIRBENCH94_MUON.replace(name="fast"),
     # The longer preset: the Muon recipe at airbench95's widths (128/384/384), 20 epochs. On this
-    # CPU (40k/10k split, seed 0): 12 epochs 91.17% in 849 s, 20 epochs 91.77% in 1,470 s, which
-    # scales to ~31 min on all 50,000 images against the 40 min budget (docs/benchmarks.md).
+    # CPU (40k/10k split): 12 epochs 91.17% in 849 s (seed 0); 20 epochs 91.53 +- 0.21% over
+    # seeds 0-2 in 1,470 s, about 31 min on all 50,000 images against a 40 min budget. Wider
+    # (128/384/512), residual groups and a two-member ensemble measured no better for their
+    # time (docs/benchmarks.md).
     "best": _AIRBENCH94_MUON.replace(
         name="best",
         epochs=20,
