@@ -150,10 +150,15 @@ _RUN_SETTINGS += ("img_size", "seed", "patience", "monitor", "name")
 def _train(arguments: argparse.Namespace) -> int:
     from cnnkit.engine.distributed import shutdown
 
+    finished = False
     try:
-        return _train_or_resume(arguments)
+        code = _train_or_resume(arguments)
+        finished = True
+        return code
     finally:
-        shutdown()  # leave a torchrun job cleanly (a no-op for one process)
+        # Leave a torchrun job cleanly (a no-op for one process). After a normal finish every rank
+        # gets here, so they meet first; after a failure a peer may never come, so no meeting.
+        shutdown(synchronize=finished)
 
 
 def _train_or_resume(arguments: argparse.Namespace) -> int:

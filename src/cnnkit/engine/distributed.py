@@ -81,8 +81,13 @@ def current() -> Distributed:
     return Distributed()
 
 
-def shutdown() -> None:
+def shutdown(synchronize: bool = False) -> None:
+    """Leave the job. ``synchronize``: first wait for every rank, so that none tears down its
+    connections while a peer's last collective is in flight (gloo then aborts the process:
+    "terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 
