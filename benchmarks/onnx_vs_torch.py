@@ -32,8 +32,8 @@ import torch
 from cnnkit.api import Classifier
 from cnnkit.engine.device import configure_threads
 from cnnkit.engine.preprocess import InputTransform, Normalization
-from cnnkit.export import export_onnx
-from cnnkit.onnx_model import OnnxClassifier
+from cnnkit.export.onnx import export_onnx
+from cnnkit.inference.onnx_runtime import OnnxClassifier
 from cnnkit.recipes import get_recipe
 
 IMAGE_SIZE = 32

@@ -20,7 +20,7 @@ import torch
 
 from cnnkit.api import Classifier
 from cnnkit.data import load_dataset, split_train_val
-from cnnkit.engine.device import configure_threads
+from cnnkit.engine.device import configure_process
 from cnnkit.engine.preprocess import Normalization
 from cnnkit.recipes import Recipe, get_recipe
 
@@ -49,7 +49,7 @@ def parse_overrides(pairs: list[str], recipe: Recipe) -> Recipe:
 
 def run_once(data, recipe: Recipe, seed: int, device: str) -> dict[str, float]:
     recipe = recipe.replace(seed=seed)
-    train, val = split_train_val(data.train, recipe.val_fraction, seed)
+    train, val = split_train_val(data.train, recipe.validation_split, seed)
     classifier = Classifier(
         recipe.model,
         class_names=train.class_names,
@@ -83,9 +83,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--set", nargs="*", default=[], help="recipe overrides, key=value")
     arguments = parser.parse_args()
-    threads = configure_threads()
+    threads = configure_process()
     recipe = parse_overrides(
-        arguments.set, get_recipe(arguments.recipe).replace(val_fraction=arguments.val_split)
+        arguments.set, get_recipe(arguments.recipe).replace(validation_split=arguments.val_split)
     )
     started = time.perf_counter()
     data = load_dataset(arguments.data, image_size=recipe.image_size, progress=False)
@@ -95,7 +95,7 @@ def main() -> None:
     )
     print(
         f"recipe {recipe.name}: {recipe.model} {recipe.model_arguments or ''}, {recipe.epochs} epochs, "
-        f"batch {recipe.batch_size}, validation split {recipe.val_fraction}"
+        f"batch {recipe.batch_size}, validation split {recipe.validation_split}"
     )
     results = []
     for seed in arguments.seeds:

@@ -19,7 +19,7 @@ import torch
 
 from cnnkit.api import Classifier
 from cnnkit.data import load_dataset, split_train_val
-from cnnkit.engine.device import configure_threads
+from cnnkit.engine.device import configure_process
 from cnnkit.recipes import get_recipe
 
 KERAS_SECONDS = 85.6
@@ -29,7 +29,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar1
 
 def run_once(data, seed: int, precision: str, epochs: int) -> dict[str, float]:
     recipe = get_recipe("tutorial")
-    train, val = split_train_val(data.train, recipe.val_fraction, seed)
+    train, val = split_train_val(data.train, recipe.validation_split, seed)
     classifier = Classifier("tutorial", class_names=train.class_names, image_size=32, precision=precision)
     torch.manual_seed(seed)
     started = time.perf_counter()
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--epochs", type=int, default=5)
     arguments = parser.parse_args()
-    threads = configure_threads()
+    threads = configure_process()
     started = time.perf_counter()
     data = load_dataset(arguments.data, image_size=32, progress=False)
     print(f"data: {data.source}, {len(data.train)} images, loaded in {time.perf_counter() - started:.2f}s")

@@ -12,7 +12,7 @@ import torch
 
 from cnnkit.engine.distributed import current, shutdown
 from cnnkit.recipes import get_recipe
-from cnnkit.workflows import train
+from cnnkit.runs.training import train
 
 
 def main() -> None:

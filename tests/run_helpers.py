@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnkit.reports.history import read_metrics_csv
+from cnnkit.reports.training_curves import read_metrics_csv
 
 # Columns that measure time, not learning: they may differ between two identical runs.
 TIMING = {"seconds", "ms_per_sample"}

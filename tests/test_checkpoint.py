@@ -30,9 +30,9 @@ def test_round_trip_needs_nothing_but_the_file(trained, tmp_path):
         torch.from_numpy(restored.predict(images)), torch.from_numpy(classifier.predict(images))
     )
     checkpoint = load_checkpoint(path)
-    assert checkpoint.epoch == 1 and "loss" in checkpoint.metrics
+    assert checkpoint.epoch == 1 and "loss" in checkpoint.metrics["train"]
     assert checkpoint.normalization.mean == (0.0, 0.0, 0.0)
-    assert checkpoint.recipe["batch_size"] == 32
+    assert checkpoint.recipe.batch_size == 32
 
 
 def test_checkpoint_holds_only_plain_data(trained, tmp_path):

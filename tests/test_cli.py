@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from cnnkit.cli import main
-from cnnkit.reports.history import read_metrics_csv
+from cnnkit.reports.training_curves import read_metrics_csv
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_best_checkpoint_is_the_best_validation_epoch(trained_run):
     folder, _ = trained_run
     rows = read_metrics_csv(folder / "metrics.csv")
     best = torch.load(folder / "best.pt", weights_only=True)
-    assert best["metrics"]["val_accuracy"] == pytest.approx(
+    assert best["metrics"]["validation"]["accuracy"] == pytest.approx(
         max(row["val_accuracy"] for row in rows), abs=1e-5
     )
     assert "optimizer_state" in torch.load(folder / "last.pt", weights_only=True)
@@ -134,7 +134,7 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "missing.pt")]) == 1
     assert "Checkpoint not found" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path), "--val-split", "1.5"]) == 1
-    assert "Received: val_fraction=1.5" in capsys.readouterr().err
+    assert "Received: validation_split=1.5" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path / "missing"), "--model", "tutorail"]) == 1
     assert "Did you mean 'tutorial'" in capsys.readouterr().err  # before any data is read
 

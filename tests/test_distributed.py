@@ -12,7 +12,7 @@ import torch
 
 from cnnkit.checkpoint import load_checkpoint
 from cnnkit.recipes import get_recipe
-from cnnkit.workflows import train
+from cnnkit.runs.training import train
 from tests.run_helpers import learning_metrics, train_command
 
 WORKER = Path(__file__).with_name("distributed_worker.py")

@@ -40,8 +40,6 @@ def test_each_member_gets_exactly_the_gradient_it_would_get_alone():
         Normalization(),
         torch.device("cpu"),
         torch.float32,
-        False,
-        None,
     )
     inputs = torch.randn(8, 3, 16, 16).contiguous(memory_format=torch.channels_last)
     targets = torch.randint(0, 4, (8,))

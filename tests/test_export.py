@@ -18,11 +18,11 @@ import pytest
 from cnnkit.api import Classifier
 from cnnkit.checkpoint import load_checkpoint
 from cnnkit.cli import main
-from cnnkit.export import ExportVerificationError, export_onnx
-from cnnkit.export_images import synthetic_images, verification_images
-from cnnkit.onnx_model import OnnxClassifier
-from cnnkit.prediction import predict_files
-from cnnkit.predictor import CheckpointPredictor, load_predictor
+from cnnkit.export.onnx import ExportVerificationError, export_onnx
+from cnnkit.export.verification_images import synthetic_images, verification_images
+from cnnkit.inference.batch_prediction import predict_files
+from cnnkit.inference.onnx_runtime import OnnxClassifier
+from cnnkit.inference.predictor import CheckpointPredictor, load_predictor
 from tests.conftest import CLASS_NAMES, make_quadrant_images, write_image_folder
 
 SIZE = 16
@@ -83,7 +83,7 @@ def test_metadata_round_trips_and_the_graph_takes_uint8_with_a_dynamic_batch(exp
     assert metadata["class_names"] == CLASS_NAMES and metadata["image_size"] == SIZE
     assert metadata["model_name"] == "fast" and metadata["model_arguments"]["widths"] == [8, 16, 16]
     assert metadata["normalization"] == checkpoint.normalization.to_dict()
-    assert metadata["metrics"] == pytest.approx(checkpoint.metrics)
+    assert metadata["metrics"]["train"] == pytest.approx(checkpoint.metrics["train"])
     assert metadata["input_format"] == "uint8-nhwc-rgb" and metadata["tta"] == 2
     assert metadata["recipe"] == "fast" and metadata["cnnkit_version"] and metadata["opset"] == "20"
     model = onnx.load(result.path)
@@ -120,7 +120,7 @@ def test_float_input_without_tta_through_the_torchscript_exporter(checkpoints, t
     floats = images.transpose(0, 3, 1, 2).astype(np.float32) / 255
     (probabilities,) = session.run(["probabilities"], {"images": floats})
     reference = Classifier.load(checkpoints["fast"], device="cpu", precision="fp32")
-    reference.recipe = {**reference.recipe, "tta": 0}
+    reference.tta = 0
     np.testing.assert_allclose(probabilities, reference.predict(images), atol=1e-4)
     np.testing.assert_allclose(OnnxClassifier(output).predict(images), probabilities, atol=1e-6)
 

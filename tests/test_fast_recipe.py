@@ -8,7 +8,7 @@ from torch import nn
 
 from cnnkit.api import Classifier
 from cnnkit.engine.augment import Augmenter, cutout, translate
-from cnnkit.engine.evaluation import tta_logits
+from cnnkit.engine.inference import tta_logits
 from cnnkit.engine.lookahead import Lookahead
 from cnnkit.engine.optimization import build_optimizer, lr_multiplier
 from cnnkit.models import create_model
@@ -253,7 +253,7 @@ def test_small_data_gets_at_least_ten_steps_an_epoch_with_a_summed_loss():
 
     def trainer(recipe):
         model = create_model(recipe.model, num_classes=4, image_size=16, **recipe.model_arguments)
-        return Trainer(model, data, recipe, Normalization(), torch.device("cpu"), torch.float32, False, None)
+        return Trainer(model, data, recipe, Normalization(), torch.device("cpu"), torch.float32)
 
     fast = trainer(get_recipe("fast"))  # batch 2000, summed loss
     assert fast.batch_size == 40 and fast.steps_per_epoch == 10

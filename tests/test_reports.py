@@ -13,7 +13,6 @@ from PIL import Image
 from cnnkit.api import Classifier
 from cnnkit.cli import main
 from cnnkit.data import ImageData
-from cnnkit.evaluation_report import evaluate_classifier
 from cnnkit.reports.classification import (
     ClassificationReport,
     classification_report,
@@ -23,7 +22,7 @@ from cnnkit.reports.classification import (
     write_per_class_csv,
 )
 from cnnkit.reports.evaluation_plots import plot_confusion_matrix, plot_misclassified
-from cnnkit.workflows import evaluate_checkpoint
+from cnnkit.runs.evaluation import evaluate_checkpoint, evaluate_classifier
 from tests.conftest import CLASS_NAMES, make_quadrant_images, write_image_folder
 
 # Ten images of three classes, written out by hand. Confusion matrix (rows true, columns predicted):
@@ -269,7 +268,7 @@ def test_a_class_missing_from_the_data_is_reported_not_reindexed(evaluation_run,
     supports = {row["name"]: row["support"] for row in result["per_class"]}
     assert supports == {"bottom_left": 0, "bottom_right": 10, "top_left": 0, "top_right": 10}
     assert any("Not in the data" in note or "Predicted but not" in note for note in result["notes"])
-    assert main(["evaluate", str(checkpoint), "--data", str(subset), "--out", str(tmp_path / "r")]) == 0
+    assert main(["evaluate", str(checkpoint), "--data", str(subset), "--out", str(tmp_path / "r2")]) == 0
     assert "bottom_left" in capsys.readouterr().out.split("Note:", 1)[1]
 
 

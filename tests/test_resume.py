@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import cnnkit.workflows as workflows
+import cnnkit.runs.training as training_jobs
 from cnnkit.checkpoint import load_checkpoint
 from cnnkit.cli import main
 from cnnkit.engine.interrupt import StopRequest, TrainingInterrupted
 from cnnkit.recipes import get_recipe
-from cnnkit.reports.history import read_metrics_csv
+from cnnkit.reports.training_curves import read_metrics_csv
 from tests.run_helpers import learning_metrics, train_command
 
 
@@ -61,22 +61,24 @@ def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_result(
     base = get_recipe(recipe).replace(epochs=epochs, batch_size=8, seed=3)
     if base.lookahead:
         base = base.replace(lookahead_start_epoch=1, first_layer_bias_epochs=1)
-    whole = workflows.train(quadrant_folder, base, device="cpu", out=tmp_path, name="whole", verbose=False)
+    whole = training_jobs.train(
+        quadrant_folder, base, device="cpu", out=tmp_path, name="whole", verbose=False
+    )
 
     @contextlib.contextmanager
     def stop_midway():
         yield StopAfter(stop_after)
 
-    monkeypatch.setattr(workflows, "stop_on_signals", stop_midway)
+    monkeypatch.setattr(training_jobs, "stop_on_signals", stop_midway)
     with pytest.raises(TrainingInterrupted, match=r"at epoch \d/\d, step \d+/\d+") as raised:
-        workflows.train(quadrant_folder, base, device="cpu", out=tmp_path, name="cut", verbose=False)
+        training_jobs.train(quadrant_folder, base, device="cpu", out=tmp_path, name="cut", verbose=False)
     cut = tmp_path / "cut"
     assert raised.value.checkpoint == cut / "last.pt"
     state = load_checkpoint(cut / "last.pt").training_state
     assert state["position"] is not None and state["position"]["step"] > 0  # really mid-epoch
 
     monkeypatch.undo()
-    resumed = workflows.resume(cut, device="cpu", verbose=False)
+    resumed = training_jobs.resume(cut, device="cpu", verbose=False)
     assert learning_metrics(cut) == learning_metrics(whole.run_folder)
     assert_same_weights(cut / "last.pt", whole.run_folder / "last.pt")
     assert_same_weights(cut / "best.pt", whole.run_folder / "best.pt")

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from cnnkit.api import Classifier
+from cnnkit.recipes import get_recipe
 from cnnkit.serving import MicroBatcher, create_app, load_service_predictor, start_server_thread
 from cnnkit.serving.schemas import ModelInfo, PredictResponse
 from cnnkit.serving.uploads import Upload, decode_upload
@@ -93,7 +94,7 @@ def test_model_description(client):
     assert (info.name, info.classes, info.input_size) == ("tutorial", list(COLOURS), IMAGE_SIZE)
     assert (info.format, info.tta, info.file) == ("checkpoint", 0, "colours.pt")
     assert info.backend.startswith("torch (cpu")
-    assert "val_accuracy" in info.metrics or "accuracy" in info.metrics
+    assert "accuracy" in info.metrics["train"]
     assert info.limits.max_upload_bytes == UPLOAD_LIMIT
 
 
@@ -328,7 +329,7 @@ def test_serving_overrides_the_checkpoints_test_time_augmentation(tmp_path, colo
     threads = torch.get_num_threads()
     try:
         classifier = Classifier.load(colour_checkpoint)
-        classifier.recipe = {**classifier.recipe, "tta": 2}
+        classifier.recipe = (classifier.recipe or get_recipe("tutorial")).replace(tta=2)
         classifier.save(tmp_path / "tta2.pt")
         assert load_service_predictor(tmp_path / "tta2.pt", tta=2).metadata["tta"] == 2
         predictor = load_service_predictor(tmp_path / "tta2.pt")  # the plain network by default
@@ -343,11 +344,11 @@ def test_serving_overrides_the_checkpoints_test_time_augmentation(tmp_path, colo
 
 
 def test_the_traced_model_gives_the_eager_numbers_or_is_not_used(colour_checkpoint, monkeypatch):
-    from cnnkit.predictor import load_predictor
+    from cnnkit.inference.predictor import load_predictor
     from cnnkit.serving import traced
 
     eager = load_predictor(colour_checkpoint)
-    eager.classifier.recipe = {**eager.classifier.recipe, "tta": 2}  # the mirrored and shifted views too
+    eager.classifier.tta = 2  # the mirrored and shifted views too
     served = traced.trace_predictor(eager)
     assert isinstance(served, traced.TracedPredictor)
     for count in (1, 7, 40):  # any batch size, not only the one traced with
@@ -359,7 +360,7 @@ def test_the_traced_model_gives_the_eager_numbers_or_is_not_used(colour_checkpoi
 
 def test_an_onnx_model_is_served_without_torch_in_the_request_path(tmp_path, colour_checkpoint):
     pytest.importorskip("onnxruntime")
-    from cnnkit.export import export_onnx
+    from cnnkit.export.onnx import export_onnx
 
     exported = export_onnx(colour_checkpoint, tmp_path / "colours.onnx", verify_data=None).path
     predictor = load_service_predictor(exported)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from cnnkit.api import Classifier
+from cnnkit.engine.console import format_epoch_line
 from cnnkit.engine.device import resolve_device, resolve_precision
-from cnnkit.engine.history import format_epoch_line
 from cnnkit.engine.preprocess import InputTransform, Normalization
 from tests.conftest import CLASS_NAMES, make_quadrant_images
 
@@ -71,7 +71,7 @@ def test_predict_gives_probabilities_and_class_names():
 def test_images_must_be_uint8_pixels():
     classifier = Classifier("tutorial", class_names=CLASS_NAMES, image_size=16, device="cpu")
     images, labels = make_quadrant_images(8)
-    with pytest.raises(ValueError, match=r"don't divide by 255\. Received: dtype=torch\.float64"):
+    with pytest.raises(ValueError, match=r"don't divide by 255\. Received: dtype=float64"):
         classifier.fit(images / 255.0, labels, epochs=1, verbose=False)
     with pytest.raises(ValueError, match=r"Labels must be in \[0, 3\]"):
         classifier.fit(images, labels + 4, epochs=1, verbose=False)
@@ -141,6 +141,7 @@ def test_fit_prints_progress_and_epoch_lines():
     images, labels = make_quadrant_images(64)
     classifier = Classifier("tutorial", class_names=CLASS_NAMES, image_size=16, device="cpu")
     stream = io.StringIO()
+    from cnnkit.engine.console import ConsoleLogger
     from cnnkit.engine.trainer import TrainingData, fit
     from cnnkit.recipes import get_recipe
 
@@ -151,14 +152,16 @@ def test_fit_prints_progress_and_epoch_lines():
         Normalization(),
         torch.device("cpu"),
         torch.float32,
-        stream=stream,
+        callbacks=[ConsoleLogger(stream)],
     )
     output = stream.getvalue()
     assert "Epoch 1/1" in output and "2/2 [" in output and "\r" not in output  # plain lines off a terminal
 
 
-def test_the_engine_flushes_denormals_to_zero():
-    import cnnkit.engine.device  # noqa: F401  (importing the engine sets the flag)
+def test_process_setup_flushes_denormals_to_zero():
+    from cnnkit.engine.device import configure_process
+
+    configure_process()
 
     denormal = torch.tensor([1e-40], dtype=torch.float32)
     assert (denormal * 1.0).item() == 0.0

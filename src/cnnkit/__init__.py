@@ -24,11 +24,15 @@ _EXPORTS = {
     "list_recipes": "cnnkit.recipes",
     "Recipe": "cnnkit.recipes",
     "load_checkpoint": "cnnkit.checkpoint",
-    "train": "cnnkit.workflows",
-    "evaluate_checkpoint": "cnnkit.workflows",
-    "predict_files": "cnnkit.workflows",
-    "load_predictor": "cnnkit.predictor",
-    "OnnxClassifier": "cnnkit.onnx_model",
+    "load_recipe": "cnnkit.recipes",
+    "configure_process": "cnnkit.engine.device",
+    "train": "cnnkit.runs.training",
+    "resume": "cnnkit.runs.training",
+    "evaluate_checkpoint": "cnnkit.runs.evaluation",
+    "predict_files": "cnnkit.inference.batch_prediction",
+    "predict_paths": "cnnkit.inference.batch_prediction",
+    "load_predictor": "cnnkit.inference.predictor",
+    "OnnxClassifier": "cnnkit.inference.onnx_runtime",
 }
 
 __all__ = ["__version__", *_EXPORTS]

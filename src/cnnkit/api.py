@@ -14,21 +14,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import torch
 
-from cnnkit.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from cnnkit.checkpoint import Checkpoint, load_checkpoint, load_weights, save_checkpoint
 from cnnkit.data import ImageData, load_dataset, split_train_val
+from cnnkit.data.pixels import check_pixels
+from cnnkit.engine.callbacks import History
 from cnnkit.engine.device import resolve_device, resolve_precision
 from cnnkit.engine.evaluation import evaluate_tensors, predict_logits
-from cnnkit.engine.history import Callback, History
 from cnnkit.engine.interrupt import StopRequest
 from cnnkit.engine.preprocess import Normalization
-from cnnkit.engine.trainer import TrainingData, fit
 from cnnkit.models import create_model
-from cnnkit.recipes import Recipe, get_recipe
+from cnnkit.recipes import Recipe, load_recipe
 from cnnkit.reports.summary import format_summary
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -83,16 +83,14 @@ class Classifier:
                 model, num_classes=len(self.class_names), image_size=image_size, **model_arguments
             )
         self.history: History | None = None
-        self.recipe: dict[str, Any] = {}
+        self.recipe: Recipe | None = None  # the recipe it was trained with
+        # Test-time augmentation of evaluate and predict: 0 none, 1 mirror, 2 mirror and shifts.
+        # Training sets it to the recipe's level; a service may choose another.
+        self.tta = 0
 
     @property
     def model_name(self) -> str:
         return self.network.model_name
-
-    @property
-    def tta(self) -> int:
-        """The test-time augmentation level of the recipe it was trained with (0: none)."""
-        return int(self.recipe.get("tta", 0))
 
     def summary(self, print_fn=print) -> str:
         """Print (and return) the layer table with output shapes and parameter counts."""
@@ -105,59 +103,68 @@ class Classifier:
         self,
         x: ArrayLike,
         y: ArrayLike,
-        batch_size: int = 32,
-        epochs: int = 5,
+        batch_size: int | None = None,
+        epochs: float | None = None,
         validation_split: float = 0.0,
         validation_data: tuple[ArrayLike, ArrayLike] | None = None,
-        recipe: str = "tutorial",
+        recipe: str | Recipe = "tutorial",
         learning_rate: float | None = None,
         seed: int = 0,
         verbose: bool = True,
-        callbacks: Sequence[Callback] = (),
+        callbacks: Sequence[object] = (),
         patience: int = 0,
         monitor: str = "val_accuracy",
     ) -> History:
-        """Train on uint8 images ``x`` and integer labels ``y``.
+        """Train on uint8 images ``x`` and integer labels ``y``, Keras-style.
 
-        ``validation_split`` holds out a stratified, seeded share of ``x`` (not Keras's tail,
-        which on class-sorted data holds whole classes out). ``patience`` > 0 stops after that
-        many epochs without a better ``monitor`` value and restores the best weights.
+        The recipe (a name, a YAML file or a ``Recipe``) gives every setting not passed here; it
+        defaults to the Keras tutorial's (Adam, batch 32, 5 epochs), which is what this method
+        reproduces, while ``cnnkit train`` defaults to the fast recipe. ``validation_split`` holds
+        out a stratified, seeded share of ``x`` (not Keras's tail, which on class-sorted data holds
+        whole classes out); 0, Keras's default, holds out nothing. ``patience`` > 0 stops after
+        that many epochs without a better ``monitor`` value and restores the best weights.
+        ``verbose`` prints a progress bar and a line per epoch.
         """
         train = _as_image_data(x, y, self.class_names)
         val = _as_image_data(*validation_data, self.class_names) if validation_data else None
         if val is None and validation_split:
             train, val = split_train_val(train, validation_split, seed)
         overrides = {
+            "model": self.model_name,
             "batch_size": batch_size,
             "epochs": epochs,
-            "val_fraction": validation_split,
+            "learning_rate": learning_rate,
+            "validation_split": validation_split,
             "seed": seed,
             "patience": patience,
             "monitor": monitor,
         }
-        if learning_rate is not None:
-            overrides["learning_rate"] = learning_rate
-        chosen = get_recipe(recipe).replace(model=self.model_name, **overrides)
+        chosen = load_recipe(recipe, {key: value for key, value in overrides.items() if value is not None})
         self.normalization = Normalization.for_recipe(chosen.normalization, train.images)
-        return self.fit_data(train, val, chosen, callbacks=callbacks, verbose=verbose)
+        if verbose:
+            from cnnkit.engine.console import ConsoleLogger
+
+            callbacks = [ConsoleLogger(), *callbacks]
+        return self.fit_data(train, val, chosen, callbacks=callbacks)
 
     def fit_data(
         self,
         train: ImageData,
         val: ImageData | None,
         recipe: Recipe,
-        callbacks: Sequence[Callback] = (),
-        verbose: bool = True,
-        stream: TextIO | None = None,
+        callbacks: Sequence[object] = (),
         resume_state: dict | None = None,
         stop_request: StopRequest | None = None,
     ) -> History:
         """Train on already split data with a complete ``recipe`` (what ``fit`` and the CLI share).
 
-        ``resume_state`` continues a stopped run (``Trainer.state_dict()``); ``stop_request``
-        makes training save and stop between steps (see ``cnnkit.engine.interrupt``).
+        ``callbacks`` hear about the run (``cnnkit.engine.callbacks``); ``resume_state``
+        continues a stopped run (``Trainer.state_dict()``); ``stop_request`` makes training save
+        and stop between steps (see ``cnnkit.engine.interrupt``).
         """
-        self.recipe = recipe.to_dict()
+        from cnnkit.engine.trainer import TrainingData, fit  # the trainer loads only to train
+
+        self.recipe, self.tta = recipe, recipe.tta
         data = TrainingData(train.images, train.labels)
         if val is not None:
             data.val_images, data.val_labels = val.images, val.labels
@@ -169,8 +176,6 @@ class Classifier:
             self.device,
             self.precision,
             callbacks=callbacks,
-            verbose=verbose,
-            stream=stream,
             resume_state=resume_state,
             stop_request=stop_request,
         )
@@ -228,12 +233,17 @@ class Classifier:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto", precision: str = "auto") -> Classifier:
         """Rebuild a classifier from nothing but a checkpoint file."""
-        return cls.from_checkpoint(load_checkpoint(path), device=device, precision=precision)
+        return cls.from_checkpoint(load_checkpoint(path), device=device, precision=precision, source=path)
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint: Checkpoint, device: str = "auto", precision: str = "auto"
+        cls,
+        checkpoint: Checkpoint,
+        device: str = "auto",
+        precision: str = "auto",
+        source: str | os.PathLike = "the checkpoint",
     ) -> Classifier:
+        """The classifier ``checkpoint`` describes; ``source`` names it in errors."""
         arguments = dict(checkpoint.model_arguments)
         arguments.pop("num_classes", None)
         image_size = arguments.pop("image_size", checkpoint.image_size)
@@ -246,22 +256,15 @@ class Classifier:
             precision=precision,
             **arguments,
         )
-        classifier.network.load_state_dict(checkpoint.state_dict)
+        load_weights(classifier.network, checkpoint.state_dict, source)
         classifier.network.to(classifier.device, memory_format=torch.channels_last)
-        classifier.recipe = checkpoint.recipe
+        classifier.recipe, classifier.tta = checkpoint.recipe, checkpoint.tta
         return classifier
 
 
 def _as_images(x: ArrayLike) -> torch.Tensor:
-    images = torch.as_tensor(x)
-    if images.dtype != torch.uint8:
-        raise ValueError(
-            f"x must hold uint8 pixels (0-255); cnnkit scales them itself, so don't divide by 255. "
-            f"Received: dtype={images.dtype}"
-        )
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"x must have shape (N, height, width, 3). Received: shape={tuple(images.shape)}")
-    return images
+    check_pixels(x, name="x")
+    return torch.as_tensor(x)
 
 
 def _as_image_data(x: ArrayLike, y: ArrayLike, class_names: list[str]) -> ImageData:

@@ -1,12 +1,14 @@
 """Self-describing checkpoints: everything needed to predict is in the file.
 
 A checkpoint is a plain dict of tensors, strings, numbers, lists and dicts, so it loads with
-``torch.load(weights_only=True)``, which cannot run code hidden in a crafted file.
+``torch.load(weights_only=True)``, which cannot run code hidden in a crafted file. It holds the
+recipe once, as a typed ``Recipe``, and its metrics grouped by the data they were measured on.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,12 @@ from cnnkit import __version__
 from cnnkit.engine.preprocess import Normalization
 from cnnkit.fileio import atomic_write_with
 from cnnkit.models import create_model
+from cnnkit.recipes import Recipe
+from cnnkit.reports.splits import metrics_by_split
 
 FORMAT = "cnnkit-checkpoint"
 FORMAT_VERSION = 1
+REQUIRED_KEYS = ("model_name", "model_arguments", "class_names", "image_size", "normalization", "state_dict")
 
 
 @dataclass
@@ -33,20 +38,48 @@ class Checkpoint:
     image_size: int
     normalization: Normalization
     state_dict: dict[str, torch.Tensor]
-    recipe: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
+    recipe: Recipe | None = None  # None for a model that was never trained by a recipe
+    config: dict[str, Any] = field(default_factory=dict)  # the run's settings (runs.training)
     epoch: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
+    # By split: {"train": {"loss": .., "accuracy": ..}, "validation": {...}, "test": {...}}.
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     cnnkit_version: str = __version__
     optimizer_state: dict[str, Any] | None = None
     # last.pt only: step, RNG states, data position, history... (engine.training_state)
     training_state: dict[str, Any] | None = None
 
-    def build_model(self) -> nn.Module:
+    @property
+    def tta(self) -> int:
+        """The test-time augmentation level of the recipe it was trained with (0: none)."""
+        return self.recipe.tta if self.recipe is not None else 0
+
+    def build_model(self, source: str | os.PathLike = "the checkpoint") -> nn.Module:
         """The model, rebuilt from the registry and loaded with the stored weights (on CPU)."""
         model = create_model(self.model_name, **self.model_arguments)
-        model.load_state_dict(self.state_dict)
+        load_weights(model, self.state_dict, source)
         return model
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """``model.load_state_dict`` with one line naming what is missing, unexpected or misshapen."""
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in state_dict]
+    unexpected = [name for name in state_dict if name not in expected]
+    misshapen = [
+        f"{name} {tuple(state_dict[name].shape)} (the model has {tuple(tensor.shape)})"
+        for name, tensor in expected.items()
+        if name in state_dict and tuple(state_dict[name].shape) != tuple(tensor.shape)
+    ]
+    problems = []
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("shape differs", misshapen)):
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            problems.append(f"{label}: {shown}")
+    if problems:
+        raise ValueError(
+            f"The weights in {source} do not fit the {model.model_name} model ({'; '.join(problems)})."
+        )
+    model.load_state_dict(state_dict)
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
@@ -56,14 +89,14 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
         "format_version": FORMAT_VERSION,
         "cnnkit_version": checkpoint.cnnkit_version,
         "model_name": checkpoint.model_name,
-        "model_arguments": dict(checkpoint.model_arguments),
+        "model_arguments": to_plain(checkpoint.model_arguments),
         "class_names": list(checkpoint.class_names),
         "image_size": int(checkpoint.image_size),
         "normalization": checkpoint.normalization.to_dict(),
-        "recipe": to_plain(checkpoint.recipe),
-        "config": to_plain(checkpoint.config),
+        "recipe": checkpoint.recipe.to_dict() if checkpoint.recipe is not None else None,
+        "config": to_plain({key: value for key, value in checkpoint.config.items() if key != "recipe"}),
         "epoch": int(checkpoint.epoch),
-        "metrics": {key: float(value) for key, value in checkpoint.metrics.items()},
+        "metrics": to_plain(metrics_by_split(checkpoint.metrics)),
         "state_dict": {
             key: value.detach().cpu().contiguous() for key, value in checkpoint.state_dict.items()
         },
@@ -78,21 +111,11 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint written by ``save_checkpoint``; fails clearly on anything else."""
+    """Read a checkpoint written by ``save_checkpoint`` (any version); fails in one line on anything else."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path}")
-    try:
-        contents = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        # torch's own message suggests weights_only=False, which is exactly what we must not do.
-        reason = (
-            "it holds objects other than tensors and plain containers, which cnnkit refuses to load "
-            "because they could run code"
-            if _looks_like_torch_file(path)
-            else "it is not a PyTorch checkpoint file"
-        )
-        raise ValueError(f"Cannot read {path} as a cnnkit checkpoint: {reason}.") from None
+    contents = _read_contents(path)
     if not isinstance(contents, dict) or contents.get("format") != FORMAT:
         raise ValueError(f"{path} is not a cnnkit checkpoint (no '{FORMAT}' marker).")
     if contents.get("format_version", 0) > FORMAT_VERSION:
@@ -100,6 +123,17 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"{path} was written by a newer cnnkit ({contents.get('cnnkit_version')}); "
             f"this is cnnkit {__version__}. Upgrade cnnkit to read it."
         )
+    missing = [key for key in REQUIRED_KEYS if key not in contents]
+    if missing:
+        raise ValueError(f"{path} is an incomplete cnnkit checkpoint: it has no {', '.join(missing)}.")
+    config = dict(contents.get("config") or {})
+    # Older checkpoints kept the recipe twice (also in the config) and as a plain dict.
+    recipe_values = contents.get("recipe") or config.get("recipe")
+    config.pop("recipe", None)
+    try:
+        recipe = Recipe.from_dict(recipe_values) if recipe_values else None
+    except ValueError as error:
+        raise ValueError(f"{path} holds a recipe this cnnkit cannot read ({error})") from None
     return Checkpoint(
         model_name=contents["model_name"],
         model_arguments=contents["model_arguments"],
@@ -107,20 +141,42 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         image_size=contents["image_size"],
         normalization=Normalization.from_dict(contents["normalization"]),
         state_dict=contents["state_dict"],
-        recipe=contents.get("recipe", {}),
-        config=contents.get("config", {}),
+        recipe=recipe,
+        config=config,
         epoch=contents.get("epoch", 0),
-        metrics=contents.get("metrics", {}),
+        metrics=metrics_by_split(contents.get("metrics") or {}),
         cnnkit_version=contents.get("cnnkit_version", "unknown"),
         optimizer_state=contents.get("optimizer_state"),
         training_state=contents.get("training_state"),
     )
 
 
-def _looks_like_torch_file(path: Path) -> bool:
+def _read_contents(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        # torch's own message suggests weights_only=False, which is exactly what we must not do.
+        raise ValueError(f"Cannot read {path} as a cnnkit checkpoint: {_why_unreadable(path)}.") from None
+
+
+def _why_unreadable(path: Path) -> str:
     """torch.save writes a zip archive (``PK``); older files are bare pickles (``0x80``)."""
     with open(path, "rb") as file:
-        return file.read(2) in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+        head = file.read(2)
+    if head == b"PK":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return "the file is truncated or damaged (its archive cannot be read); copy or save it again"
+        if damaged is not None:
+            return f"the file is damaged (its part {damaged} fails its checksum); copy or save it again"
+    elif head not in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        return "it is not a PyTorch checkpoint file"
+    return (
+        "it holds objects other than tensors and plain containers, which cnnkit refuses to load "
+        "because they could run code"
+    )
 
 
 def to_plain(value: Any) -> Any:
@@ -133,11 +189,7 @@ def to_plain(value: Any) -> Any:
         return os.fspath(value)
     if value is None or isinstance(value, bool):
         return value
-    for kind in (
-        str,
-        int,
-        float,
-    ):  # exact built-in types: subclasses (TorchVersion) don't serialise
+    for kind in (str, int, float):  # exact built-in types: subclasses (TorchVersion) don't serialise
         if isinstance(value, kind):
             return kind(value)
     return str(value)

@@ -146,7 +146,7 @@ def test_cli_trains_on_downloaded_cifar10_and_evaluates_its_test_split(
     monkeypatch.setenv("CNNKIT_CIFAR10_MD5", fake_cifar.md5)
     assert main(["train", "--epochs", "1", "--out", str(tmp_path / "runs"), "--quiet"]) == 0
     output = capsys.readouterr().out
-    assert "Test (20 images)" in output
+    assert "Test (20 images, best.pt of epoch 1)" in output
     assert main(["evaluate", str(tmp_path / "runs" / "train" / "last.pt"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["split"] == "test" and result["count"] == 20

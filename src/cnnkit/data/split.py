@@ -10,28 +10,28 @@ from cnnkit.data.dataset import ImageData
 from cnnkit.data.errors import DataError
 
 
-def split_train_val(data: ImageData, val_fraction: float, seed: int) -> tuple[ImageData, ImageData | None]:
+def split_train_val(data: ImageData, validation_split: float, seed: int) -> tuple[ImageData, ImageData | None]:
     """Split ``data`` into training and validation sets, class by class.
 
-    Each class gives about ``val_fraction`` of its images to validation; the per-class counts
-    are rounded so that the validation set holds ``round(len(data) * val_fraction)`` images
+    Each class gives about ``validation_split`` of its images to validation; the per-class counts
+    are rounded so that the validation set holds ``round(len(data) * validation_split)`` images
     in total, while keeping at least one training image per class whenever a class has any.
     Which images go where depends only on ``seed`` and the data; both sets keep the original
     order of ``data``.
 
     Returns:
-        ``(train, val)``; ``val`` is ``None`` when ``val_fraction`` is 0.
+        ``(train, val)``; ``val`` is ``None`` when ``validation_split`` is 0.
 
     Raises:
-        ValueError: ``val_fraction`` outside [0, 1) or ``seed`` not an integer.
+        ValueError: ``validation_split`` outside [0, 1) or ``seed`` not an integer.
         DataError: a class would be left without any training image.
     """
-    _validate_arguments(val_fraction, seed)
-    if val_fraction == 0:
+    _validate_arguments(validation_split, seed)
+    if validation_split == 0:
         return data, None
     class_indices = [torch.nonzero(data.labels == label).flatten() for label in range(len(data.class_names))]
     counts = [len(indices) for indices in class_indices]
-    val_counts = _val_counts(counts, round(len(data) * val_fraction))
+    val_counts = _val_counts(counts, round(len(data) * validation_split))
     for name, count, val_count in zip(data.class_names, counts, val_counts, strict=True):
         if count - val_count < 1:
             raise DataError(
@@ -48,19 +48,19 @@ def split_train_val(data: ImageData, val_fraction: float, seed: int) -> tuple[Im
     val_indices = torch.sort(torch.cat(val_parts)).values
     if len(val_indices) == 0:
         raise DataError(
-            f"val_fraction={val_fraction} of {len(data)} images leaves an empty validation set; "
-            "use a larger val_fraction or 0 for no validation"
+            f"validation_split={validation_split} of {len(data)} images leaves an empty validation set; "
+            "use a larger validation_split or 0 for no validation"
         )
     return data.subset(train_indices), data.subset(val_indices)
 
 
-def _validate_arguments(val_fraction: float, seed: int) -> None:
+def _validate_arguments(validation_split: float, seed: int) -> None:
     if (
-        isinstance(val_fraction, bool)
-        or not isinstance(val_fraction, int | float)
-        or not (0 <= val_fraction < 1)
+        isinstance(validation_split, bool)
+        or not isinstance(validation_split, int | float)
+        or not (0 <= validation_split < 1)
     ):
-        raise ValueError(f"val_fraction must be in [0, 1). Received: val_fraction={val_fraction!r}")
+        raise ValueError(f"validation_split must be in [0, 1). Received: validation_split={validation_split!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer. Received: seed={seed!r}")
 

@@ -1,34 +1,13 @@
-"""Loss, accuracy and probabilities of a model over in-memory images, with optional TTA."""
+"""Logits and metrics of a model over in-memory uint8 images, in batches, with optional TTA."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.engine.preprocess import InputTransform, Normalization
-
-
-def tta_logits(model: nn.Module, inputs: torch.Tensor, level: int) -> torch.Tensor:
-    """Logits averaged over test-time views of normalised ``inputs`` (airbench's scheme).
-
-    level 0: the image alone. 1: the image and its mirror, averaged. 2: that, weighted 0.5, plus
-    the same for the image shifted one pixel up-left and one pixel down-right (reflect padding),
-    0.25 each.
-    """
-
-    def mirrored(views: torch.Tensor) -> torch.Tensor:
-        return 0.5 * model(views) + 0.5 * model(views.flip(-1))
-
-    if level == 0:
-        return model(inputs)
-    if level == 1:
-        return mirrored(inputs)
-    height, width = inputs.shape[-2:]
-    padded = F.pad(inputs, (1, 1, 1, 1), mode="reflect")
-    up_left = padded[:, :, :height, :width]
-    down_right = padded[:, :, 2 : 2 + height, 2 : 2 + width]
-    return 0.5 * mirrored(inputs) + 0.25 * mirrored(up_left) + 0.25 * mirrored(down_right)
+from cnnkit.engine.inference import PixelClassifier
+from cnnkit.engine.metrics import score_logits
+from cnnkit.engine.preprocess import Normalization
 
 
 @torch.no_grad()
@@ -43,14 +22,11 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits (float32, on CPU) for uint8 ``(N, H, W, 3)`` images, computed in batches."""
     was_training = model.training
-    model.eval()
+    classifier = PixelClassifier(model, normalization, tta, precision).eval()
     outputs = []
-    to_input = InputTransform(normalization, device)
     try:
         for start in range(0, len(images), batch_size):
-            inputs = to_input(images[start : start + batch_size])
-            with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
-                outputs.append(tta_logits(model, inputs, tta).float().cpu())
+            outputs.append(classifier(images[start : start + batch_size].to(device)).cpu())
     finally:
         model.train(was_training)
     if not outputs:
@@ -68,13 +44,8 @@ def evaluate_tensors(
     batch_size: int = 1024,
     tta: int = 0,
 ) -> dict[str, float]:
-    """``{"loss", "accuracy", "count"}`` of ``model`` on labelled images (mean cross-entropy)."""
+    """``{"loss", "accuracy", ..., "count"}`` of ``model`` on labelled images (see ``engine.metrics``)."""
     if len(images) == 0:
         raise ValueError("Cannot evaluate on an empty set of images.")
     logits = predict_logits(model, images, normalization, device, precision, batch_size, tta)
-    labels = labels.long().cpu()
-    return {
-        "loss": F.cross_entropy(logits, labels).item(),
-        "accuracy": (logits.argmax(1) == labels).float().mean().item(),
-        "count": len(labels),
-    }
+    return score_logits(logits, labels.cpu())

@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
+from cnnkit.data.pixels import check_pixels
+
+UINT8_NHWC = "uint8-nhwc-rgb"  # pixels as decoded: (N, H, W, 3), 0-255
+FLOAT_NCHW = "float-nchw-rgb"  # (N, 3, H, W) in [0, 1]
 
 
 @dataclass(frozen=True)
@@ -33,29 +39,32 @@ class Normalization:
         return cls(mean=tuple(sample.mean(0).tolist()), std=tuple(sample.std(0).clamp_min(1e-3).tolist()))
 
 
-class InputTransform:
+class InputTransform(nn.Module):
     """uint8 ``(N, H, W, 3)`` -> float ``(N, 3, H, W)`` in channels_last memory, normalised.
 
     Permuting NHWC to NCHW *is* the channels_last layout, so no copy happens until the float
     conversion, and convolutions on CPU (oneDNN) and CUDA (cuDNN) are fastest in that layout.
     The per-channel scale and shift are built once: per step they were a dozen tiny ops.
+    ``pixel_format=FLOAT_NCHW`` takes float ``(N, 3, H, W)`` in [0, 1] instead (an export option).
     """
 
-    def __init__(self, normalization: Normalization, device: torch.device) -> None:
+    def __init__(
+        self, normalization: Normalization, device: torch.device | str = "cpu", pixel_format: str = UINT8_NHWC
+    ) -> None:
+        super().__init__()
+        if pixel_format not in (UINT8_NHWC, FLOAT_NCHW):
+            raise ValueError(f"Unknown pixel format. Received: pixel_format={pixel_format!r}")
+        self.pixel_format = pixel_format
         mean = torch.tensor(normalization.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(normalization.std, device=device).view(1, 3, 1, 1)
+        pixel_scale = 255.0 if pixel_format == UINT8_NHWC else 1.0
         # (x / 255 - mean) / std  ==  x * scale + shift, one fused multiply-add.
-        self.scale = 1.0 / (255.0 * std)
-        self.shift = -mean / std
-        self.device = device
+        self.register_buffer("scale", 1.0 / (pixel_scale * std))
+        self.register_buffer("shift", -mean / std)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(
-                f"Images must be uint8 of shape (N, H, W, 3). Received: dtype={images.dtype}, "
-                f"shape={tuple(images.shape)}"
-            )
-        images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        return torch.addcmul(self.shift, images.float(), self.scale).contiguous(
-            memory_format=torch.channels_last
-        )
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.pixel_format == UINT8_NHWC:
+            if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):  # shapes are symbolic there
+                check_pixels(images)
+            images = images.to(self.scale.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        return torch.addcmul(self.shift, images, self.scale).contiguous(memory_format=torch.channels_last)

@@ -3,16 +3,16 @@
 Data lives in memory as one uint8 tensor; each step gathers a batch by index, converts it to
 normalised float in channels_last layout, augments it, runs forward/backward under autocast,
 and steps the optimizer. There is no per-sample Python and no DataLoader in the hot loop.
+What the run reports (console, run folder) listens through callbacks (``engine.callbacks``);
+the best epoch and early stopping are ``engine.best``'s.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TextIO
 
 import torch
 import torch.nn.functional as F
@@ -20,20 +20,22 @@ from torch import nn
 
 from cnnkit.engine import distributed
 from cnnkit.engine.augment import Augmenter
-from cnnkit.engine.device import configure_threads, flush_denormals, keep_freed_memory
+from cnnkit.engine.best import BestModel
+from cnnkit.engine.callbacks import CallbackList, EpochBegin, EpochEnd, History, Progress
 from cnnkit.engine.evaluation import evaluate_tensors
-from cnnkit.engine.history import Callback, EpochEnd, History, format_epoch_line
 from cnnkit.engine.interrupt import StopRequest, TrainingInterrupted
 from cnnkit.engine.lookahead import Lookahead, lookahead_decay
+from cnnkit.engine.metrics import BATCH_SUMS, VALIDATION_PREFIX, RunningMetrics, mean_values
 from cnnkit.engine.optimization import build_optimizer, lr_multiplier, set_learning_rate
 from cnnkit.engine.preprocess import InputTransform, Normalization
 from cnnkit.engine.training_state import EpochPosition, load_training_state, training_state
-from cnnkit.progress import ProgressBar
 from cnnkit.recipes import Recipe
 
 # Images the data-initialised first layer (the fast network's whitening) is computed from.
 INITIALIZATION_SAMPLE = 5000
 MIN_STEPS_PER_EPOCH = 10
+# Progress (running loss and accuracy) is read every this many steps: each read syncs a GPU.
+PROGRESS_EVERY = 10
 
 
 @dataclass
@@ -53,18 +55,17 @@ def fit(
     normalization: Normalization,
     device: torch.device,
     precision: torch.dtype,
-    callbacks: Sequence[Callback] = (),
-    verbose: bool = True,
-    stream: TextIO | None = None,
+    callbacks: Sequence[object] = (),
     resume_state: dict | None = None,
     stop_request: StopRequest | None = None,
 ) -> History:
     """Train ``model`` in place as ``recipe`` says; return the per-epoch history.
 
-    ``resume_state`` (from ``Trainer.state_dict``) continues a run exactly where it stopped;
-    ``stop_request`` (see ``engine.interrupt``) makes it save and stop between two steps.
+    ``callbacks`` hear about the run (see ``engine.callbacks``; ``engine.console.ConsoleLogger``
+    prints it). ``resume_state`` (from ``Trainer.state_dict``) continues a run exactly where it
+    stopped; ``stop_request`` (see ``engine.interrupt``) makes it save and stop between two steps.
     """
-    trainer = Trainer(model, data, recipe, normalization, device, precision, verbose, stream or sys.stdout)
+    trainer = Trainer(model, data, recipe, normalization, device, precision)
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
     return trainer.fit(callbacks, stop_request)
@@ -73,17 +74,14 @@ def fit(
 class Trainer:
     """The state of one training run: model, optimizer, augmentation, lookahead, step count."""
 
-    def __init__(self, model, data, recipe, normalization, device, precision, verbose, stream) -> None:
-        configure_threads()
-        flush_denormals()
-        keep_freed_memory()
+    def __init__(self, model, data, recipe, normalization, device, precision) -> None:
         self.model = model.to(device, memory_format=torch.channels_last)
         # Under torchrun: this rank's place. The forward/backward runs through the DDP wrapper.
         self.distributed = distributed.current()
         self.training_model = self.model
         self._wrapped_trainable: tuple[bool, ...] | None = None
         self.data, self.recipe, self.normalization = data, recipe, normalization
-        self.device, self.precision, self.verbose, self.stream = device, precision, verbose, stream
+        self.device, self.precision = device, precision
         has_validation = data.val_images is not None and len(data.val_images) > 0
         if recipe.patience and not has_validation:
             raise ValueError(
@@ -96,11 +94,28 @@ class Trainer:
                 f"cutout must be at most the image size ({image_side} px). Received: cutout={recipe.cutout}"
             )
         # Without validation data, "best" falls back to the training metric of the same kind.
-        self.monitor = recipe.monitor if has_validation else recipe.monitor.removeprefix("val_")
+        monitor = recipe.monitor if has_validation else recipe.monitor.removeprefix(VALIDATION_PREFIX)
+        self.best = BestModel(monitor, recipe.patience)
         # One CPU generator drives shuffling and augmentation: the same seed, the same run, anywhere.
         self.generator = torch.Generator().manual_seed(recipe.seed)
         self.to_input = InputTransform(normalization, device)
-        count = len(data.train_images)
+        self._plan_steps(len(data.train_images))
+        self.step = 0
+        self.history = History()
+        self.position: EpochPosition | None = None  # None between epochs
+        self.augmenter = Augmenter(
+            len(data.train_images), recipe.flip, recipe.translate, self.generator, recipe.cutout
+        )
+        self.lookahead: Lookahead | None = None
+        self._initialize_from_data()
+        # Weight decay per step scales with the batch actually used (smaller on small data).
+        self.optimizer = build_optimizer(self.model, recipe.replace(batch_size=self.batch_size), device)
+        # fp16 gradients underflow without loss scaling (bf16 has fp32's range and needs none).
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
+
+    def _plan_steps(self, count: int) -> None:
+        """Batch size, steps per epoch, epochs and total steps for ``count`` training images."""
+        recipe = self.recipe
         self.batch_size = min(recipe.batch_size, count)
         if recipe.loss_reduction == "sum":
             # Small data sets (a few hundred images a class) still get MIN_STEPS_PER_EPOCH updates
@@ -115,18 +130,6 @@ class Trainer:
             self._check_distributed_batches(count)
         self.epochs = math.ceil(recipe.epochs)
         self.total_steps = math.ceil(self.steps_per_epoch * recipe.epochs)
-        self.step = 0
-        self.history = History()
-        self.position: EpochPosition | None = None  # None between epochs
-        self.stop_training = False  # early stopping sets it
-        self.best_value: float | None = None
-        self.best_epoch: int | None = None
-        self.best_weights: dict[str, torch.Tensor] | None = None  # kept only for early stopping
-        self.augmenter = Augmenter(count, recipe.flip, recipe.translate, self.generator, recipe.cutout)
-        self.lookahead: Lookahead | None = None
-        self._initialize_from_data()
-        # Weight decay per step scales with the batch actually used (smaller on small data).
-        self.optimizer = build_optimizer(self.model, recipe.replace(batch_size=self.batch_size), device)
 
     def _check_distributed_batches(self, count: int) -> None:
         """Every rank needs at least one image of every step (BatchNorm can't take none)."""
@@ -154,37 +157,36 @@ class Trainer:
 
     @property
     def finished(self) -> bool:
-        return self.completed_epochs >= self.epochs or self.stop_training
+        return self.completed_epochs >= self.epochs or self.best.should_stop
 
-    def fit(self, callbacks: Sequence[Callback] = (), stop_request: StopRequest | None = None) -> History:
+    def fit(self, callbacks: Sequence[object] = (), stop_request: StopRequest | None = None) -> History:
+        listeners = CallbackList(callbacks)
+        listeners.call("on_train_begin", self)
         while not self.finished:
             if self._stop_requested(stop_request):  # arrived in an epoch's last step or validation
-                self._interrupt(callbacks, stop_request)
+                self._interrupt(listeners, stop_request)
             epoch = self.completed_epochs + 1
             if self.position is None:
                 self.position = self._begin_epoch(epoch)
-            self.train_steps(callbacks, stop_request)
+            self.train_steps(listeners, stop_request)
             metrics = self._end_epoch()
-            improved = self._track_best(epoch, metrics)
-            if self.verbose:
-                self.stream.write(format_epoch_line(epoch, self.epochs, metrics) + "\n")
-                self.stream.flush()
-            for callback in callbacks:
-                state = EpochEnd(
-                    epoch, self.epochs, metrics, self.history, self.model, self.optimizer, self, improved
-                )
-                callback.on_epoch_end(state)
-        if self.recipe.patience and self.best_weights is not None:
-            # Keras's restore_best_weights: the model the run hands back is its best one.
-            self.model.load_state_dict(self.best_weights)
+            improved = self.best.update(epoch, metrics, self.model)
+            self.history.best_epoch = self.best.epoch
+            state = EpochEnd(epoch, self.epochs, metrics, self.history, self, improved, self.best.should_stop)
+            listeners.call("on_epoch_end", state)
+        # Keras's restore_best_weights: with early stopping, the run hands back its best model.
+        self.best.restore(self.model)
         if self.distributed.enabled:
             distributed.check_ranks_agree(self.model, self.device)
+        listeners.call("on_train_end", self)
         return self.history
 
     def _sum_over_ranks(self, position: EpochPosition) -> None:
         """Turn this rank's running sums of an epoch into the whole job's."""
-        totals = distributed.all_reduce_sum([position.loss_sum, position.correct, position.seen], self.device)
-        position.loss_sum, position.correct, position.seen = totals[0], int(totals[1]), int(totals[2])
+        names = list(position.sums)
+        totals = distributed.all_reduce_sum([*position.sums.values(), position.seen], self.device)
+        position.sums = dict(zip(names, totals[:-1], strict=True))
+        position.seen = int(totals[-1])
 
     def _stop_requested(self, stop_request: StopRequest | None) -> bool:
         """Whether to stop now; under torchrun every rank must agree to stop at the same step."""
@@ -219,47 +221,24 @@ class Trainer:
             self._sum_over_ranks(position)
         started = time.perf_counter()
         validation = self.validate()
-        seen = max(1, position.seen)
         metrics = {
             "epoch": position.epoch,
             "seconds": position.train_seconds + time.perf_counter() - started,
-            "ms_per_sample": 1000 * position.train_seconds / seen,
-            "loss": position.loss_sum / seen,
-            "accuracy": position.correct / seen,
+            "ms_per_sample": 1000 * position.train_seconds / max(1, position.seen),
+            **mean_values(position.sums, position.seen),
             **validation,
         }
         self.history.rows.append(metrics)
         return metrics
 
-    def _track_best(self, epoch: int, metrics: dict[str, float]) -> bool:
-        """Update the best monitored value; stop early after ``patience`` epochs without progress."""
-        value = metrics[self.monitor]
-        lower_is_better = self.monitor.endswith("loss")
-        improved = self.best_value is None or (
-            value < self.best_value if lower_is_better else value > self.best_value
-        )
-        if improved:
-            self.best_value, self.best_epoch = value, epoch
-            self.history.best_epoch = epoch
-            if self.recipe.patience:
-                self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        elif self.recipe.patience and epoch - self.best_epoch >= self.recipe.patience:
-            self.stop_training = True
-            if self.verbose:
-                self.stream.write(
-                    f"Early stopping: {self.monitor} has not improved for {self.recipe.patience} "
-                    f"epochs; restoring the weights of epoch {self.best_epoch}.\n"
-                )
-        return improved
-
     def validate(self) -> dict[str, float]:
-        """Validation loss and accuracy (no test-time augmentation: that is for the final score)."""
+        """Validation metrics, ``val_``-prefixed (no test-time augmentation: that is for the final score)."""
         if self.data.val_images is None or not len(self.data.val_images):
             return {}
         # Each rank scores its share of the validation set; the sums are added up across ranks.
         share = self.distributed.shard(len(self.data.val_images))
         images, labels = self.data.val_images[share], self.data.val_labels[share]
-        sums = [0.0, 0.0, float(len(images))]
+        sums = [0.0] * len(BATCH_SUMS) + [float(len(images))]
         if len(images):
             result = evaluate_tensors(
                 self.model,
@@ -270,15 +249,13 @@ class Trainer:
                 self.precision,
                 self.recipe.eval_batch_size,
             )
-            sums = [result["loss"] * len(images), result["accuracy"] * len(images), float(len(images))]
+            sums = [result[name] * len(images) for name in BATCH_SUMS] + [float(len(images))]
         if self.distributed.enabled:
             sums = distributed.all_reduce_sum(sums, self.device)
-        loss_sum, correct, count = sums
-        return {"val_loss": loss_sum / count, "val_accuracy": correct / count}
+        totals, count = dict(zip(BATCH_SUMS, sums[:-1], strict=True)), int(sums[-1])
+        return {VALIDATION_PREFIX + name: value for name, value in mean_values(totals, count).items()}
 
-    def train_steps(
-        self, callbacks: Sequence[Callback] = (), stop_request: StopRequest | None = None
-    ) -> None:
+    def train_steps(self, listeners: CallbackList, stop_request: StopRequest | None = None) -> None:
         """Run the current epoch's remaining steps (all of them, unless resumed mid-epoch)."""
         position = self.position
         self.model.train()
@@ -286,57 +263,41 @@ class Trainer:
         self._wrap_for_distributed()
         # Every epoch but the last is whole; the last may be cut short by fractional epochs.
         steps = min(self.steps_per_epoch, self.total_steps - (position.epoch - 1) * self.steps_per_epoch)
+        listeners.call("on_epoch_begin", EpochBegin(position.epoch, self.epochs, steps, position.step))
+        reports_progress = listeners.wants("on_progress")
         # Sums stay on the device: reading them every step would force a CUDA sync.
-        loss_sum = torch.tensor(position.loss_sum, device=self.device)
-        correct = torch.tensor(position.correct, device=self.device, dtype=torch.long)
-        progress = ProgressBar(
-            steps,
-            f"Epoch {position.epoch}/{self.epochs}",
-            unit="step",
-            stream=self.stream,
-            enabled=self.verbose,
-        )
-        if position.step:  # resumed mid-epoch
-            progress.update(position.step)
+        running = RunningMetrics(self.device, position.sums, position.seen)
         started = time.perf_counter()
         for step in range(position.step, steps):
             batch = position.order[step * self.batch_size : (step + 1) * self.batch_size]
             loss, logits, targets = self.train_step(batch, position.flips[batch])
             # Reading the loss forces a device sync: free on the CPU, so every step there; on a GPU
             # only at the progress updates, which sync anyway.
-            sync_point = step % 10 == 0 or step == steps - 1
+            sync_point = step % PROGRESS_EVERY == 0 or step == steps - 1
             if (self.device.type == "cpu" or sync_point) and not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"Loss became {loss.item()} at epoch {position.epoch}/{self.epochs}, step {step + 1}."
                 )
-            loss_sum += loss.detach() * (len(targets) if self.recipe.loss_reduction == "mean" else 1)
-            correct += (logits.argmax(1) == targets).sum()
-            position.seen += len(targets)
+            summed_loss = loss * (len(targets) if self.recipe.loss_reduction == "mean" else 1)
+            running.add(summed_loss, logits, targets)
             position.step = step + 1
-            if self.verbose and sync_point:
-                progress.update(
-                    step + 1 - progress.count,
-                    loss=loss_sum.item() / position.seen,
-                    accuracy=correct.item() / position.seen,
-                )
+            if reports_progress and sync_point:
+                listeners.call("on_progress", Progress(position.epoch, position.step, running.values()))
             if position.step < steps and self._stop_requested(stop_request):  # the last step ends the epoch
-                position.loss_sum, position.correct = loss_sum.item(), int(correct.item())
-                position.train_seconds += time.perf_counter() - started
-                progress.close()
-                self._interrupt(callbacks, stop_request)
-        progress.close()
-        position.loss_sum, position.correct = loss_sum.item(), int(correct.item())
+                self._keep_sums(position, running, started)
+                self._interrupt(listeners, stop_request)
+        self._keep_sums(position, running, started)
+
+    @staticmethod
+    def _keep_sums(position: EpochPosition, running: RunningMetrics, started: float) -> None:
+        position.sums, position.seen = running.totals(), running.count
         position.train_seconds += time.perf_counter() - started
 
-    def _interrupt(self, callbacks: Sequence[Callback], stop_request: StopRequest) -> None:
+    def _interrupt(self, listeners: CallbackList, stop_request: StopRequest) -> None:
         """Let callbacks save the mid-epoch state, then stop with ``TrainingInterrupted``."""
         if self.distributed.enabled and self.position is not None:
             self._sum_over_ranks(self.position)  # rank 0 saves the whole job's running sums
-        saved = None
-        for callback in callbacks:
-            on_interrupt = getattr(callback, "on_interrupt", None)
-            if on_interrupt is not None:
-                saved = on_interrupt(self) or saved
+        saved = next((path for path in listeners.call("on_interrupt", self) if path), None)
         position = self.position
         where = (
             f"at epoch {position.epoch}/{self.epochs}, step {position.step}/{self.steps_per_epoch}"
@@ -373,11 +334,12 @@ class Trainer:
             is_sum = self.recipe.loss_reduction == "sum"
             objective = objective * (world_size if is_sum else world_size * len(targets) / global_count)
         self.optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        self.optimizer.step()
+        self.scaler.scale(objective).backward()
+        self.scaler.step(self.optimizer)  # a plain step unless fp16 (then unscaled, skipped on overflow)
+        self.scaler.update()
         self.step += 1
         self._lookahead_step()
-        return loss, logits if logits.ndim == 2 else logits.mean(0), targets
+        return loss.detach(), logits.detach() if logits.ndim == 2 else logits.detach().mean(0), targets
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the loss to report, the loss to minimise).

@@ -9,14 +9,14 @@ with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from cnnkit.engine.lookahead import Lookahead
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the epoch's running sums by metric name (1: loss_sum and correct)
 _SAMPLES_HASHED = 64  # images per tensor in the data fingerprint: enough to tell data sets apart
 
 
@@ -28,8 +28,7 @@ class EpochPosition:
     order: torch.Tensor
     flips: torch.Tensor
     step: int = 0  # steps of this epoch already taken
-    loss_sum: float = 0.0
-    correct: int = 0
+    sums: dict[str, float] = field(default_factory=dict)  # by metric name (engine.metrics)
     seen: int = 0
     train_seconds: float = 0.0
 
@@ -41,7 +40,7 @@ def training_state(trainer: Any) -> dict[str, Any]:
         "version": STATE_VERSION,
         "step": trainer.step,
         "finished": trainer.finished,
-        "stop_training": trainer.stop_training,
+        "stop_training": trainer.best.should_stop,
         "history": [dict(row) for row in trainer.history.rows],
         "position": None
         if position is None
@@ -50,8 +49,7 @@ def training_state(trainer: Any) -> dict[str, Any]:
             "order": position.order,
             "flips": position.flips,
             "step": position.step,
-            "loss_sum": position.loss_sum,
-            "correct": position.correct,
+            "sums": dict(position.sums),
             "seen": position.seen,
             "train_seconds": position.train_seconds,
         },
@@ -60,9 +58,8 @@ def training_state(trainer: Any) -> dict[str, Any]:
         "cuda_rng": torch.cuda.get_rng_state(trainer.device) if trainer.device.type == "cuda" else None,
         "first_flips": trainer.augmenter.first_flips,
         "lookahead": None if trainer.lookahead is None else dict(trainer.lookahead.average),
-        "best_value": trainer.best_value,
-        "best_epoch": trainer.best_epoch,
-        "best_weights": trainer.best_weights,
+        **trainer.best.state_dict(),
+        "grad_scaler": trainer.scaler.state_dict(),
         "batch_size": trainer.batch_size,
         "total_steps": trainer.total_steps,
         "data_fingerprint": data_fingerprint(trainer.data),
@@ -72,7 +69,7 @@ def training_state(trainer: Any) -> dict[str, Any]:
 def load_training_state(trainer: Any, state: dict[str, Any]) -> None:
     """Put ``trainer`` back in ``state`` (``Trainer.state_dict()``'s output)."""
     training = state["training"]
-    if training.get("version") != STATE_VERSION:
+    if training.get("version") not in (1, STATE_VERSION):
         raise ValueError(f"Unsupported training state version. Received: version={training.get('version')!r}")
     if training["data_fingerprint"] != data_fingerprint(trainer.data):
         raise ValueError(
@@ -88,13 +85,13 @@ def load_training_state(trainer: Any, state: dict[str, Any]) -> None:
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.step = training["step"]
-    trainer.stop_training = training["stop_training"]
+    trainer.best.should_stop = training["stop_training"]
     trainer.history.rows = [dict(row) for row in training["history"]]
     position = training["position"]
-    trainer.position = None if position is None else EpochPosition(**position)
+    trainer.position = None if position is None else EpochPosition(**_current_position(position))
     if trainer.position is not None and not trainer.distributed.is_main:
         # The saved sums are the whole job's: rank 0 carries them on, the others restart at zero.
-        trainer.position.loss_sum, trainer.position.correct, trainer.position.seen = 0.0, 0, 0
+        trainer.position.sums, trainer.position.seen = {}, 0
     trainer.generator.set_state(training["generator"])
     torch.set_rng_state(training["torch_rng"])
     if training["cuda_rng"] is not None and trainer.device.type == "cuda":
@@ -105,10 +102,18 @@ def load_training_state(trainer: Any, state: dict[str, Any]) -> None:
         trainer.lookahead.average = {
             name: tensor.to(trainer.device) for name, tensor in training["lookahead"].items()
         }
-    trainer.best_value = training["best_value"]
-    trainer.best_epoch = trainer.history.best_epoch = training["best_epoch"]
-    weights = training["best_weights"]
-    trainer.best_weights = None if weights is None else {k: v.to(trainer.device) for k, v in weights.items()}
+    trainer.best.load_state_dict(training, trainer.device)
+    trainer.history.best_epoch = trainer.best.epoch
+    if training.get("grad_scaler"):
+        trainer.scaler.load_state_dict(training["grad_scaler"])
+
+
+def _current_position(position: dict[str, Any]) -> dict[str, Any]:
+    """A saved epoch position in this version's form (version 1 kept two sums under their own names)."""
+    position = dict(position)
+    if "loss_sum" in position:
+        position["sums"] = {"loss": position.pop("loss_sum"), "accuracy": float(position.pop("correct"))}
+    return position
 
 
 def data_fingerprint(data: Any) -> str:

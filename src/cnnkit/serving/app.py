@@ -23,7 +23,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from cnnkit import __version__
-from cnnkit.predictor import Predictor
+from cnnkit.inference.predictor import Predictor
+from cnnkit.reports.splits import metrics_by_split
 from cnnkit.serving.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, MicroBatcher
 from cnnkit.serving.schemas import ErrorResponse, Health, ModelInfo, PredictResponse
 from cnnkit.serving.uploads import RequestError, Upload, classify_uploads, read_body, split_uploads
@@ -96,7 +97,7 @@ def create_app(
     max_batch: int = DEFAULT_MAX_BATCH,
     batch_wait_ms: float = DEFAULT_MAX_WAIT_MS,
 ) -> FastAPI:
-    """The service for ``predictor`` (see ``cnnkit.predictor.load_predictor``), as an ASGI app.
+    """The service for ``predictor`` (see ``cnnkit.inference.predictor.load_predictor``), as an ASGI app.
 
     Routes: ``POST /v1/predict``, ``GET /v1/model``, ``GET /healthz``, the web page at ``/``
     (with ``/static/``), and FastAPI's ``/docs`` and ``/openapi.json``.
@@ -152,6 +153,10 @@ def _add_information_routes(app: FastAPI, model_info: dict[str, Any], batcher: M
     @app.get("/healthz", response_model=Health, summary="Liveness, with batching counters")
     async def health() -> JSONResponse:
         return JSONResponse({"status": "ok", "batching": batcher.statistics.to_dict()})
+
+    # Browsers and uptime monitors probe with HEAD: the headers of GET, no body (the server drops it).
+    for path, endpoint in (("/", web_page), ("/v1/model", model), ("/healthz", health)):
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
 
 
 def _add_predict_route(
@@ -240,7 +245,7 @@ def describe_model(predictor: Predictor, limits: ServiceLimits) -> dict[str, Any
             "name": metadata.get("model_name", "unknown"),
             "classes": list(predictor.class_names),
             "input_size": int(predictor.image_size),
-            "metrics": dict(metadata.get("metrics", {})),
+            "metrics": metrics_by_split(metadata.get("metrics", {})),
             "format": source,
             "backend": backend,
             "tta": int(metadata.get("tta", 0)),

@@ -49,7 +49,11 @@ class ModelInfo(BaseModel):
     name: str
     classes: list[str]
     input_size: int = Field(description="Images are resized (shorter side) and center-cropped to this.")
-    metrics: dict[str, float | None] = Field(description="The checkpoint's last training metrics.")
+    metrics: dict[str, dict[str, float | None]] = Field(
+        description="The model's metrics by the data they were measured on: 'train', 'validation' "
+        "(the run's held-out split, when it had one) and 'test' (the run's test split, when it had one), "
+        "each e.g. {'loss': 0.31, 'accuracy': 0.91}."
+    )
     format: str = Field(description="'checkpoint' (PyTorch) or 'onnx'.")
     backend: str = Field(description="What runs the model, e.g. 'torch (cpu, bf16)' or 'onnxruntime (cpu)'.")
     tta: int = Field(description="Test-time augmentation level: 0 none, 1 mirror, 2 mirror and shifts.")

@@ -22,8 +22,8 @@ import numpy as np
 import uvicorn
 from fastapi import FastAPI
 
-from cnnkit.onnx_model import OnnxClassifier
-from cnnkit.predictor import ONNX_SUFFIX, CheckpointPredictor, Predictor, load_predictor
+from cnnkit.inference.onnx_runtime import OnnxClassifier
+from cnnkit.inference.predictor import ONNX_SUFFIX, CheckpointPredictor, Predictor, load_predictor
 from cnnkit.serving.app import DEFAULT_MAX_UPLOAD_BYTES, create_app
 from cnnkit.serving.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS
 
@@ -74,14 +74,12 @@ def _prepare_checkpoint(predictor: CheckpointPredictor, tta: int | None, threads
 
     configure_threads(threads)
     tta = 0 if tta is None else tta  # deployment answers from one view unless asked otherwise
-    if tta != predictor.classifier.tta:
-        classifier = predictor.classifier
-        classifier.recipe = {**classifier.recipe, "tta": tta}  # Classifier.tta reads the recipe
-        predictor.metadata["tta"] = tta
+    predictor.classifier.tta = predictor.metadata["tta"] = tta
     return trace_predictor(predictor)
 
 
 def _available_cores() -> int:
+    # As engine.device.available_cores, which imports torch: an ONNX model is served without it.
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

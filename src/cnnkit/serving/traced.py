@@ -7,8 +7,9 @@ Python thread that never blocks. Traced, the pixels-to-probabilities graph (scal
 test-time augmentation, softmax) runs in C++ from start to end, and the same batch took 9 ms
 alone and the model and the event loop work at the same time.
 
-The traced graph performs the very operations ``Classifier.predict`` does, in the same precision
-(the casts autocast inserts are recorded in it), and is checked against it before it is used.
+The traced graph is the module ``Classifier.predict`` runs (``engine.inference.PixelClassifier``),
+in the same precision (the casts autocast inserts are recorded in it), and is checked against it
+before it is used.
 """
 
 from __future__ import annotations
@@ -21,39 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from cnnkit.engine.evaluation import tta_logits
-from cnnkit.engine.preprocess import InputTransform
-from cnnkit.predictor import CheckpointPredictor
+from cnnkit.engine.inference import PixelClassifier, WithProbabilities
+from cnnkit.inference.predictor import CheckpointPredictor
 
 # Probabilities of the traced graph and of Classifier.predict may differ by rounding only.
 TOLERANCE = 1e-4
 
 logger = logging.getLogger("cnnkit.serving")
-
-
-class _PixelsToProbabilities(nn.Module):
-    """uint8 ``(N, H, W, 3)`` -> probabilities, as ``Classifier.predict`` computes them."""
-
-    def __init__(self, predictor: CheckpointPredictor) -> None:
-        super().__init__()
-        classifier = predictor.classifier
-        transform = InputTransform(classifier.normalization, classifier.device)
-        self.network = classifier.network
-        self.tta = classifier.tta
-        self.precision = classifier.precision
-        self.register_buffer("scale", transform.scale)
-        self.register_buffer("shift", transform.shift)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        inputs = torch.addcmul(self.shift, images.permute(0, 3, 1, 2).float(), self.scale)
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
-        device_type = inputs.device.type
-        enabled = self.precision != torch.float32
-        with torch.autocast(device_type, dtype=self.precision, enabled=enabled, cache_enabled=False):
-            logits = tta_logits(self.network, inputs, self.tta).float()
-        return torch.softmax(logits, dim=1)
 
 
 class TracedPredictor:
@@ -69,7 +45,13 @@ class TracedPredictor:
         self.image_size = predictor.image_size
         self.metadata: dict[str, Any] = {**predictor.metadata, "runner": "torchscript"}
         self.device = predictor.classifier.device
-        module = _PixelsToProbabilities(predictor).eval()
+        classifier = predictor.classifier
+        # The very module Classifier.predict runs (engine.inference), softmax included.
+        module = WithProbabilities(
+            PixelClassifier(
+                classifier.network, classifier.normalization, classifier.tta, classifier.precision
+            )
+        ).eval()
         for parameter in module.parameters():
             parameter.requires_grad_(False)  # weights become constants of the graph
         side = self.image_size

@@ -20,7 +20,7 @@ from starlette.requests import Request
 
 from cnnkit.data.decode import decode_image
 from cnnkit.data.errors import DataError
-from cnnkit.predictor import Predictor
+from cnnkit.inference.predictor import Predictor
 
 IMAGE_FIELDS = ("files", "file")
 RAW_BODY_NAME = "request body"

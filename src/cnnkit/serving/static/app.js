@@ -26,7 +26,6 @@ async function loadModelDescription() {
     state.maxUploadBytes = model.limits.max_upload_bytes;
     page.topK.max = String(model.classes.length);
     page.topK.value = String(Math.min(Number(page.topK.value), model.classes.length));
-    const accuracy = model.metrics.val_accuracy ?? model.metrics.accuracy;
     const parts = [
       `Model ${model.name}`,
       `${model.classes.length} classes`,
@@ -34,11 +33,26 @@ async function loadModelDescription() {
       `test-time augmentation ${model.tta}`,
       model.backend,
     ];
-    if (typeof accuracy === "number") parts.push(`validation accuracy ${(accuracy * 100).toFixed(1)} %`);
+    parts.push(...accuracyLabels(model.metrics));
     page.modelInfo.textContent = parts.join(" · ");
   } catch (error) {
     page.modelInfo.textContent = `Could not load the model description (${error.message}).`;
   }
+}
+
+// Each figure says what data it was measured on; a training figure is never shown as a validation one.
+function accuracyLabels(metrics) {
+  const percent = (value) => `${(value * 100).toFixed(1)} %`;
+  const labels = [];
+  for (const [split, name] of [["validation", "validation"], ["test", "test"]]) {
+    const accuracy = metrics[split]?.accuracy;
+    if (typeof accuracy === "number") labels.push(`${name} accuracy ${percent(accuracy)}`);
+  }
+  const training = metrics.train?.accuracy;
+  if (labels.length === 0 && typeof training === "number") {
+    labels.push(`training accuracy ${percent(training)} (no held-out data measured)`);
+  }
+  return labels;
 }
 
 function topK() {

@@ -2,7 +2,7 @@
 
 An ``.onnx`` file (``cnnkit export``) runs on ONNX Runtime and never imports torch; any other
 path is read as a checkpoint and imports torch then, not before. Prediction over files
-(``cnnkit.prediction``) and the HTTP service use this.
+(``cnnkit.inference.batch_prediction``) and the HTTP service use this.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from cnnkit.onnx_model import UINT8_NHWC, OnnxClassifier
+from cnnkit.inference.onnx_runtime import UINT8_NHWC, OnnxClassifier
+from cnnkit.reports.splits import metrics_by_split
 
 ONNX_SUFFIX = ".onnx"
 
@@ -67,7 +68,9 @@ class CheckpointPredictor:
             ) from None
 
         checkpoint = load_checkpoint(path)
-        self.classifier = Classifier.from_checkpoint(checkpoint, device=device, precision=precision)
+        self.classifier = Classifier.from_checkpoint(
+            checkpoint, device=device, precision=precision, source=path
+        )
         self.class_names: list[str] = list(self.classifier.class_names)
         self.image_size: int = int(self.classifier.image_size)
         self.metadata: dict[str, Any] = {
@@ -78,9 +81,9 @@ class CheckpointPredictor:
             "input_format": UINT8_NHWC,
             "normalization": checkpoint.normalization.to_dict(),
             "tta": self.classifier.tta,
-            "metrics": dict(checkpoint.metrics),
+            "metrics": metrics_by_split(checkpoint.metrics),
             "epoch": checkpoint.epoch,
-            "recipe": checkpoint.recipe.get("name", ""),
+            "recipe": checkpoint.recipe.name if checkpoint.recipe is not None else "",
             "cnnkit_version": checkpoint.cnnkit_version,
             "source": "checkpoint",
             "path": str(path),

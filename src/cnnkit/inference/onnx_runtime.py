@@ -16,12 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from cnnkit.data.pixels import check_pixels
+from cnnkit.reports.splits import metrics_by_split
+
 FORMAT = "cnnkit-onnx"
 FORMAT_VERSION = 1
 INPUT_NAME = "images"
 PROBABILITIES = "probabilities"
 LOGITS = "logits"
-UINT8_NHWC = "uint8-nhwc-rgb"
+UINT8_NHWC = "uint8-nhwc-rgb"  # the same names as cnnkit.engine.preprocess's, which imports torch
 FLOAT_NCHW = "float-nchw-rgb"
 INPUT_FORMATS = (UINT8_NHWC, FLOAT_NCHW)
 DEFAULT_BATCH_SIZE = 256
@@ -98,6 +101,8 @@ class OnnxClassifier:
                 f"{path} was exported by a newer cnnkit ({self.metadata.get('cnnkit_version')}). "
                 "Upgrade cnnkit to read it."
             )
+        # Grouped by split (train, validation, test); files of older versions held them flat.
+        self.metadata["metrics"] = metrics_by_split(self.metadata.get("metrics", {}))
         self.metadata.update(source="onnx", path=str(path))
         self.class_names: list[str] = list(self.metadata["class_names"])
         self.image_size: int = int(self.metadata["image_size"])
@@ -116,7 +121,8 @@ class OnnxClassifier:
         ``H`` and ``W`` must be ``image_size`` (decode files with ``cnnkit.data.decode.decode_image``,
         which resizes and crops them). Images run ``batch_size`` at a time.
         """
-        images = _check_images(images, self.image_size)
+        check_pixels(images, self.image_size)
+        images = np.asarray(images)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
         outputs = [
@@ -136,20 +142,6 @@ class OnnxClassifier:
         else:
             inputs = np.ascontiguousarray(images)
         return self.session.run([PROBABILITIES], {INPUT_NAME: inputs})[0]
-
-
-def _check_images(images: np.ndarray, image_size: int) -> np.ndarray:
-    images = np.asarray(images)
-    if images.dtype != np.uint8:
-        raise ValueError(
-            f"images must hold uint8 pixels (0-255); the model scales them itself, so don't divide by "
-            f"255. Received: dtype={images.dtype}"
-        )
-    if images.ndim != 4 or images.shape[1:] != (image_size, image_size, 3):
-        raise ValueError(
-            f"images must have shape (N, {image_size}, {image_size}, 3). Received: shape={images.shape}"
-        )
-    return images
 
 
 def _import_onnxruntime() -> Any:

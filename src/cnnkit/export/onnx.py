@@ -8,7 +8,8 @@ The graph takes raw pixels and does everything ``Classifier.predict`` does::
       -> outputs "probabilities" (softmax, (N, classes)) and "logits" ((N, classes))
 
 N (the batch) is dynamic; H = W = the checkpoint's image size. The file's ``metadata_props``
-describe the model (see ``cnnkit.onnx_model``), which ``OnnxClassifier`` reads with ONNX Runtime alone.
+describe the model (see ``cnnkit.inference.onnx_runtime``), which ``OnnxClassifier`` reads with
+ONNX Runtime alone.
 
 Before anything is written, ONNX Runtime's probabilities are compared with PyTorch's (float32, on
 CPU) on real images: the user's, else the run's own data, else deterministic synthetic images.
@@ -34,11 +35,12 @@ from torch import nn
 
 from cnnkit import __version__
 from cnnkit.checkpoint import Checkpoint, load_checkpoint
-from cnnkit.engine.evaluation import predict_logits, tta_logits
+from cnnkit.engine.evaluation import predict_logits
+from cnnkit.engine.inference import PixelClassifier, WithProbabilities
 from cnnkit.engine.preprocess import Normalization
-from cnnkit.export_images import verification_images
+from cnnkit.export.verification_images import verification_images
 from cnnkit.fileio import atomic_write_bytes
-from cnnkit.onnx_model import (
+from cnnkit.inference.onnx_runtime import (
     FLOAT_NCHW,
     FORMAT,
     FORMAT_VERSION,
@@ -48,7 +50,7 @@ from cnnkit.onnx_model import (
     UINT8_NHWC,
     encode_metadata,
 )
-from cnnkit.predictor import ONNX_SUFFIX
+from cnnkit.inference.predictor import ONNX_SUFFIX
 
 INPUT_FORMATS = {"uint8": UINT8_NHWC, "float": FLOAT_NCHW}
 EXPORTERS = ("dynamo", "torchscript")
@@ -81,29 +83,6 @@ class ExportResult:
     verification_source: str
     max_difference: float
     tolerance: float
-
-
-class ExportedClassifier(nn.Module):
-    """The network with its input scaling, test-time augmentation and softmax, as one graph."""
-
-    def __init__(self, network: nn.Module, normalization: Normalization, tta: int, input_format: str) -> None:
-        super().__init__()
-        self.network = network
-        self.tta = tta
-        self.input_format = input_format
-        std = torch.tensor(normalization.std, dtype=torch.float32).view(1, 3, 1, 1)
-        mean = torch.tensor(normalization.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        # (x / 255 - mean) / std as one multiply-add, with the same constants as InputTransform.
-        pixel_scale = 255.0 if input_format == UINT8_NHWC else 1.0
-        self.register_buffer("scale", 1.0 / (pixel_scale * std))
-        self.register_buffer("shift", -mean / std)
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.input_format == UINT8_NHWC:
-            images = images.permute(0, 3, 1, 2).float()
-        inputs = images * self.scale + self.shift
-        logits = tta_logits(self.network, inputs, self.tta)
-        return torch.softmax(logits, dim=1), logits
 
 
 def default_output_path(checkpoint_path: str | os.PathLike) -> Path:
@@ -155,19 +134,22 @@ def export_onnx(
     if output.resolve() == Path(checkpoint_path).resolve():
         raise ValueError(f"The ONNX file would overwrite the checkpoint. Received: output={str(output)!r}")
     checkpoint = load_checkpoint(checkpoint_path)
-    network = checkpoint.build_model().eval()
-    level = int(checkpoint.recipe.get("tta", 0)) if tta else 0
-    module = ExportedClassifier(network, checkpoint.normalization, level, INPUT_FORMATS[input_format]).eval()
+    network = checkpoint.build_model(checkpoint_path).eval()
+    level = checkpoint.tta if tta else 0
+    pixel_format = INPUT_FORMATS[input_format]
+    # The very module prediction runs (engine.inference), with the softmax beside the logits.
+    classifier = PixelClassifier(network, checkpoint.normalization, level, pixel_format=pixel_format)
+    module = WithProbabilities(classifier, keep_logits=True).eval()
 
     started = time.perf_counter()
-    model = _export(module, checkpoint.image_size, opset, exporter)
+    model = _export(module, checkpoint.image_size, pixel_format, opset, exporter)
     export_seconds = time.perf_counter() - started
-    _set_metadata(model, _metadata(checkpoint, module, exporter, opset))
+    _set_metadata(model, _metadata(checkpoint, pixel_format, level, exporter, opset))
     data = model.SerializeToString()
 
     images, source = verification_images(checkpoint, verify_data, verify_count)
     expected = _pytorch_probabilities(network, checkpoint.normalization, images, level)
-    difference = _max_difference(data, module.input_format, images, expected)
+    difference = _max_difference(data, pixel_format, images, expected)
     if not difference <= tolerance:  # also catches NaN
         raise ExportVerificationError(
             f"The ONNX model does not match PyTorch: probabilities differ by up to {difference:.3g} "
@@ -179,7 +161,7 @@ def export_onnx(
         size_bytes=len(data),
         exporter=exporter,
         opset=opset,
-        input_format=module.input_format,
+        input_format=pixel_format,
         tta=level,
         export_seconds=export_seconds,
         verified_images=len(images),
@@ -189,7 +171,7 @@ def export_onnx(
     )
 
 
-def _export(module: ExportedClassifier, image_size: int, opset: int, exporter: str) -> Any:
+def _export(module: nn.Module, image_size: int, pixel_format: str, opset: int, exporter: str) -> Any:
     """The ``onnx.ModelProto`` of ``module`` with a dynamic batch axis.
 
     The dynamo exporter (torch.export) is the one used by default: both exported every registered
@@ -200,7 +182,7 @@ def _export(module: ExportedClassifier, image_size: int, opset: int, exporter: s
     export (2-8 s against 0.3-5 s on 2 busy cores), which a one-off command can afford.
     """
     onnx = _import_export_dependencies()
-    if module.input_format == UINT8_NHWC:
+    if pixel_format == UINT8_NHWC:
         example = torch.zeros(_EXAMPLE_BATCH, image_size, image_size, 3, dtype=torch.uint8)
     else:
         example = torch.zeros(_EXAMPLE_BATCH, 3, image_size, image_size)
@@ -243,7 +225,7 @@ def _quiet_exporter() -> Iterator[None]:
                 logger.setLevel(level)
 
 
-def _metadata(checkpoint: Checkpoint, module: ExportedClassifier, exporter: str, opset: int) -> dict:
+def _metadata(checkpoint: Checkpoint, pixel_format: str, tta: int, exporter: str, opset: int) -> dict:
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -251,12 +233,12 @@ def _metadata(checkpoint: Checkpoint, module: ExportedClassifier, exporter: str,
         "model_arguments": checkpoint.model_arguments,
         "class_names": list(checkpoint.class_names),
         "image_size": int(checkpoint.image_size),
-        "input_format": module.input_format,
+        "input_format": pixel_format,
         "normalization": checkpoint.normalization.to_dict(),
-        "tta": module.tta,
-        "metrics": {key: float(value) for key, value in checkpoint.metrics.items()},
+        "tta": tta,
+        "metrics": checkpoint.metrics,  # grouped by split
         "epoch": int(checkpoint.epoch),
-        "recipe": str(checkpoint.recipe.get("name", "")),
+        "recipe": checkpoint.recipe.name if checkpoint.recipe is not None else "",
         "cnnkit_version": __version__,
         "exporter": f"{exporter} (torch {torch.__version__})",
         "opset": str(opset),

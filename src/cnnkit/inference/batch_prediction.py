@@ -21,8 +21,8 @@ import numpy as np
 
 from cnnkit.data.decode import decode_image
 from cnnkit.fileio import atomic_open
-from cnnkit.image_paths import InputItem, ItemReader, PathArgument, expand_inputs
-from cnnkit.predictor import Predictor, load_predictor
+from cnnkit.inference.image_inputs import InputItem, ItemReader, PathArgument, expand_inputs
+from cnnkit.inference.predictor import Predictor, load_predictor
 
 FORMATS = ("table", "json", "csv")
 CSV_COLUMNS = ("path", "rank", "class", "probability", "error")

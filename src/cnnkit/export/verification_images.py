@@ -16,7 +16,7 @@ from cnnkit.checkpoint import Checkpoint
 from cnnkit.data import DataError, cnnkit_home, load_dataset
 from cnnkit.data.decode import decode_image
 from cnnkit.data.download import CIFAR10_FILENAME
-from cnnkit.image_paths import InputItem, ItemReader, expand_inputs
+from cnnkit.inference.image_inputs import InputItem, ItemReader, expand_inputs
 
 CIFAR10 = "cifar10"
 

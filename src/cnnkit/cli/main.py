@@ -1,0 +1,51 @@
+"""The ``cnnkit`` parser and entry point: one clear line for bad input, exit codes for scripts."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cnnkit import __version__
+from cnnkit.cli import info, train, use
+from cnnkit.engine.interrupt import TrainingInterrupted
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnkit", description="Train, evaluate and use CNN image classifiers."
+    )
+    parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train.add_parser(commands)
+    use.add_parsers(commands)
+    info.add_parsers(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    try:
+        return arguments.handler(arguments)
+    except TrainingInterrupted as interruption:
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the job
+            return interruption.exit_code
+        print(f"cnnkit: {interruption}", file=sys.stderr)
+        if interruption.checkpoint:
+            folder = Path(interruption.checkpoint).parent
+            print(f"Resume with: cnnkit train --resume {shlex.quote(str(folder))}", file=sys.stderr)
+        return interruption.exit_code
+    except KeyboardInterrupt:
+        print("\ncnnkit: interrupted", file=sys.stderr)
+        return 130
+    except ImportError as error:  # an optional extra that isn't installed; the message says which
+        print(f"cnnkit: error: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError, FloatingPointError) as error:
+        # One clear line for the user; a traceback is for bugs, not for bad input.
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"cnnkit: error: {message}", file=sys.stderr)
+        return 1

@@ -1,0 +1,189 @@
+"""The commands that use a trained model: ``evaluate``, ``predict``, ``export`` and ``serve``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from cnnkit.cli.common import add_runtime_arguments
+
+
+def add_parsers(commands: Any) -> None:
+    evaluate = commands.add_parser(
+        "evaluate", help="per-class metrics, confusion matrix and worst errors of a checkpoint"
+    )
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument(
+        "--data", help="data to evaluate on (default: the run's own test or validation split)"
+    )
+    evaluate.add_argument(
+        "--out", help="report folder (default: a new evaluate, evaluate2, ... beside the checkpoint)"
+    )
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    add_runtime_arguments(evaluate)
+
+    evaluate.set_defaults(handler=_evaluate)
+
+    predict = commands.add_parser(
+        "predict", help="top classes of images: files, folders, glob patterns, .zip archives"
+    )
+    predict.add_argument("checkpoint", help="a checkpoint, or an .onnx model from `cnnkit export` (no torch)")
+    predict.add_argument(
+        "images",
+        nargs="+",
+        metavar="PATH",
+        help="an image, a folder (searched recursively), a glob pattern or a .zip (images inside)",
+    )
+    predict.add_argument("--top-k", type=int, default=5, help="classes per image (default: 5)")
+    predict.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    # Deprecated alias kept so scripts written against --json keep working.
+    predict.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="same as --format json"
+    )
+    predict.add_argument("--output", metavar="FILE", help="write the results to FILE instead of stdout")
+    predict.add_argument(
+        "--batch-size", type=int, default=256, help="images decoded and classified at once (default: 256)"
+    )
+    add_runtime_arguments(predict)
+
+    predict.set_defaults(handler=_predict)
+
+    _add_export_parser(commands)
+    _add_serve_parser(commands)
+
+
+def _evaluate(arguments: argparse.Namespace) -> int:
+    from cnnkit.runs.evaluation import evaluate_checkpoint, format_evaluation
+
+    result = evaluate_checkpoint(
+        arguments.checkpoint,
+        arguments.data,
+        device=arguments.device,
+        precision=arguments.precision or "auto",
+        out=arguments.out,
+    )
+    print(json.dumps(result) if arguments.json else format_evaluation(result))
+    return 0
+
+
+def _predict(arguments: argparse.Namespace) -> int:
+    from cnnkit.inference.batch_prediction import predict_paths, write_predictions, write_predictions_file
+
+    results = predict_paths(
+        arguments.checkpoint,
+        arguments.images,
+        arguments.top_k,
+        arguments.batch_size,
+        device=arguments.device,
+        precision=arguments.precision or "auto",
+    )
+    if arguments.output:
+        summary = write_predictions_file(arguments.output, results, arguments.format)
+        print(f"{summary.count} images, {summary.failed} failed, written to {arguments.output}")
+    else:
+        summary = write_predictions(results, sys.stdout, arguments.format)
+    # Every result is out either way; the exit code tells scripts that some inputs failed.
+    return 1 if summary.failed else 0
+
+
+def _add_export_parser(commands) -> None:
+    export = commands.add_parser(
+        "export", help="write a checkpoint as an ONNX model (runs without torch), verified against PyTorch"
+    )
+    export.add_argument("checkpoint")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--output", metavar="FILE", help="default: the checkpoint's path with .onnx")
+    export.add_argument(
+        "--input",
+        choices=["uint8", "float"],
+        default="uint8",
+        help="uint8: (N, H, W, 3) RGB pixels (default); float: (N, 3, H, W) RGB in [0, 1]",
+    )
+    export.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="include the recipe's test-time augmentation in the graph (default: no, one view: 6x cheaper)",
+    )
+    export.add_argument(
+        "--verify-data",
+        metavar="PATH",
+        help="images to verify on (default: the run's data if present, else synthetic images)",
+    )
+    export.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
+    export.set_defaults(handler=_export)
+
+
+def _export(arguments: argparse.Namespace) -> int:
+    from cnnkit.export.onnx import export_onnx
+
+    result = export_onnx(
+        arguments.checkpoint,
+        arguments.output,
+        input_format=arguments.input,
+        tta=arguments.tta,
+        verify_data=arguments.verify_data,
+        exporter=arguments.exporter,
+    )
+    print(
+        f"Exported {arguments.checkpoint} to {result.path} ({result.size_bytes / 2**20:.1f} MiB, "
+        f"opset {result.opset}, input {result.input_format}, TTA level {result.tta}) in "
+        f"{result.export_seconds:.1f}s"
+    )
+    print(
+        f"Verified on {result.verified_images} images ({result.verification_source}): ONNX Runtime "
+        f"matches PyTorch within {result.max_difference:.1e} (tolerance {result.tolerance:g})"
+    )
+    return 0
+
+
+def _add_serve_parser(commands) -> None:
+    serve = commands.add_parser(
+        "serve", help="an HTTP service and web page classifying images (POST /v1/predict, GET /)"
+    )
+    serve.add_argument("model", metavar="CHECKPOINT_OR_ONNX", help="a checkpoint or an .onnx model")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000, help="default: 8000")
+    serve.add_argument(
+        "--max-upload-mb", type=float, default=10.0, help="largest request body, in MiB (default: 10)"
+    )
+    serve.add_argument(
+        "--max-batch", type=int, default=256, help="most images per forward pass (default: 256)"
+    )
+    serve.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=2.0,
+        help="how long a request waits for others to share its batch (default: 2)",
+    )
+    serve.add_argument(
+        "--tta",
+        type=int,
+        choices=[0, 1, 2],
+        help="test-time augmentation level for a checkpoint (default: 0, one view: 3-6x faster than 2)",
+    )
+    serve.add_argument("--threads", type=int, help="model threads (default: every core but one)")
+    serve.add_argument("--access-log", action="store_true", help="log a line per request")
+    add_runtime_arguments(serve)
+    serve.set_defaults(handler=_serve)
+
+
+def _serve(arguments: argparse.Namespace) -> int:
+    from cnnkit.serving import serve
+
+    serve(
+        arguments.model,
+        arguments.host,
+        arguments.port,
+        max_upload_mb=arguments.max_upload_mb,
+        max_batch=arguments.max_batch,
+        batch_wait_ms=arguments.batch_wait_ms,
+        tta=arguments.tta,
+        device=arguments.device,
+        precision=arguments.precision or "auto",
+        threads=arguments.threads,
+        access_log=arguments.access_log,
+    )
+    return 0

@@ -1,0 +1,239 @@
+"""The ``Recipe``: how to train, as one typed, validated, frozen dataclass.
+
+A recipe is plain data: the command line builds one (a named recipe or a YAML file, plus
+overrides), the engine reads it, the run folder and the checkpoint record it, and it reads back
+as the same ``Recipe``. Every field is settable by name (``recipe.replace(field=value)``, or
+``cnnkit train --set field=value``); values are checked against the field's type and range,
+and an unknown name fails with the closest field names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+# Older cnnkit versions called these fields otherwise; checkpoints and run folders they wrote
+# still load.
+RENAMED_FIELDS = {"val_fraction": "validation_split"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train: model, optimisation, augmentation. Override with ``recipe.replace(...)``."""
+
+    name: str
+    model: str  # registry name, see cnnkit.models.list_models()
+    epochs: float  # may be fractional: training stops after ceil(steps_per_epoch * epochs) steps
+    batch_size: int
+    # Adam: the learning rate as PyTorch takes it. SGD: "decoupled", per 1024 examples and
+    # independent of momentum: PyTorch's lr = learning_rate / (1024 * (1 + 1 / (1 - momentum))).
+    learning_rate: float
+    optimizer: str = "adam"  # "adam", "sgd" (Nesterov), "muon" (Muon for conv filters, SGD for the rest)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    # Keras's Adam epsilon (1e-7), not PyTorch's (1e-8): the tutorial ran on Keras.
+    adam_epsilon: float = 1e-7
+    momentum: float = 0.9  # SGD only
+    muon_learning_rate: float = 0.24  # Muon only
+    muon_momentum: float = 0.6
+    # Adam: PyTorch's weight_decay. SGD: decoupled, per 1024 examples and independent of the lr.
+    weight_decay: float = 0.0
+    bias_lr_scale: float = 1.0  # learning-rate multiplier for BatchNorm biases (SGD only)
+    # "constant"; "linear": from 1 down to 0; "triangle": rises linearly from lr_start to 1 over
+    # the first lr_peak of the steps, then falls linearly to lr_end.
+    lr_schedule: str = "constant"
+    lr_start: float = 1.0
+    lr_peak: float = 0.0
+    lr_end: float = 1.0
+    label_smoothing: float = 0.0
+    loss_reduction: str = "mean"  # "sum" makes the step size independent of the batch size
+    drop_last: bool = False  # drop the last partial batch of each epoch
+    # "none", "random" (each epoch), "alternating" (random in epoch 0, then every other epoch)
+    flip: str = "none"
+    translate: int = 0  # random shifts of up to this many pixels (reflect padding)
+    cutout: int = 0  # zero a random square of this side in each training image (0: off)
+    lookahead: bool = False  # every lookahead_every steps, move the weights to an EMA of themselves
+    lookahead_every: int = 5
+    lookahead_start_epoch: int = 3
+    lookahead_decay: float = 0.95  # per step; the EMA's decay is decay**every * (step / total)**power
+    lookahead_power: float = 3.0
+    # Models with a data-initialised first layer: epochs its bias trains (0: always).
+    first_layer_bias_epochs: int = 0
+    tta: int = 0  # test-time augmentation: 0 none, 1 mirror, 2 mirror and 1-px translates
+    # Share of the training data held out for validation (stratified, seeded); 0: none. Ignored
+    # when the data has its own validation folder.
+    validation_split: float = 0.2
+    # "scale": pixels / 255, the tutorial's preprocessing. "standardize": per-channel mean and std
+    # of the training data. Either way the checkpoint stores the numbers.
+    normalization: str = "scale"
+    image_size: int | None = None  # None: the data's own size
+    model_arguments: dict = field(default_factory=dict)  # e.g. {"widths": [64, 256, 256]}
+    eval_batch_size: int = 1024  # evaluation only: larger batches, same results, faster
+    # The metric that picks best.pt and drives early stopping: "val_accuracy" (higher is better)
+    # or "val_loss" (lower is better); without a validation split, its training counterpart.
+    monitor: str = "val_accuracy"
+    # Early stopping: stop after this many epochs without a better monitored value and restore
+    # the best weights (Keras's EarlyStopping(restore_best_weights=True)); 0 never stops early.
+    patience: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            object.__setattr__(self, item.name, coerce_field(item.name, getattr(self, item.name)))
+        self.validate()
+
+    def replace(self, **changes: Any) -> Recipe:
+        """A copy with ``changes`` applied; unknown names and invalid values fail with a clear message."""
+        for name in changes:
+            check_field_name(name)
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field outside its allowed values."""
+        for name, (allowed, ok) in _range_checks(self).items():
+            if not ok:
+                raise ValueError(f"{name} must be {allowed}. Received: {name}={getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as plain values (lists for tuples), in declaration order."""
+        values = dataclasses.asdict(self)
+        values["adam_betas"] = list(self.adam_betas)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Recipe:
+        """The recipe ``to_dict`` wrote (also by older cnnkit versions: renamed fields are mapped)."""
+        if not isinstance(values, dict):
+            raise ValueError(f"A recipe must be a mapping of fields. Received: {type(values).__name__}")
+        values = {RENAMED_FIELDS.get(key, key): value for key, value in values.items()}
+        for name in values:
+            check_field_name(name)
+        missing = [
+            item.name for item in dataclasses.fields(cls) if item.name not in values and _required(item)
+        ]
+        if missing:
+            raise ValueError(f"A recipe needs {', '.join(missing)}. Received: fields {', '.join(values)}")
+        return cls(**values)
+
+
+def field_names() -> list[str]:
+    return [item.name for item in dataclasses.fields(Recipe)]
+
+
+def check_field_name(name: str) -> None:
+    """Fail with the closest field names when ``name`` is not a ``Recipe`` field."""
+    names = field_names()
+    if name in names:
+        return
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    hint = (
+        f"Did you mean {' or '.join(repr(match) for match in close)}?"
+        if close
+        else f"Fields: {', '.join(names)}."
+    )
+    raise ValueError(f"Unknown recipe field. Received: {name!r}. {hint}")
+
+
+def coerce_field(name: str, value: Any) -> Any:
+    """``value`` as the type of the field ``name``, or a ``ValueError`` saying what the field takes.
+
+    Integers are accepted for float fields (``epochs=8``) and integral floats for integer fields
+    (``batch_size=512.0``): numbers read from YAML or a command line come either way.
+    """
+    hint = _TYPE_HINTS[name]
+    optional = type(None) in typing.get_args(hint)
+    if value is None and optional:
+        return None
+    kind = typing.get_origin(hint) or hint
+    if optional:
+        kind = next(argument for argument in typing.get_args(hint) if argument is not type(None))
+    try:
+        return _coerce(kind, value)
+    except (TypeError, ValueError):
+        allowed = _TYPE_NAMES.get(kind, getattr(kind, "__name__", str(kind)))
+        raise ValueError(
+            f"{name} must be {allowed}{' or null' if optional else ''}. Received: {name}={value!r}"
+        ) from None
+
+
+def _coerce(kind: Any, value: Any) -> Any:
+    if isinstance(value, bool) and kind is not bool:
+        raise TypeError
+    if kind is float:
+        if not isinstance(value, int | float):
+            raise TypeError
+        return float(value)
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int):
+            raise TypeError
+        return value
+    if kind is tuple:  # adam_betas: two floats
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            raise TypeError
+        return tuple(_coerce(float, item) for item in value)
+    if kind in (bool, str, dict):
+        if not isinstance(value, kind):
+            raise TypeError
+        return dict(value) if kind is dict else value
+    raise TypeError
+
+
+_TYPE_NAMES = {
+    float: "a number",
+    int: "an integer",
+    bool: "true or false",
+    str: "a string",
+    dict: "a mapping",
+    tuple: "a pair of numbers",
+}
+
+
+def _required(item: dataclasses.Field) -> bool:
+    return item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
+
+
+def _range_checks(recipe: Recipe) -> dict[str, tuple[str, bool]]:
+    """Each constrained field: (what it allows, whether its value is allowed)."""
+    return {
+        "epochs": ("> 0", recipe.epochs > 0),
+        "batch_size": ("an integer >= 1", recipe.batch_size >= 1),
+        "learning_rate": ("> 0", recipe.learning_rate > 0),
+        "optimizer": ("'adam', 'sgd' or 'muon'", recipe.optimizer in ("adam", "sgd", "muon")),
+        "adam_betas": ("two numbers in [0, 1)", all(0 <= beta < 1 for beta in recipe.adam_betas)),
+        "adam_epsilon": ("> 0", recipe.adam_epsilon > 0),
+        "momentum": ("in [0, 1)", 0 <= recipe.momentum < 1),
+        "muon_learning_rate": (">= 0", recipe.muon_learning_rate >= 0),
+        "muon_momentum": ("in [0, 1)", 0 <= recipe.muon_momentum < 1),
+        "weight_decay": (">= 0", recipe.weight_decay >= 0),
+        "bias_lr_scale": (">= 0", recipe.bias_lr_scale >= 0),
+        "lr_schedule": (
+            "'constant', 'linear' or 'triangle'",
+            recipe.lr_schedule in ("constant", "linear", "triangle"),
+        ),
+        "lr_peak": ("in [0, 1]", 0 <= recipe.lr_peak <= 1),
+        "label_smoothing": ("in [0, 1)", 0 <= recipe.label_smoothing < 1),
+        "loss_reduction": ("'mean' or 'sum'", recipe.loss_reduction in ("mean", "sum")),
+        "flip": ("'none', 'random' or 'alternating'", recipe.flip in ("none", "random", "alternating")),
+        "translate": (">= 0", recipe.translate >= 0),
+        "cutout": (">= 0", recipe.cutout >= 0),
+        "lookahead_every": (">= 1", recipe.lookahead_every >= 1),
+        "lookahead_start_epoch": (">= 0", recipe.lookahead_start_epoch >= 0),
+        "first_layer_bias_epochs": (">= 0", recipe.first_layer_bias_epochs >= 0),
+        "tta": ("0, 1 or 2", recipe.tta in (0, 1, 2)),
+        "validation_split": ("in [0, 1)", 0 <= recipe.validation_split < 1),
+        "normalization": (
+            "'scale' or 'standardize'",
+            recipe.normalization in ("scale", "standardize"),
+        ),
+        "image_size": ("null or an integer >= 4", recipe.image_size is None or recipe.image_size >= 4),
+        "eval_batch_size": ("an integer >= 1", recipe.eval_batch_size >= 1),
+        "monitor": ("'val_accuracy' or 'val_loss'", recipe.monitor in ("val_accuracy", "val_loss")),
+        "patience": (">= 0", recipe.patience >= 0),
+    }
+
+
+_TYPE_HINTS = typing.get_type_hints(Recipe)
