@@ -6,7 +6,7 @@ validation; data loading (cached) is reported separately.
 
     python benchmarks/time_to_accuracy.py --recipe fast --seeds 0 1 2
         [--data ../shared/data/cifar10-jpeg-train.zip] [--val-split 0.2] [--device auto]
-        [--set epochs=8 model_arguments.widths=64,192,192]
+        [--set epochs=8 model_arguments.widths=[64,192,192]]
 """
 
 from __future__ import annotations
@@ -22,29 +22,9 @@ from cnnkit.api import Classifier
 from cnnkit.data import load_dataset, split_train_val
 from cnnkit.engine.device import configure_process
 from cnnkit.engine.preprocess import Normalization
-from cnnkit.recipes import Recipe, get_recipe
+from cnnkit.recipes import Recipe, load_recipe, parse_assignment
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-train.zip"
-
-
-def parse_overrides(pairs: list[str], recipe: Recipe) -> Recipe:
-    """``epochs=8``, ``model_arguments.widths=64,192,192``: quick experiments without new recipes."""
-    changes: dict = {}
-    for pair in pairs:
-        key, _, text = pair.partition("=")
-        if key.startswith("model_arguments."):
-            arguments = dict(changes.get("model_arguments", recipe.model_arguments))
-            if text.lower() in ("true", "false"):
-                value = text.lower() == "true"
-            else:
-                value = [int(part) for part in text.split(",")] if "," in text else int(text)
-            arguments[key.split(".", 1)[1]] = value
-            changes["model_arguments"] = arguments
-            continue
-        current = getattr(recipe, key)
-        kind = type(current) if current is not None else int
-        changes[key] = text.lower() == "true" if kind is bool else kind(text)
-    return recipe.replace(**changes)
 
 
 def run_once(data, recipe: Recipe, seed: int, device: str) -> dict[str, float]:
@@ -60,7 +40,7 @@ def run_once(data, recipe: Recipe, seed: int, device: str) -> dict[str, float]:
         **recipe.model_arguments,
     )
     started = time.perf_counter()
-    classifier.fit_data(train, val, recipe, verbose=False)
+    classifier.fit_data(train, val, recipe)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     result = classifier.evaluate(val.images, val.labels)  # with the recipe's TTA
@@ -81,12 +61,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--val-split", type=float, default=0.2)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--set", nargs="*", default=[], help="recipe overrides, key=value")
+    parser.add_argument("--set", nargs="*", default=[], help="recipe overrides, FIELD=VALUE (as cnnkit train)")
     arguments = parser.parse_args()
     threads = configure_process()
-    recipe = parse_overrides(
-        arguments.set, get_recipe(arguments.recipe).replace(validation_split=arguments.val_split)
-    )
+    overrides = dict(parse_assignment(text) for text in arguments.set)
+    recipe = load_recipe(arguments.recipe, {"validation_split": arguments.val_split, **overrides})
     started = time.perf_counter()
     data = load_dataset(arguments.data, image_size=recipe.image_size, progress=False)
     print(

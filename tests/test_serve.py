@@ -94,8 +94,17 @@ def test_model_description(client):
     assert (info.name, info.classes, info.input_size) == ("tutorial", list(COLOURS), IMAGE_SIZE)
     assert (info.format, info.tta, info.file) == ("checkpoint", 0, "colours.pt")
     assert info.backend.startswith("torch (cpu")
-    assert "accuracy" in info.metrics["train"]
+    # Trained without a validation split: its only figures are training ones, and named so.
+    assert set(info.metrics) == {"train"} and "accuracy" in info.metrics["train"]
     assert info.limits.max_upload_bytes == UPLOAD_LIMIT
+
+
+def test_head_requests_get_the_headers_of_get(client):
+    for path in ("/", "/v1/model", "/healthz"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert head.headers["content-length"] == got.headers["content-length"]
 
 
 def test_health(client):

@@ -62,6 +62,9 @@ def _is_problem(message) -> bool:
 def test_chosen_images_show_their_top_classes_and_errors(page):
     playwright_api = pytest.importorskip("playwright.sync_api")
     playwright_api.expect(page.locator("#model-info")).to_contain_text("4 classes")
+    # Trained without a validation split: its accuracy is shown as what it is, a training figure.
+    playwright_api.expect(page.locator("#model-info")).to_contain_text("training accuracy")
+    playwright_api.expect(page.locator("#model-info")).not_to_contain_text("validation accuracy")
     page.set_input_files(
         "#file-input",
         files=[

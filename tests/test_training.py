@@ -165,3 +165,155 @@ def test_process_setup_flushes_denormals_to_zero():
 
     denormal = torch.tensor([1e-40], dtype=torch.float32)
     assert (denormal * 1.0).item() == 0.0
+
+
+def _tiny_data(count: int = 64):
+    from cnnkit.engine.trainer import TrainingData
+
+    images, labels = make_quadrant_images(count)
+    return TrainingData(
+        torch.from_numpy(images[:48]),
+        torch.from_numpy(labels[:48]),
+        torch.from_numpy(images[48:]),
+        torch.from_numpy(labels[48:]),
+    )
+
+
+def test_callbacks_hear_only_the_hooks_they_have_and_a_stop_reaches_on_interrupt():
+    from cnnkit.engine.interrupt import StopRequest, TrainingInterrupted
+    from cnnkit.engine.trainer import fit
+    from cnnkit.models import create_model
+    from cnnkit.recipes import get_recipe
+
+    class EpochsOnly:  # a plain object with one hook: no base class needed
+        def __init__(self):
+            self.epochs = []
+
+        def on_epoch_end(self, state):
+            self.epochs.append((state.epoch, round(state.metrics["val_accuracy"], 6)))
+
+    class Everything:
+        def __init__(self):
+            self.events = []
+
+        def __getattr__(self, name):
+            if name.startswith("on_"):
+                return lambda state: self.events.append(name)
+            raise AttributeError(name)
+
+    model = create_model("tutorial", num_classes=4, image_size=16)
+    listeners = [EpochsOnly(), Everything()]
+    recipe = get_recipe("tutorial").replace(epochs=2, batch_size=16)
+    history = fit(model, _tiny_data(), recipe, Normalization(), torch.device("cpu"), torch.float32, listeners)
+    assert [epoch for epoch, _ in listeners[0].epochs] == [1, 2]
+    assert [value for _, value in listeners[0].epochs] == [
+        round(v, 6) for v in history.history["val_accuracy"]
+    ]
+    events = listeners[1].events
+    assert events[0] == "on_train_begin" and events[-1] == "on_train_end"
+    assert events.count("on_epoch_begin") == events.count("on_epoch_end") == 2 and "on_progress" in events
+
+    class StopNow(StopRequest):
+        def __bool__(self):
+            self.signal_number = 2
+            return True
+
+    saved = []
+
+    class Saver:
+        def on_interrupt(self, trainer):
+            saved.append(trainer.step)
+            return "somewhere.pt"
+
+    with pytest.raises(TrainingInterrupted, match=r"its state is saved in somewhere\.pt"):
+        fit(
+            create_model("tutorial", num_classes=4, image_size=16),
+            _tiny_data(),
+            recipe,
+            Normalization(),
+            torch.device("cpu"),
+            torch.float32,
+            [Saver()],
+            stop_request=StopNow(),
+        )
+    assert saved == [0]
+
+
+def test_a_metric_added_in_one_place_reaches_history_validation_and_the_epoch_line(monkeypatch):
+    from cnnkit.engine import metrics
+    from cnnkit.engine.console import ConsoleLogger
+    from cnnkit.engine.trainer import fit
+    from cnnkit.models import create_model
+    from cnnkit.recipes import get_recipe
+
+    top2 = lambda loss_sum, logits, targets: (logits.topk(2, dim=1).indices == targets[:, None]).any(1).sum()  # noqa: E731
+    monkeypatch.setitem(metrics.BATCH_SUMS, "top2", top2)
+    stream = io.StringIO()
+    model = create_model("tutorial", num_classes=4, image_size=16)
+    recipe = get_recipe("tutorial").replace(epochs=1, batch_size=16)
+    history = fit(
+        model,
+        _tiny_data(),
+        recipe,
+        Normalization(),
+        torch.device("cpu"),
+        torch.float32,
+        [ConsoleLogger(stream)],
+    )
+    row = history.rows[0]
+    assert 0 <= row["accuracy"] <= row["top2"] <= 1 and 0 <= row["val_accuracy"] <= row["val_top2"] <= 1
+    assert "top2:" in stream.getvalue() and "val_top2:" in stream.getvalue()
+
+
+def test_best_model_tracks_the_monitored_metric_and_stops_after_patience():
+    from cnnkit.engine.best import BestModel
+
+    model = torch.nn.Linear(2, 2)
+    best = BestModel("val_loss", patience=2)
+    assert best.update(1, {"val_loss": 1.0}, model)
+    with torch.no_grad():
+        model.weight.add_(1)
+    assert not best.update(2, {"val_loss": 1.5}, model) and not best.should_stop
+    assert not best.update(3, {"val_loss": 1.1}, model) and best.should_stop and best.epoch == 1
+    restored = BestModel("val_loss", patience=2)
+    restored.load_state_dict(best.state_dict(), torch.device("cpu"))
+    restored.restore(model)
+    assert torch.equal(model.weight, best.weights["weight"]) and restored.value == 1.0
+    assert BestModel("val_accuracy").update(1, {"val_accuracy": 0.5}, model)  # higher is better
+
+
+def test_fp16_trains_with_a_gradient_scaler():
+    from cnnkit.engine.trainer import Trainer
+    from cnnkit.models import create_model
+    from cnnkit.recipes import get_recipe
+
+    recipe = get_recipe("tutorial").replace(epochs=1, batch_size=16)
+    model = create_model("tutorial", num_classes=4, image_size=16)
+    trainer = Trainer(model, _tiny_data(), recipe, Normalization(), torch.device("cpu"), torch.float16)
+    assert trainer.scaler.is_enabled()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    history = trainer.fit()
+    assert np.isfinite(history.rows[0]["loss"])
+    assert any(not torch.equal(before[name], value) for name, value in model.state_dict().items())
+    assert trainer.state_dict()["training"]["grad_scaler"]["scale"] > 0  # resumes with its scale
+    plain = Trainer(
+        create_model("tutorial", num_classes=4, image_size=16),
+        _tiny_data(),
+        recipe,
+        Normalization(),
+        torch.device("cpu"),
+        torch.float32,
+    )
+    assert not plain.scaler.is_enabled()
+
+
+def test_fit_leaves_the_process_settings_alone():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        images, labels = make_quadrant_images(32)
+        classifier = Classifier("tutorial", class_names=CLASS_NAMES, image_size=16, device="cpu")
+        classifier.fit(images, labels, epochs=1, verbose=False)
+        assert torch.get_num_threads() == 1  # a library call does not reconfigure the process
+    finally:
+        torch.set_num_threads(threads)

@@ -69,7 +69,9 @@ def test_zero_fraction_returns_the_data_unchanged():
 
 @pytest.mark.parametrize("fraction", [1.0, 1.5, -0.1, "0.2", True])
 def test_invalid_fraction_is_named(fraction):
-    with pytest.raises(ValueError, match=r"validation_split must be in \[0, 1\). Received: validation_split="):
+    with pytest.raises(
+        ValueError, match=r"validation_split must be in \[0, 1\). Received: validation_split="
+    ):
         split_train_val(make_data([3, 3]), fraction, seed=0)
 
 

@@ -10,7 +10,9 @@ from cnnkit.data.dataset import ImageData
 from cnnkit.data.errors import DataError
 
 
-def split_train_val(data: ImageData, validation_split: float, seed: int) -> tuple[ImageData, ImageData | None]:
+def split_train_val(
+    data: ImageData, validation_split: float, seed: int
+) -> tuple[ImageData, ImageData | None]:
     """Split ``data`` into training and validation sets, class by class.
 
     Each class gives about ``validation_split`` of its images to validation; the per-class counts
@@ -60,7 +62,9 @@ def _validate_arguments(validation_split: float, seed: int) -> None:
         or not isinstance(validation_split, int | float)
         or not (0 <= validation_split < 1)
     ):
-        raise ValueError(f"validation_split must be in [0, 1). Received: validation_split={validation_split!r}")
+        raise ValueError(
+            f"validation_split must be in [0, 1). Received: validation_split={validation_split!r}"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer. Received: seed={seed!r}")
 

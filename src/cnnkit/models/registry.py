@@ -8,6 +8,7 @@ checkpoint can rebuild it with nothing but the file.
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -39,14 +40,28 @@ def list_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def create_model(name: str, num_classes: int = 10, image_size: int = 32, **kwargs: Any) -> nn.Module:
-    """Build the registered model ``name`` for ``num_classes`` classes and square ``image_size`` inputs."""
+def check_model_arguments(name: str, **kwargs: Any) -> None:
+    """Fail in one line, naming what is allowed, unless ``name`` is registered and takes ``kwargs``."""
     if name not in _BUILDERS:
         close = difflib.get_close_matches(name, _BUILDERS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(
             f"Unknown model. Received: name={name!r}. Available: {', '.join(list_models())}.{hint}"
         )
+    parameters = inspect.signature(_BUILDERS[name]).parameters
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+        return
+    allowed = [key for key in parameters if key not in ("num_classes", "image_size")]
+    for key, value in kwargs.items():
+        if key not in parameters:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"Did you mean {close[0]!r}?" if close else f"It takes: {', '.join(allowed) or 'none'}."
+            raise ValueError(f"Unknown argument of model {name!r}. Received: {key}={value!r}. {hint}")
+
+
+def create_model(name: str, num_classes: int = 10, image_size: int = 32, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name`` for ``num_classes`` classes and square ``image_size`` inputs."""
+    check_model_arguments(name, **kwargs)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2. Received: num_classes={num_classes!r}")
     if not isinstance(image_size, int) or image_size < 4:
