@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--val-split", type=float, default=0.2)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--set", nargs="*", default=[], help="recipe overrides, FIELD=VALUE (as cnnkit train)")
+    parser.add_argument("--set", nargs="*", default=[], help="FIELD=VALUE recipe overrides")
     arguments = parser.parse_args()
     threads = configure_process()
     overrides = dict(parse_assignment(text) for text in arguments.set)
