@@ -1,0 +1,311 @@
+"""Training jobs, as ``cnnkit train`` runs them: train into a run folder, resume a stopped one.
+
+A job is where a process starts working, so it sets the process up (``configure_process``), loads
+the data, trains with the run folder's recorder and the console logger listening, and ends with
+a report on the weights it tells the user to use (``best.pt``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from cnnkit import __version__
+from cnnkit.api import Classifier
+from cnnkit.checkpoint import load_checkpoint, save_checkpoint
+from cnnkit.data import (
+    DataSplits,
+    ImageData,
+    check_trainable,
+    load_dataset,
+    skipped_summary,
+    split_train_val,
+    write_skipped_list,
+)
+from cnnkit.engine import distributed
+from cnnkit.engine.callbacks import History
+from cnnkit.engine.console import ConsoleLogger
+from cnnkit.engine.device import configure_process, precision_name
+from cnnkit.engine.interrupt import stop_on_signals
+from cnnkit.engine.preprocess import Normalization
+from cnnkit.models import check_model_arguments
+from cnnkit.recipes import DEFAULT_RECIPE, Recipe, load_recipe
+from cnnkit.reports.splits import metrics_by_split
+from cnnkit.runs.folders import create_run_folder, write_config, write_report
+from cnnkit.runs.recorder import RunRecorder
+
+
+@dataclass
+class TrainResult:
+    run_folder: Path
+    history: History
+    report: dict[str, Any]
+    classifier: Classifier  # as training left it: the last epoch's weights (or, with early stopping, the best)
+
+
+def train(
+    data: str | os.PathLike = "cifar10",
+    recipe: Recipe | str | os.PathLike | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    out: str | os.PathLike = "runs",
+    name: str | None = None,
+    verbose: bool = True,
+    stream: TextIO | None = None,
+    strict: bool = False,
+) -> TrainResult:
+    """Load ``data``, train ``recipe`` into a new run folder, and evaluate ``best.pt``.
+
+    ``recipe`` is a ``Recipe``, a recipe name or a YAML recipe file (default: the fast recipe).
+    The final evaluation uses the data's test split, or the validation split where there is none.
+    Files that are not usable images are skipped and listed in the run's ``skipped.txt``;
+    ``strict`` makes the first of them an error instead. ``verbose`` prints progress to ``stream``.
+    """
+    recipe = load_recipe(recipe or DEFAULT_RECIPE)
+    stream = stream or sys.stdout
+    check_model_arguments(recipe.model, **recipe.model_arguments)  # before spending time on the data
+    configure_process()
+    # Under torchrun, every process runs this; rank 0 alone prints and writes the run folder.
+    job, device = distributed.initialize(device)
+    verbose = verbose and job.is_main
+    splits = load_dataset(data, image_size=recipe.image_size, progress=verbose, strict=strict)
+    check_trainable(splits.train, splits.source)
+    train_data, val_data = split_train_val(splits.train, recipe.validation_split, recipe.seed)
+    image_size = _square_size(train_data)
+    normalization = Normalization.for_recipe(recipe.normalization, train_data.images)
+    classifier = Classifier(
+        recipe.model,
+        class_names=train_data.class_names,
+        image_size=image_size,
+        normalization=normalization,
+        device=device,
+        precision=precision,
+        seed=recipe.seed,
+        **recipe.model_arguments,
+    )
+    folder = _create_shared_run_folder(out, name, job)
+    config = _run_config(data, splits, recipe, classifier, train_data, val_data, strict)
+    if job.is_main:
+        write_config(folder, config)
+        _report_skipped(folder, splits, verbose)
+    if verbose:
+        stream.write(
+            f"Training {recipe.model} ({recipe.name} recipe) on {splits.source}: "
+            f"{len(train_data)} train, {len(val_data) if val_data else 0} validation images, "
+            f"{classifier.device.type} {precision_name(classifier.precision)}\n"
+        )
+    run = _Run(folder, classifier, recipe, splits, train_data, val_data, config)
+    return _train_in_folder(run, stream if verbose else None)
+
+
+def resume(
+    run_folder: str | os.PathLike,
+    device: str = "auto",
+    precision: str = "auto",
+    verbose: bool = True,
+    stream: TextIO | None = None,
+) -> TrainResult:
+    """Continue the stopped run in ``run_folder`` from its ``last.pt``, as if never interrupted.
+
+    On the same device and thread count, the final weights and metrics equal those of an
+    uninterrupted run. After a hard kill, ``last.pt`` is the last finished epoch's.
+    """
+    folder = Path(run_folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Run folder not found: {folder}")
+    if not (folder / "last.pt").is_file():
+        raise FileNotFoundError(
+            f"{folder} has no last.pt: the run stopped before finishing its first epoch. Start it again."
+        )
+    checkpoint = load_checkpoint(folder / "last.pt")
+    state = checkpoint.training_state
+    if state is None or checkpoint.recipe is None:
+        raise ValueError(f"{folder / 'last.pt'} holds no training state (an older cnnkit wrote it).")
+    if state["finished"]:
+        raise ValueError(
+            f"The run in {folder} already finished after {len(state['history'])} epochs: "
+            "nothing to resume. Start a new run to train more."
+        )
+    recipe, config = checkpoint.recipe, checkpoint.config
+    stream = stream or sys.stdout
+    configure_process()
+    job, device = distributed.initialize(device)
+    verbose = verbose and job.is_main
+    splits = load_dataset(config["data"], image_size=recipe.image_size, progress=verbose)
+    train_data, val_data = split_train_val(splits.train, recipe.validation_split, recipe.seed)
+    if train_data.class_names != checkpoint.class_names:
+        raise ValueError(
+            f"The classes of {config['data']} changed since the run started: "
+            f"now {', '.join(train_data.class_names)}, then {', '.join(checkpoint.class_names)}."
+        )
+    classifier = Classifier.from_checkpoint(checkpoint, device=device, precision=precision)
+    if verbose:
+        position = state["position"]
+        where = (
+            f"epoch {position['epoch']}, step {position['step'] + 1}"
+            if position
+            else f"epoch {len(state['history']) + 1}"
+        )
+        stream.write(f"Resuming {folder} at {where} ({recipe.name} recipe, {splits.source})\n")
+    resume_state = {
+        "model": checkpoint.state_dict,
+        "optimizer": checkpoint.optimizer_state,
+        "training": state,
+    }
+    run = _Run(folder, classifier, recipe, splits, train_data, val_data, {**config, "recipe": recipe})
+    return _train_in_folder(run, stream if verbose else None, resume_state)
+
+
+@dataclass
+class _Run:
+    """What a run folder's training needs, set up by ``train`` or read back by ``resume``."""
+
+    folder: Path
+    classifier: Classifier
+    recipe: Recipe
+    splits: DataSplits
+    train_data: ImageData
+    val_data: ImageData | None
+    config: dict[str, Any]
+
+
+def _train_in_folder(run: _Run, stream: TextIO | None, resume_state: dict | None = None) -> TrainResult:
+    """Fit with the run folder recorder, stop cleanly on SIGINT/SIGTERM, evaluate, write the report.
+
+    ``stream``: where progress goes (None: quiet).
+    """
+    folder, classifier = run.folder, run.classifier
+    classifier.recipe, classifier.tta = run.recipe, run.recipe.tta
+    is_main = distributed.current().is_main
+    callbacks: list[object] = [ConsoleLogger(stream)] if stream is not None else []
+    if is_main:
+        # The run's checkpoints are the classifier's own, plus weights, epoch and metrics each epoch.
+        callbacks.append(RunRecorder(folder, classifier.to_checkpoint(config=run.config)))
+    started = time.perf_counter()
+    try:
+        with stop_on_signals() as stop_request:
+            history = classifier.fit_data(
+                run.train_data,
+                run.val_data,
+                run.recipe,
+                callbacks=callbacks,
+                resume_state=resume_state,
+                stop_request=stop_request,
+            )
+    except FloatingPointError as error:
+        last = folder / "last.pt"
+        kept = (
+            f"the last good checkpoint is {last}"
+            if last.is_file()
+            else "no epoch finished, so there is no checkpoint"
+        )
+        raise FloatingPointError(f"{error} Training stopped; {kept}.") from None
+    if not is_main:  # the other ranks' work is done: rank 0 evaluates and reports
+        return TrainResult(folder, history, {}, classifier)
+    report = _final_report(run, history, time.perf_counter() - started)
+    write_report(folder, report)
+    return TrainResult(folder, history, report, classifier)
+
+
+def _create_shared_run_folder(out, name, job: distributed.Distributed) -> Path:
+    """Rank 0 creates the run folder; under torchrun the other ranks learn its name from it."""
+    folder = create_run_folder(out, name) if job.is_main else None
+    if job.enabled:
+        shared = [str(folder) if folder else None]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        folder = Path(shared[0])
+    return folder
+
+
+def _report_skipped(folder: Path, splits: DataSplits, verbose: bool) -> None:
+    if not splits.skipped:
+        return
+    listing = folder / "skipped.txt"
+    write_skipped_list(listing, splits.skipped)
+    # Verbose loading has printed the summary line already; quiet runs still get it once.
+    line = (
+        f"Skipped files and reasons: {listing}"
+        if verbose
+        else skipped_summary(splits.skipped, splits.file_count, listing)
+    )
+    print(line, file=sys.stderr)
+
+
+def _final_report(run: _Run, history: History, seconds: float) -> dict[str, Any]:
+    """The run's report: what trained how long, and ``best.pt`` scored on held-out data.
+
+    The user is pointed at ``best.pt``, so that is what is scored (with the recipe's test-time
+    augmentation); a test score is also written into ``best.pt`` so the model carries it.
+    """
+    folder = run.folder
+    best_path = folder / "best.pt"
+    split_name, evaluation_data = (
+        ("test", run.splits.test) if run.splits.test is not None else ("validation", run.val_data)
+    )
+    report: dict[str, Any] = {
+        "run_folder": str(folder),
+        "model": run.classifier.model_name,
+        "epochs": len(history.rows),
+        "train_seconds": round(seconds, 2),
+        "final_epoch": _named_by_split(history.rows[-1]),
+        "best_epoch": history.best_epoch,
+        "best_checkpoint": str(best_path),
+        "last_checkpoint": str(folder / "last.pt"),
+    }
+    if evaluation_data is not None:
+        best = load_checkpoint(best_path)
+        scored = Classifier.from_checkpoint(
+            best, device=str(run.classifier.device), precision=precision_name(run.classifier.precision)
+        )
+        metrics = scored.evaluate(evaluation_data.images, evaluation_data.labels)
+        report["evaluation"] = {"split": split_name, "checkpoint": "best.pt", "epoch": best.epoch, **metrics}
+        if split_name == "test":
+            best.metrics["test"] = metrics
+            save_checkpoint(best_path, best)
+    return report
+
+
+def _named_by_split(row: dict[str, float]) -> dict[str, Any]:
+    """A history row with its metrics grouped by split: ``{"epoch", "seconds", "train": .., "validation": ..}``."""
+    return {"epoch": int(row["epoch"]), "seconds": row["seconds"], **metrics_by_split(row)}
+
+
+def _run_config(
+    data, splits: DataSplits, recipe: Recipe, classifier: Classifier, train_data, val_data, strict: bool
+) -> dict:
+    source = os.path.abspath(data) if data not in (None, "cifar10") else "cifar10"
+    return {
+        "data": source,
+        "data_description": splits.source,
+        "recipe": recipe.to_dict(),
+        "precision": precision_name(classifier.precision),
+        "strict": strict,
+        "model": classifier.model_name,
+        "model_arguments": dict(classifier.network.model_arguments),
+        "class_names": classifier.class_names,
+        "image_size": classifier.image_size,
+        "normalization": classifier.normalization.to_dict(),
+        "train_images": len(train_data),
+        "val_images": len(val_data) if val_data else 0,
+        "device": str(classifier.device),
+        "threads": torch.get_num_threads(),
+        "cnnkit_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _square_size(data: ImageData) -> int:
+    height, width = data.images.shape[1:3]
+    if height != width:
+        raise ValueError(f"Images must be square; pass an image size. Received: {height}x{width} images")
+    return int(height)
