@@ -268,4 +268,4 @@ def test_a_damaged_zip_member_is_an_error_entry(checkpoint, tmp_path):
         (f"{archive}/bad.png", True),
         (f"{archive}/good.png", False),
     ]
-    assert results[0].error.startswith("cannot read this file (Bad CRC-32")
+    assert results[0].error.startswith("cannot read (BadZipFile: Bad CRC-32")

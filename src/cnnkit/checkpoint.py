@@ -8,6 +8,7 @@ recipe once, as a typed ``Recipe``, and its metrics grouped by the data they wer
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,7 +154,11 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 def _read_contents(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # A foreign pickle draws torch's notes ("Detected pickle protocol 5 ..."): the one-line
+            # error below says what matters.
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         # torch's own message suggests weights_only=False, which is exactly what we must not do.
         raise ValueError(f"Cannot read {path} as a cnnkit checkpoint: {_why_unreadable(path)}.") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnkit.data import DataError, ImageData, split_train_val
+from cnnkit.data import DataError, ImageData, classes_without_validation, split_train_val
 
 
 def make_data(counts: list[int], shuffle: bool = False) -> ImageData:
@@ -92,5 +92,16 @@ def test_image_data_validates_and_subsets():
 
 
 def test_fraction_too_small_for_any_validation_image_is_an_error():
-    with pytest.raises(DataError, match="leaves an empty validation set"):
+    with pytest.raises(DataError, match="rounds to no validation image; use a larger validation_split"):
         split_train_val(make_data([3, 3]), 0.01, seed=0)
+
+
+def test_single_image_classes_get_the_right_advice_and_are_named():
+    # One image a class: no fraction can help, so the message must not ask for a larger one.
+    with pytest.raises(DataError, match="Every class has a single image") as caught:
+        split_train_val(make_data([1, 1, 1]), 0.5, seed=0)
+    assert "larger" not in str(caught.value) and "--val-split 0" in str(caught.value)
+    # A one-image class among bigger ones trains but gets no validation image: it is named.
+    train, val = split_train_val(make_data([1, 10, 10]), 0.2, seed=0)
+    assert classes_without_validation(train, val) == [train.class_names[0]]
+    assert classes_without_validation(*split_train_val(make_data([5, 5]), 0.2, seed=0)) == []

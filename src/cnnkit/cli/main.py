@@ -6,6 +6,7 @@ import argparse
 import os
 import shlex
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     try:
-        return arguments.handler(arguments)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return arguments.handler(arguments)
     except TrainingInterrupted as interruption:
         if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the job
             return interruption.exit_code
@@ -49,3 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"cnnkit: error: {message}", file=sys.stderr)
         return 1
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library's warning as one line, without the source file and line it came from."""
+    text = " ".join(str(message).split())
+    print(f"cnnkit: warning: {text[:300]}", file=sys.stderr)

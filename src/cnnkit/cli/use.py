@@ -69,8 +69,15 @@ def _evaluate(arguments: argparse.Namespace) -> int:
 
 
 def _predict(arguments: argparse.Namespace) -> int:
-    from cnnkit.inference.batch_prediction import predict_paths, write_predictions, write_predictions_file
+    from cnnkit.inference.batch_prediction import (
+        check_output_path,
+        predict_paths,
+        write_predictions,
+        write_predictions_file,
+    )
 
+    if arguments.output:  # before any work: an output that would replace a file is refused
+        check_output_path(arguments.output, arguments.checkpoint, arguments.images)
     results = predict_paths(
         arguments.checkpoint,
         arguments.images,
@@ -145,7 +152,7 @@ def _add_serve_parser(commands) -> None:
     )
     serve.add_argument("model", metavar="CHECKPOINT_OR_ONNX", help="a checkpoint or an .onnx model")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    serve.add_argument("--port", type=int, default=8000, help="default: 8000")
+    serve.add_argument("--port", type=int, default=8000, help="0 to 65535 (default: 8000)")
     serve.add_argument(
         "--max-upload-mb", type=float, default=10.0, help="largest request body, in MiB (default: 10)"
     )
@@ -157,6 +164,12 @@ def _add_serve_parser(commands) -> None:
         type=float,
         default=2.0,
         help="how long a request waits for others to share its batch (default: 2)",
+    )
+    serve.add_argument(
+        "--max-request-megapixels",
+        type=float,
+        default=256.0,
+        help="most pixels the images of one request may hold together (default: 256)",
     )
     serve.add_argument(
         "--tta",
@@ -180,6 +193,7 @@ def _serve(arguments: argparse.Namespace) -> int:
         max_upload_mb=arguments.max_upload_mb,
         max_batch=arguments.max_batch,
         batch_wait_ms=arguments.batch_wait_ms,
+        max_request_megapixels=arguments.max_request_megapixels,
         tta=arguments.tta,
         device=arguments.device,
         precision=arguments.precision or "auto",

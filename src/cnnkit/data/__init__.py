@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from cnnkit.data.folders import load_image_folder
     from cnnkit.data.skipped import SkippedFile, skipped_summary, write_skipped_list
     from cnnkit.data.sources import load_dataset
-    from cnnkit.data.split import split_train_val
+    from cnnkit.data.split import classes_without_validation, split_train_val
 
 _EXPORTS = {
     "CIFAR10_CLASSES": "cifar10",
@@ -36,6 +36,7 @@ _EXPORTS = {
     "ImageData": "dataset",
     "SkippedFile": "skipped",
     "check_trainable": "checks",
+    "classes_without_validation": "split",
     "cnnkit_home": "cache",
     "decode_image": "decode",
     "download_cifar10": "download",
@@ -56,6 +57,7 @@ __all__ = [
     "ImageData",
     "SkippedFile",
     "check_trainable",
+    "classes_without_validation",
     "cnnkit_home",
     "decode_image",
     "download_cifar10",

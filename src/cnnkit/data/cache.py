@@ -24,7 +24,8 @@ from cnnkit.fileio import atomic_open
 # Bump when the decoding (resize policy, colour handling) or the file layout changes, so that
 # caches written by older code are never mistaken for current ones.
 # 2: 16-bit and float images scaled, CMYK without Adobe marker, files skipped; names stored.
-CACHE_FORMAT_VERSION = 2
+# 3: empty class folders and unsafe zip member names are listed as skipped.
+CACHE_FORMAT_VERSION = 3
 
 _SPLITS = ("train", "test")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 
 import numpy as np
 from PIL import Image, ImageChops, ImageOps
@@ -15,6 +16,9 @@ from cnnkit.data.errors import ImageDecodeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _ALLOWED = ", ".join(IMAGE_EXTENSIONS)
+# Larger images are refused before decoding: 64 megapixels (8000 x 8000) covers phone and camera
+# photos, while a small file claiming far more pixels is how a decompression bomb starts.
+MAX_IMAGE_PIXELS = 64_000_000
 # Pillow shrinks in integer steps first and resamples only the final factor-of-3 stretch:
 # much faster when downscaling large photos, visually the same.
 _REDUCING_GAP = 3.0
@@ -46,7 +50,8 @@ def decode_image(data: bytes, image_size: int | None, name: str) -> np.ndarray:
     if not data:
         raise ImageDecodeError(name, "empty file (0 bytes)", f"{name} is an empty file (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with _open_quietly(data) as image:
+            _check_pixel_count(image, name)
             if image_size is not None and image.format == "JPEG":
                 # Let libjpeg decode at a reduced scale when the target is much smaller.
                 image.draft("RGB", (image_size, image_size))
@@ -58,6 +63,8 @@ def decode_image(data: bytes, image_size: int | None, name: str) -> np.ndarray:
             if image_size is not None and rgb.size != (image_size, image_size):
                 rgb = resize_to_square(rgb, image_size)
             return np.asarray(rgb, dtype=np.uint8)
+    except ImageDecodeError:
+        raise
     except Exception as error:
         # Pillow's format plugins meet malformed bytes with many exception types (OSError,
         # SyntaxError, struct.error, IndexError, ZeroDivisionError, ...): for one file's bytes
@@ -68,6 +75,31 @@ def decode_image(data: bytes, image_size: int | None, name: str) -> np.ndarray:
             f"cannot decode ({detail})",
             f"Cannot decode {name} as an image ({detail}); supported formats: {_ALLOWED}",
         ) from error
+
+
+def image_pixels(data: bytes) -> int | None:
+    """Width x height from the file's header alone (no decoding), or None if it is no image."""
+    try:
+        with _open_quietly(data) as image:
+            width, height = image.size
+    except Exception:
+        return None
+    return width * height
+
+
+def _open_quietly(data: bytes) -> Image.Image:
+    # Pillow warns (DecompressionBombWarning) from 89 megapixels on; the pixel count is checked
+    # here instead, with one message, so nothing reaches the user's stderr.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
+
+
+def _check_pixel_count(image: Image.Image, name: str) -> None:
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        reason = f"too many pixels ({width} x {height}; the limit is {MAX_IMAGE_PIXELS / 1e6:g} megapixels)"
+        raise ImageDecodeError(name, reason, f"{name} has {reason}")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -142,8 +174,8 @@ def _decoder_detail(error: Exception) -> str:
     if isinstance(error, Image.UnidentifiedImageError):
         # Pillow's message names the in-memory buffer (with its address): useless to the user.
         return "unknown image format"
-    if isinstance(error, Image.DecompressionBombError):
-        return f"too many pixels: {error}"
+    if isinstance(error, Image.DecompressionBombError):  # past twice Pillow's own limit, at open
+        return f"too many pixels (the limit is {MAX_IMAGE_PIXELS / 1e6:g} megapixels)"
     # One line, whatever the decoder wrote: skipped-file lists hold one file a line.
     message = " ".join(str(error).replace("\0", " ").split())
     return f"{type(error).__name__}: {message}" if message else type(error).__name__

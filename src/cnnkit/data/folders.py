@@ -16,7 +16,9 @@ from cnnkit.data.layout import FolderLayout, resolve_layout
 from cnnkit.data.parallel_decode import DecodeJob, decode_images
 from cnnkit.data.readers import FOLDER, ZIP, display_name, list_folder, list_zip
 from cnnkit.data.skipped import (
+    EMPTY_FOLDER,
     OUTSIDE_CLASSES,
+    UNSAFE,
     SkippedFile,
     first_problem,
     skipped_summary,
@@ -39,6 +41,7 @@ class ImageSource:
     path: Path
     names: list[str]
     skipped: list[SkippedFile] = field(default_factory=list)
+    empty_folders: list[str] = field(default_factory=list)  # relative, ending in "/"
 
 
 @dataclass
@@ -53,13 +56,13 @@ class DecodedSource:
 def scan_folder(path: Path) -> tuple[ImageSource, str]:
     """List the files below folder ``path``; also return a digest of the listing for caching."""
     listing = list_folder(path)
-    return ImageSource(FOLDER, path, listing.images, listing.skipped), listing.digest
+    return ImageSource(FOLDER, path, listing.images, listing.skipped, listing.empty_folders), listing.digest
 
 
 def scan_zip(path: Path) -> ImageSource:
     """List the members of the zip archive at ``path``."""
     listing = list_zip(path)
-    return ImageSource(ZIP, path, listing.images, listing.skipped)
+    return ImageSource(ZIP, path, listing.images, listing.skipped, listing.empty_folders)
 
 
 def displayed(kind: str, path: Path, skipped: list[SkippedFile]) -> list[SkippedFile]:
@@ -75,8 +78,17 @@ def decode_source(
     Files that are not usable images are skipped and returned; with ``strict`` the first one
     that is not OS clutter raises ``DataError`` (before any decoding when the listing shows it).
     """
-    layout = resolve_layout(source.names, str(source.path), [file.path for file in source.skipped])
+    # Unsafe zip names (absolute, climbing out) are no paths in the layout: they lead nowhere.
+    others = [file.path for file in source.skipped if file.category != UNSAFE]
+    layout = resolve_layout(source.names, str(source.path), others)
     skipped = source.skipped + [SkippedFile(path, OUTSIDE_CLASSES) for path in layout.unused(source.names)]
+    # An empty folder among the class folders is no class: say so rather than drop it silently.
+    class_levels = {layout.train_prefix, layout.test_prefix}
+    skipped += [
+        SkippedFile(folder, EMPTY_FOLDER)
+        for folder in source.empty_folders
+        if folder[: folder.rstrip("/").rfind("/") + 1] in class_levels
+    ]
     problem = first_problem(displayed(source.kind, source.path, sorted(skipped, key=_by_path)))
     if strict and problem is not None:
         raise strict_error(problem)
@@ -152,7 +164,9 @@ def _decode_split(
     labelled = layout.train if split == "train" else layout.test
     prefix = layout.train_prefix if split == "train" else layout.test_prefix
     names = [path for path, _ in labelled]
-    decoded = decode_images(job, names, workers, progress, f"Decoding {split} images", strict)
+    # Named by where the images are, not by their role: evaluate decodes a test folder this way too.
+    where = job.display_name(prefix) if prefix else job.path
+    decoded = decode_images(job, names, workers, progress, f"Decoding images in {where}", strict)
     all_labels = torch.tensor([label for _, label in labelled], dtype=torch.int64)
     labels = all_labels[torch.from_numpy(decoded.kept)]
     failures = [SkippedFile(name, reason) for name, reason in decoded.failures]

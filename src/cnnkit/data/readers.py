@@ -8,30 +8,24 @@ from __future__ import annotations
 
 import os
 import zipfile
-import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from cnnkit.data.bounded_read import READ_ERRORS, describe_read_error, read_file, read_member
 from cnnkit.data.cache import hash_listing
 from cnnkit.data.decode import is_image_name
 from cnnkit.data.errors import DataError, ImageDecodeError
-from cnnkit.data.skipped import SkippedFile, clutter_reason, not_image_reason, path_clutter
+from cnnkit.data.skipped import (
+    SkippedFile,
+    clutter_reason,
+    not_image_reason,
+    path_clutter,
+    unsafe_member_reason,
+)
 
 FOLDER = "folder"
 ZIP = "zip"
-# What reading one zip member can raise: damaged data, a bad CRC, encryption (RuntimeError),
-# a compression method this Python lacks (NotImplementedError).
-_MEMBER_READ_ERRORS = (
-    OSError,
-    KeyError,
-    EOFError,
-    zipfile.BadZipFile,
-    zlib.error,
-    RuntimeError,
-    NotImplementedError,
-    ValueError,
-)
 
 
 class ImageReader(Protocol):
@@ -50,10 +44,11 @@ class FolderReader:
 
     def read(self, name: str) -> bytes:
         try:
-            return (self.root / name).read_bytes()
-        except OSError as error:
-            reason = f"cannot read ({type(error).__name__}: {error.strerror or error})"
-            raise ImageDecodeError(display_name(FOLDER, self.root, name), reason) from error
+            return read_file(self.root / name)
+        except READ_ERRORS as error:
+            raise ImageDecodeError(
+                display_name(FOLDER, self.root, name), describe_read_error(error)
+            ) from error
 
     def close(self) -> None:
         """Nothing to release: each read opens and closes its own file."""
@@ -68,11 +63,10 @@ class ZipReader:
 
     def read(self, name: str) -> bytes:
         try:
-            return self.archive.read(name)
-        except _MEMBER_READ_ERRORS as error:
-            # One damaged, encrypted or oddly compressed member must not stop the others.
-            reason = f"cannot read ({type(error).__name__}: {error})"
-            raise ImageDecodeError(display_name(ZIP, self.path, name), reason) from error
+            return read_member(self.archive, name)
+        except READ_ERRORS as error:
+            # One damaged, encrypted, oddly compressed or inflating member must not stop the others.
+            raise ImageDecodeError(display_name(ZIP, self.path, name), describe_read_error(error)) from error
 
     def close(self) -> None:
         self.archive.close()
@@ -106,11 +100,13 @@ class Listing:
             folder is one entry ending in ``/``), with relative paths.
         digest: for folders, a digest of every path, size and modification time seen, so that
             any edit (also of a skipped file) changes the cache key; ``None`` for zips.
+        empty_folders: folders holding no file and no folder, relative, ending in ``/``.
     """
 
     images: list[str]
     skipped: list[SkippedFile]
     digest: str | None = None
+    empty_folders: list[str] = field(default_factory=list)  # holding nothing at all, ending in "/"
 
 
 def list_folder(root: Path) -> Listing:
@@ -118,9 +114,13 @@ def list_folder(root: Path) -> Listing:
     images: list[str] = []
     skipped: list[SkippedFile] = []
     stats: list[tuple[str, int, int]] = []
+    empty_folders: list[str] = []
     for directory, subdirectories, files in os.walk(root, followlinks=True):
         relative_directory = Path(directory).relative_to(root).as_posix()
         prefix = "" if relative_directory == "." else relative_directory + "/"
+        if prefix and not files and not subdirectories:
+            empty_folders.append(prefix)
+            stats.append((prefix, 0, 0))
         kept = []
         for name in sorted(subdirectories):
             reason = clutter_reason(name, is_folder=True)
@@ -150,7 +150,7 @@ def list_folder(root: Path) -> Listing:
                 images.append(relative)
             else:
                 skipped.append(SkippedFile(relative, not_image_reason(name)))
-    return Listing(images, skipped, hash_listing(stats))
+    return Listing(images, skipped, hash_listing(stats), empty_folders)
 
 
 def list_zip(path: Path) -> Listing:
@@ -158,10 +158,14 @@ def list_zip(path: Path) -> Listing:
     images: list[str] = []
     skipped: dict[str, SkippedFile] = {}
     with _open_zip(path) as archive:
+        archive_names = archive.namelist()
         for info in archive.infolist():
             name = info.filename
+            unsafe = unsafe_member_reason(name)
             clutter = path_clutter(name)
-            if clutter is not None:
+            if unsafe is not None:
+                skipped.setdefault(name, SkippedFile(name, unsafe))
+            elif clutter is not None:
                 skipped.setdefault(clutter[0], SkippedFile(*clutter))
             elif info.is_dir():
                 continue
@@ -169,7 +173,13 @@ def list_zip(path: Path) -> Listing:
                 images.append(name)
             else:
                 skipped.setdefault(name, SkippedFile(name, not_image_reason(name)))
-    return Listing(images, list(skipped.values()))
+    return Listing(images, list(skipped.values()), empty_folders=_empty_zip_folders(archive_names))
+
+
+def _empty_zip_folders(names: list[str]) -> list[str]:
+    """Folder entries (``dog/``) of an archive that no other member lies below."""
+    folders = [name for name in names if name.endswith("/")]
+    return [folder for folder in folders if not any(n != folder and n.startswith(folder) for n in names)]
 
 
 def _open_zip(path: Path) -> zipfile.ZipFile:

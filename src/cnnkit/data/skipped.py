@@ -19,10 +19,14 @@ UNSUPPORTED = "unsupported"
 UNREADABLE = "unreadable"
 HIDDEN = "hidden"
 UNUSED = "unused"
+UNSAFE = "unsafe"
+EMPTY = "empty"
 
 HIDDEN_FILE = "hidden file"
 HIDDEN_FOLDER = "hidden folder"
 OUTSIDE_CLASSES = "image outside the class folders"
+EMPTY_FOLDER = "empty folder: no class is made of it"
+_UNSAFE_PREFIX = "unsafe path in the archive"
 _NOT_IMAGE_PREFIX = "not an image file"
 _UNSUPPORTED_PREFIX = "unsupported image format"
 _SYSTEM_PREFIX = "system "
@@ -33,6 +37,8 @@ _CATEGORY_PREFIXES = (
     (HIDDEN_FOLDER, HIDDEN),
     (_SYSTEM_PREFIX, HIDDEN),
     (OUTSIDE_CLASSES, UNUSED),
+    (_UNSAFE_PREFIX, UNSAFE),
+    (EMPTY_FOLDER, EMPTY),
 )
 # (singular, plural) in summaries, in the order they are listed.
 _CATEGORY_LABELS = {
@@ -41,6 +47,8 @@ _CATEGORY_LABELS = {
     UNREADABLE: ("unreadable", "unreadable"),
     HIDDEN: ("hidden", "hidden"),
     UNUSED: ("outside the class folders", "outside the class folders"),
+    UNSAFE: ("unsafe path", "unsafe paths"),
+    EMPTY: ("empty folder", "empty folders"),
 }
 # Files and folders that operating systems, photo tools and NAS boxes drop into folders.
 _SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"}
@@ -90,6 +98,19 @@ def clutter_reason(name: str, is_folder: bool) -> str | None:
     if name.startswith("."):
         # Also macOS's "._photo.jpg" resource forks, which carry an image extension.
         return HIDDEN_FOLDER if is_folder else HIDDEN_FILE
+    return None
+
+
+def unsafe_member_reason(name: str) -> str | None:
+    """Why a zip member's name is no path inside the archive (absolute, or climbing out), or None.
+
+    Such names come from crafted or broken archives; cnnkit never extracts, but a name like
+    ``/cat.jpg`` would make a class called '' and ``../x/cat.jpg`` one called '..'.
+    """
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":" and name[0].isalpha()):
+        return f"{_UNSAFE_PREFIX} (absolute)"
+    if ".." in name.replace("\\", "/").split("/"):
+        return f"{_UNSAFE_PREFIX} (it leads outside the archive)"
     return None
 
 

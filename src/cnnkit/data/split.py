@@ -49,11 +49,26 @@ def split_train_val(
     train_indices = torch.sort(torch.cat(train_parts)).values
     val_indices = torch.sort(torch.cat(val_parts)).values
     if len(val_indices) == 0:
+        if all(count <= 1 for count in counts):
+            raise DataError(
+                f"Every class has a single image, so none can be held out for validation "
+                f"(validation_split={validation_split}); add images, or use validation_split=0 "
+                "(--val-split 0)"
+            )
         raise DataError(
-            f"validation_split={validation_split} of {len(data)} images leaves an empty validation set; "
-            "use a larger validation_split or 0 for no validation"
+            f"validation_split={validation_split} of {len(data)} images rounds to no validation image; "
+            "use a larger validation_split, or 0 for no validation"
         )
     return data.subset(train_indices), data.subset(val_indices)
+
+
+def classes_without_validation(train: ImageData, val: ImageData | None) -> list[str]:
+    """Classes of ``train`` that the validation split holds no image of (too few images to spare one)."""
+    if val is None:
+        return []
+    validated = set(val.labels.unique().tolist())
+    trained = sorted(set(train.labels.unique().tolist()))
+    return [train.class_names[label] for label in trained if label not in validated]
 
 
 def _validate_arguments(validation_split: float, seed: int) -> None:

@@ -90,6 +90,14 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_supports_bf16() else torch.float32
 
 
+def precision_warning(device: torch.device, precision: str) -> str | None:
+    """A one-line warning when ``precision`` is a slow choice on ``device``, else None."""
+    if device.type == "cpu" and precision == "fp16":
+        faster = "bf16, which this CPU computes natively" if cpu_supports_bf16() else "fp32"
+        return f"fp16 on a CPU is emulated: several times slower than {faster} (--precision auto picks it)."
+    return None
+
+
 def available_cores() -> int:
     """Cores this process may run on (respects CPU affinity, e.g. taskset or containers)."""
     try:

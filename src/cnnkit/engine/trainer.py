@@ -48,6 +48,39 @@ class TrainingData:
     val_labels: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """How a recipe's epochs become steps on a given number of training images."""
+
+    batch_size: int  # the global batch actually used (smaller than the recipe's on small data)
+    steps_per_epoch: int
+    epochs: int  # whole epochs started (a fractional recipe ends inside the last)
+    total_steps: int
+
+
+def plan_steps(count: int, recipe: Recipe, world_size: int = 1) -> StepPlan:
+    """Batch size, steps per epoch, epochs and total steps for ``count`` training images."""
+    batch_size = min(recipe.batch_size, count)
+    if recipe.loss_reduction == "sum":
+        # Small data sets (a few hundred images a class) still get MIN_STEPS_PER_EPOCH updates
+        # an epoch; with batch 2000 they would get one or none. With a summed loss the step
+        # per example doesn't depend on the batch, so this only adds updates. CIFAR-10 is
+        # unaffected; a mean-loss recipe (the tutorial) keeps the batch it was asked for.
+        batch_size = max(1, min(batch_size, count // MIN_STEPS_PER_EPOCH))
+    steps_per_epoch = count // batch_size if recipe.drop_last else math.ceil(count / batch_size)
+    if world_size > 1:
+        # Every process needs at least one image of every step (BatchNorm can't take none).
+        if batch_size < world_size:
+            raise ValueError(
+                f"The global batch must hold at least one image per process. "
+                f"Received: batch_size={batch_size} with {world_size} processes"
+            )
+        if 0 < count % batch_size < world_size and not recipe.drop_last:
+            steps_per_epoch -= 1  # the epoch's last, tiny batch is dropped
+    total_steps = math.ceil(steps_per_epoch * recipe.epochs)
+    return StepPlan(batch_size, steps_per_epoch, math.ceil(recipe.epochs), total_steps)
+
+
 def fit(
     model: nn.Module,
     data: TrainingData,
@@ -99,7 +132,9 @@ class Trainer:
         # One CPU generator drives shuffling and augmentation: the same seed, the same run, anywhere.
         self.generator = torch.Generator().manual_seed(recipe.seed)
         self.to_input = InputTransform(normalization, device)
-        self._plan_steps(len(data.train_images))
+        plan = plan_steps(len(data.train_images), recipe, self.distributed.world_size)
+        self.batch_size, self.steps_per_epoch = plan.batch_size, plan.steps_per_epoch
+        self.epochs, self.total_steps = plan.epochs, plan.total_steps
         self.step = 0
         self.history = History()
         self.position: EpochPosition | None = None  # None between epochs
@@ -112,35 +147,6 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, recipe.replace(batch_size=self.batch_size), device)
         # fp16 gradients underflow without loss scaling (bf16 has fp32's range and needs none).
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
-
-    def _plan_steps(self, count: int) -> None:
-        """Batch size, steps per epoch, epochs and total steps for ``count`` training images."""
-        recipe = self.recipe
-        self.batch_size = min(recipe.batch_size, count)
-        if recipe.loss_reduction == "sum":
-            # Small data sets (a few hundred images a class) still get MIN_STEPS_PER_EPOCH updates
-            # an epoch; with batch 2000 they would get one or none. With a summed loss the step
-            # per example doesn't depend on the batch, so this only adds updates. CIFAR-10 is
-            # unaffected; a mean-loss recipe (the tutorial) keeps the batch it was asked for.
-            self.batch_size = max(1, min(self.batch_size, count // MIN_STEPS_PER_EPOCH))
-        self.steps_per_epoch = (
-            count // self.batch_size if recipe.drop_last else math.ceil(count / self.batch_size)
-        )
-        if self.distributed.enabled:
-            self._check_distributed_batches(count)
-        self.epochs = math.ceil(recipe.epochs)
-        self.total_steps = math.ceil(self.steps_per_epoch * recipe.epochs)
-
-    def _check_distributed_batches(self, count: int) -> None:
-        """Every rank needs at least one image of every step (BatchNorm can't take none)."""
-        world_size = self.distributed.world_size
-        if self.batch_size < world_size:
-            raise ValueError(
-                f"The global batch must hold at least one image per process. "
-                f"Received: batch_size={self.batch_size} with {world_size} processes"
-            )
-        if 0 < count % self.batch_size < world_size and not self.recipe.drop_last:
-            self.steps_per_epoch -= 1  # the epoch's last, tiny batch is dropped
 
     def _initialize_from_data(self) -> None:
         """Models with a data-dependent first layer (``initialize_from_data``) get a sample."""

@@ -7,13 +7,13 @@ saturate or classes are confidently predicted, which only real pictures reach.
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from cnnkit.checkpoint import Checkpoint
 from cnnkit.data import DataError, cnnkit_home, load_dataset
+from cnnkit.data.bounded_read import READ_ERRORS
 from cnnkit.data.decode import decode_image
 from cnnkit.data.download import CIFAR10_FILENAME
 from cnnkit.inference.image_inputs import InputItem, ItemReader, expand_inputs
@@ -98,5 +98,5 @@ def _spread(total: int, count: int) -> np.ndarray:
 def _decoded(reader: ItemReader, item: InputItem, size: int) -> np.ndarray | None:
     try:
         return decode_image(reader.read(item), size, item.path)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    except READ_ERRORS:  # includes decode_image's DataError, a ValueError
         return None  # an unreadable file among the user's images: the others still verify

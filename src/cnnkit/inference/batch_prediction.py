@@ -12,19 +12,21 @@ import io
 import json
 import os
 import textwrap
-import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TextIO
 
 import numpy as np
 
+from cnnkit.data.bounded_read import READ_ERRORS, describe_read_error
 from cnnkit.data.decode import decode_image
 from cnnkit.fileio import atomic_open
 from cnnkit.inference.image_inputs import InputItem, ItemReader, PathArgument, expand_inputs
 from cnnkit.inference.predictor import Predictor, load_predictor
 
 FORMATS = ("table", "json", "csv")
+# An existing file predictions may replace: a text of results, never a model, image or archive.
+RESULT_FILE_SUFFIXES = (".csv", ".json", ".jsonl", ".txt", ".tsv")
 CSV_COLUMNS = ("path", "rank", "class", "probability", "error")
 # Images decoded and held at once. Decoding runs in this thread: on 2 busy cores a pool of 2-4
 # threads or 2 processes decoded no faster (tiny PNGs, 500x375 JPEGs and PNGs), and the model
@@ -36,6 +38,7 @@ __all__ = [
     "Prediction",
     "PredictionResult",
     "PredictionSummary",
+    "check_output_path",
     "expand_inputs",
     "format_predictions",
     "predict_files",
@@ -156,8 +159,8 @@ def _decode_item(item: InputItem, image_size: int, reader: ItemReader) -> np.nda
         return item.error
     try:
         data = reader.read(item)
-    except (OSError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        return f"cannot read this file ({getattr(error, 'strerror', None) or error})"
+    except READ_ERRORS as error:  # damaged, encrypted, too large: this image's error, not the run's
+        return describe_read_error(error)
     try:
         return decode_image(data, image_size, item.path)
     except ValueError as error:  # decode_image's DataError, naming the file
@@ -208,6 +211,36 @@ def format_predictions(results: Iterable[PredictionResult], format: str = "table
     buffer = io.StringIO()
     write_predictions(results, buffer, format)
     return buffer.getvalue()
+
+
+def check_output_path(output: PathArgument, model: PathArgument, inputs: Iterable[PathArgument] = ()) -> None:
+    """Refuse, in one line, an ``output`` that would replace the model, an input, or another file.
+
+    Only a file of results (``RESULT_FILE_SUFFIXES``) is ever replaced: a run's second
+    ``--output predictions.csv`` overwrites its first, but never ``best.pt`` or ``cat.jpg``.
+    """
+    target = os.path.realpath(output)
+    protected = {os.path.realpath(model): "the model"}
+    for path in inputs:
+        protected.setdefault(os.path.realpath(_input_file(path)), "an input")
+    if target in protected:
+        raise ValueError(
+            f"--output would overwrite {protected[target]}. Received: output={os.fspath(output)!r}"
+        )
+    if os.path.isdir(target):
+        raise ValueError(f"--output names a folder; give a file. Received: output={os.fspath(output)!r}")
+    if os.path.exists(target) and not target.lower().endswith(RESULT_FILE_SUFFIXES):
+        raise ValueError(
+            f"{os.fspath(output)} exists and is not a results file ({', '.join(RESULT_FILE_SUFFIXES)}): "
+            "cnnkit predict will not replace it; choose another --output"
+        )
+
+
+def _input_file(path: PathArgument) -> str:
+    """The file an input argument reads: the archive of ``archive.zip/member.jpg``, else itself."""
+    text = os.fspath(path)
+    end = text.lower().find(".zip/") + len(".zip")
+    return text[:end] if end >= len(".zip") and not os.path.exists(text) else text
 
 
 def write_predictions_file(

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 # From the torch-free submodule: predicting with an ONNX model must not import torch.
+from cnnkit.data.bounded_read import read_file, read_member
 from cnnkit.data.decode import IMAGE_EXTENSIONS, is_image_name
 
 PathArgument = str | os.PathLike
@@ -170,17 +171,16 @@ class ItemReader:
         self.archive: zipfile.ZipFile | None = None
 
     def read(self, item: InputItem) -> bytes:
-        """The file's content. Raises OSError, or zipfile's errors for a damaged archive."""
+        """The file's content, capped (``bounded_read``): raises one of ``bounded_read.READ_ERRORS``."""
         if item.error is not None:
             raise ValueError(f"{item.path} has no image to read: {item.error}")
         if item.member is None:
-            with open(item.file, "rb") as file:
-                return file.read()
+            return read_file(item.file)
         if item.file != self.archive_path or self.archive is None:
             self.close()
             self.archive = zipfile.ZipFile(item.file)
             self.archive_path = item.file
-        return self.archive.read(item.member)
+        return read_member(self.archive, item.member)
 
     def close(self) -> None:
         if self.archive is not None:

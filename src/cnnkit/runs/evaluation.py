@@ -112,7 +112,9 @@ def write_evaluation_report(
     )
     plot_misclassified(files["misclassified"], images, report.misclassified, report.misclassified_count)
     contents = {**result, "report_folder": str(folder), "files": files}
-    atomic_write_text(files["report_json"], json.dumps(to_plain(contents), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(
+        files["report_json"], json.dumps(to_plain(contents), indent=2, ensure_ascii=False) + "\n"
+    )
     return files
 
 

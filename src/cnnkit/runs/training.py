@@ -7,6 +7,7 @@ a report on the weights it tells the user to use (``best.pt``).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import platform
@@ -25,6 +26,7 @@ from cnnkit.data import (
     DataSplits,
     ImageData,
     check_trainable,
+    classes_without_validation,
     load_dataset,
     skipped_summary,
     split_train_val,
@@ -33,13 +35,14 @@ from cnnkit.data import (
 from cnnkit.engine import distributed
 from cnnkit.engine.callbacks import History
 from cnnkit.engine.console import ConsoleLogger
-from cnnkit.engine.device import configure_process, precision_name
+from cnnkit.engine.device import configure_process, precision_name, precision_warning, resolve_device
 from cnnkit.engine.interrupt import stop_on_signals
 from cnnkit.engine.preprocess import Normalization
+from cnnkit.engine.trainer import plan_steps
 from cnnkit.models import check_model_arguments
 from cnnkit.recipes import DEFAULT_RECIPE, Recipe, load_recipe
 from cnnkit.reports.splits import metrics_by_split
-from cnnkit.runs.folders import create_run_folder, write_config, write_report
+from cnnkit.runs.folders import CONFIG_FILE, create_run_folder, write_config, write_report
 from cnnkit.runs.recorder import RunRecorder
 
 
@@ -48,7 +51,9 @@ class TrainResult:
     run_folder: Path
     history: History
     report: dict[str, Any]
-    classifier: Classifier  # as training left it: the last epoch's weights (or, with early stopping, the best)
+    classifier: (
+        Classifier  # as training left it: the last epoch's weights (or, with early stopping, the best)
+    )
 
 
 def train(
@@ -80,6 +85,8 @@ def train(
     check_trainable(splits.train, splits.source)
     train_data, val_data = split_train_val(splits.train, recipe.validation_split, recipe.seed)
     image_size = _square_size(train_data)
+    if verbose:
+        _note_setup(train_data, val_data, device, precision)
     normalization = Normalization.for_recipe(recipe.normalization, train_data.images)
     classifier = Classifier(
         recipe.model,
@@ -93,6 +100,8 @@ def train(
     )
     folder = _create_shared_run_folder(out, name, job)
     config = _run_config(data, splits, recipe, classifier, train_data, val_data, strict)
+    # What the recipe's batch and epochs come to on this data (a small set gets a smaller batch).
+    config["training_plan"] = dataclasses.asdict(plan_steps(len(train_data), recipe, job.world_size))
     if job.is_main:
         write_config(folder, config)
         _report_skipped(folder, splits, verbose)
@@ -121,6 +130,11 @@ def resume(
     folder = Path(run_folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"Run folder not found: {folder}")
+    if not (folder / CONFIG_FILE).is_file():
+        raise ValueError(
+            f"{folder} is not a run folder (it has no {CONFIG_FILE}); --resume takes the folder "
+            "`cnnkit train` made, e.g. runs/train"
+        )
     if not (folder / "last.pt").is_file():
         raise FileNotFoundError(
             f"{folder} has no last.pt: the run stopped before finishing its first epoch. Start it again."
@@ -215,6 +229,23 @@ def _train_in_folder(run: _Run, stream: TextIO | None, resume_state: dict | None
     return TrainResult(folder, history, report, classifier)
 
 
+def _note_setup(train_data: ImageData, val_data: ImageData | None, device: str, precision: str) -> None:
+    """One line for each choice that silently costs: classes never validated, an emulated precision."""
+    unvalidated = classes_without_validation(train_data, val_data)
+    if unvalidated:
+        shown = ", ".join(unvalidated[:5]) + (
+            f" and {len(unvalidated) - 5} more" if len(unvalidated) > 5 else ""
+        )
+        print(
+            f"Note: too few images to hold one out for validation in class(es) {shown}: "
+            "they are trained on but not validated.",
+            file=sys.stderr,
+        )
+    warning = precision_warning(resolve_device(device), precision)
+    if warning:
+        print(f"Note: {warning}", file=sys.stderr)
+
+
 def _create_shared_run_folder(out, name, job: distributed.Distributed) -> Path:
     """Rank 0 creates the run folder; under torchrun the other ranks learn its name from it."""
     folder = create_run_folder(out, name) if job.is_main else None
@@ -274,7 +305,7 @@ def _final_report(run: _Run, history: History, seconds: float) -> dict[str, Any]
 
 
 def _named_by_split(row: dict[str, float]) -> dict[str, Any]:
-    """A history row with its metrics grouped by split: ``{"epoch", "seconds", "train": .., "validation": ..}``."""
+    """A history row, metrics grouped by split: ``{"epoch", "seconds", "train": .., "validation": ..}``."""
     return {"epoch": int(row["epoch"]), "seconds": row["seconds"], **metrics_by_split(row)}
 
 

@@ -12,6 +12,7 @@ import functools
 import logging
 import math
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -27,7 +29,15 @@ from cnnkit.inference.predictor import Predictor
 from cnnkit.reports.splits import metrics_by_split
 from cnnkit.serving.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, MicroBatcher
 from cnnkit.serving.schemas import ErrorResponse, Health, ModelInfo, PredictResponse
-from cnnkit.serving.uploads import RequestError, Upload, classify_uploads, read_body, split_uploads
+from cnnkit.serving.uploads import (
+    RequestError,
+    Upload,
+    classify_uploads,
+    decode_uploads,
+    read_body,
+    request_pixels,
+    split_uploads,
+)
 
 STATIC_DIRECTORY = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
@@ -35,6 +45,12 @@ DEFAULT_MAX_IMAGES_PER_REQUEST = 256
 # Splitting a multipart body takes ~0.1 ms per 10 KiB on a busy core: smaller bodies are split on
 # the event loop (a hand-off to a thread costs more), larger ones in a thread, not to stall it.
 INLINE_SPLIT_BYTES = 64 * 2**10
+# Decoding takes time in proportion to pixels (~0.5 s for a 64-megapixel PNG on a busy core): a
+# request's images may hold this many together (413 beyond), and a request holding more than
+# LARGE_REQUEST_PIXELS is decoded in a thread of its own, so that the model's thread, which
+# decodes small requests, never waits behind it.
+DEFAULT_MAX_REQUEST_PIXELS = 256_000_000
+LARGE_REQUEST_PIXELS = 4_000_000
 # The page loads nothing from elsewhere; this makes sure an injected script could not either.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; object-src 'none'; "
@@ -87,6 +103,7 @@ class ServiceLimits:
     max_images_per_request: int = DEFAULT_MAX_IMAGES_PER_REQUEST
     max_batch: int = DEFAULT_MAX_BATCH
     batch_wait_ms: float = DEFAULT_MAX_WAIT_MS
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
 
 
 def create_app(
@@ -96,6 +113,7 @@ def create_app(
     max_images_per_request: int = DEFAULT_MAX_IMAGES_PER_REQUEST,
     max_batch: int = DEFAULT_MAX_BATCH,
     batch_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
 ) -> FastAPI:
     """The service for ``predictor`` (see ``cnnkit.inference.predictor.load_predictor``), as an ASGI app.
 
@@ -107,22 +125,28 @@ def create_app(
         max_images_per_request: most images one request may carry (413 beyond).
         max_batch: most images run through the model at once.
         batch_wait_ms: how long a request waits for others to share its batch.
+        max_request_pixels: most pixels the images of one request may declare together (413 beyond).
     """
     for name, value in (
         ("max_upload_bytes", max_upload_bytes),
         ("max_images_per_request", max_images_per_request),
+        ("max_request_pixels", max_request_pixels),
     ):
         if value < 1:
             raise ValueError(f"{name} must be >= 1. Received: {name}={value}")
-    limits = ServiceLimits(max_upload_bytes, max_images_per_request, max_batch, batch_wait_ms)
+    limits = ServiceLimits(
+        max_upload_bytes, max_images_per_request, max_batch, batch_wait_ms, max_request_pixels
+    )
     batcher = MicroBatcher(
         functools.partial(classify_uploads, predictor), max_batch=max_batch, max_wait_ms=batch_wait_ms
     )
+    large_decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnkit-large-decode")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         await batcher.aclose()
+        large_decoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="cnnkit",
@@ -133,9 +157,10 @@ def create_app(
     )
     app.state.predictor, app.state.batcher, app.state.limits = predictor, batcher, limits
     app.add_exception_handler(RequestError, _request_error_response)
+    app.add_exception_handler(RequestValidationError, _validation_error_response)
     app.mount("/static", StaticFiles(directory=STATIC_DIRECTORY), name="static")
     _add_information_routes(app, describe_model(predictor, limits), batcher)
-    _add_predict_route(app, predictor, batcher, limits)
+    _add_predict_route(app, predictor, batcher, limits, large_decoder)
     return app
 
 
@@ -164,8 +189,13 @@ def _add_predict_route(
     predictor: Predictor,
     batcher: MicroBatcher,
     limits: ServiceLimits,
+    large_decoder: ThreadPoolExecutor,
 ) -> None:
     class_names = list(predictor.class_names)
+
+    def read_uploads(content_type: str | None, body: bytes) -> tuple[list[Upload], int]:
+        uploads = split_uploads(content_type, body, limits.max_images_per_request)
+        return uploads, request_pixels(uploads, limits.max_request_pixels)
 
     @app.post(
         "/v1/predict",
@@ -182,13 +212,15 @@ def _add_predict_route(
         (`Content-Type: image/*`). Results come in the order the images were sent; an image that
         cannot be decoded gets an `error` in its place (or 415 when it is the only one)."""
         body = await read_body(request, limits.max_upload_bytes)
-        split = functools.partial(
-            split_uploads, request.headers.get("content-type"), body, limits.max_images_per_request
-        )
-        uploads = split() if len(body) <= INLINE_SPLIT_BYTES else await _in_thread(split)
+        split = functools.partial(read_uploads, request.headers.get("content-type"), body)
+        uploads, pixels = split() if len(body) <= INLINE_SPLIT_BYTES else await _in_thread(split)
         del body, split  # the uploads hold what is needed
+        items: list = uploads
+        if pixels > LARGE_REQUEST_PIXELS:  # decoded beside the model's thread, not in it
+            loop = asyncio.get_running_loop()
+            items = await loop.run_in_executor(large_decoder, decode_uploads, uploads, predictor.image_size)
         try:
-            outcomes = await batcher.submit(uploads)
+            outcomes = await batcher.submit(items)
         except Exception as error:
             logger.exception("The model failed on a request")
             raise RequestError(500, f"The model failed ({type(error).__name__}: {error})") from None
@@ -270,3 +302,12 @@ def _json_safe(value: Any) -> Any:
 async def _request_error_response(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestError)
     return JSONResponse({"detail": error.detail}, status_code=error.status_code)
+
+
+async def _validation_error_response(_request: Request, error: Exception) -> JSONResponse:
+    """FastAPI's 422, without the received values it would echo back (a request's size, at worst)."""
+    assert isinstance(error, RequestValidationError)
+    errors = [
+        {key: item[key] for key in ("type", "loc", "msg") if key in item} for item in error.errors()[:5]
+    ]
+    return JSONResponse({"detail": errors}, status_code=422)

@@ -41,6 +41,7 @@ class Limits(BaseModel):
     max_images_per_request: int
     max_batch: int
     batch_wait_ms: float
+    max_request_pixels: int
 
 
 class ModelInfo(BaseModel):

@@ -24,7 +24,7 @@ from fastapi import FastAPI
 
 from cnnkit.inference.onnx_runtime import OnnxClassifier
 from cnnkit.inference.predictor import ONNX_SUFFIX, CheckpointPredictor, Predictor, load_predictor
-from cnnkit.serving.app import DEFAULT_MAX_UPLOAD_BYTES, create_app
+from cnnkit.serving.app import DEFAULT_MAX_REQUEST_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, create_app
 from cnnkit.serving.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS
 
 DEFAULT_HOST = "127.0.0.1"
@@ -86,6 +86,13 @@ def _available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def check_port(port: int) -> int:
+    """``port`` if a server can listen on it: 0 (any free port) to 65535."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an integer from 0 to 65535. Received: port={port!r}")
+    return port
+
+
 def serve(
     model_path: str | os.PathLike,
     host: str = DEFAULT_HOST,
@@ -94,6 +101,7 @@ def serve(
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_BYTES / 2**20,
     max_batch: int = DEFAULT_MAX_BATCH,
     batch_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+    max_request_megapixels: float = DEFAULT_MAX_REQUEST_PIXELS / 1e6,
     tta: int | None = None,
     device: str = "auto",
     precision: str = "auto",
@@ -110,12 +118,16 @@ def serve(
     """
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be > 0. Received: max_upload_mb={max_upload_mb}")
+    if max_request_megapixels <= 0:
+        raise ValueError(f"max_request_megapixels must be > 0. Received: {max_request_megapixels}")
+    check_port(port)  # before the model loads: a bad port is one line, not uvicorn's traceback
     predictor = load_service_predictor(model_path, tta, device, precision, threads)
     app = create_app(
         predictor,
         max_upload_bytes=int(max_upload_mb * 2**20),
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,
+        max_request_pixels=int(max_request_megapixels * 1e6),
     )
     # The configuration sets up uvicorn's logging, which this line then goes through.
     config = uvicorn.Config(app, host=host, port=port, access_log=access_log, log_level=log_level)

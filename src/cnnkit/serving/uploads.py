@@ -9,24 +9,22 @@ plain functions, so the app runs them in worker threads, off the event loop.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from cnnkit.data.decode import decode_image
+from cnnkit.data.decode import decode_image, image_pixels
 from cnnkit.data.errors import DataError
 from cnnkit.inference.predictor import Predictor
 
 IMAGE_FIELDS = ("files", "file")
 RAW_BODY_NAME = "request body"
-# Larger images are refused before decoding: 64 megapixels (8000 x 8000) covers phone and camera
-# photos, while a small file claiming far more pixels is how a decompression bomb starts.
-MAX_IMAGE_PIXELS = 64_000_000
+# Field names shown when a multipart body lacks the image field: a few, each cut short, so that
+# an error never echoes a large request back.
+_SHOWN_FIELDS, _SHOWN_NAME_CHARACTERS = 5, 40
 
 
 class RequestError(Exception):
@@ -169,43 +167,58 @@ def _multipart_uploads(body: bytes, boundary: bytes | None, max_images: int) -> 
     if not collector.finished:
         raise RequestError(400, "Invalid multipart body: it ends before its closing boundary.")
     if not collector.uploads:
-        received = ", ".join(repr(name) for name in collector.other_fields) or "none"
+        received = _short_list(collector.other_fields)
         message = f"Field required: send images in the multipart field 'files' (received fields: {received})"
         # The shape of FastAPI's own validation errors, so that clients handle both alike.
         raise RequestError(422, [{"type": "missing", "loc": ["body", "files"], "msg": message}])
     return collector.uploads
 
 
+def _short_list(names: list[str]) -> str:
+    shown = [repr(name[:_SHOWN_NAME_CHARACTERS]) for name in names[:_SHOWN_FIELDS]]
+    more = f" and {len(names) - _SHOWN_FIELDS} more" if len(names) > _SHOWN_FIELDS else ""
+    return ", ".join(shown) + more if shown else "none"
+
+
+def request_pixels(uploads: list[Upload], limit: int) -> int:
+    """The pixels the uploads' headers declare, together (no decoding); 413 past ``limit``.
+
+    Decoding costs time in proportion to pixels, not bytes: a few MB of single-colour PNGs can
+    declare billions of pixels. A file that is no image counts as none (it fails cheaply).
+    """
+    total = sum(image_pixels(upload.data) or 0 for upload in uploads)
+    if total > limit:
+        raise RequestError(
+            413,
+            f"The images of one request hold too many pixels: {total / 1e6:,.0f} megapixels, over the "
+            f"{limit / 1e6:g} megapixel limit a request. Send them in several requests, or smaller.",
+        )
+    return total
+
+
 def decode_upload(upload: Upload, image_size: int) -> DecodedImage:
     """``upload`` as an ``image_size`` square RGB uint8 array, or the one-line reason it is not one."""
     try:
-        _check_pixel_count(upload)
         pixels = decode_image(upload.data, image_size, upload.name)
-    except DataError as error:  # decode_image turns every decoder failure into this
+    except DataError as error:  # every decoder failure, too many pixels included
         return DecodedImage(upload.name, error=str(error))
     return DecodedImage(upload.name, pixels=pixels)
 
 
-def _check_pixel_count(upload: Upload) -> None:
-    try:
-        with Image.open(io.BytesIO(upload.data)) as image:  # reads the header only
-            width, height = image.size
-    except Exception:
-        return  # not an image at all: decode_image says so, in its words
-    if width * height > MAX_IMAGE_PIXELS:
-        raise DataError(
-            f"{upload.name} has too many pixels ({width} x {height}); the service takes at most "
-            f"{MAX_IMAGE_PIXELS / 1e6:g} megapixels."
-        )
+def decode_uploads(uploads: list[Upload], image_size: int) -> list[DecodedImage]:
+    return [decode_upload(upload, image_size) for upload in uploads]
 
 
-def classify_uploads(predictor: Predictor, uploads: list[Upload]) -> list[np.ndarray | str]:
+def classify_uploads(predictor: Predictor, uploads: list[Upload | DecodedImage]) -> list[np.ndarray | str]:
     """Each upload's class probabilities, or the one-line reason it is not an image.
 
     What the service's micro-batcher runs in its worker thread: decoding and the forward pass in
-    one call, for the uploads of all the requests in a batch.
+    one call, for the uploads of all the requests in a batch (a large request arrives decoded).
     """
-    decoded = [decode_upload(upload, predictor.image_size) for upload in uploads]
+    decoded = [
+        upload if isinstance(upload, DecodedImage) else decode_upload(upload, predictor.image_size)
+        for upload in uploads
+    ]
     pixels = [image.pixels for image in decoded if image.pixels is not None]
     rows = iter(predictor.predict(np.stack(pixels)) if pixels else ())
     return [image.error if image.error is not None else next(rows) for image in decoded]
