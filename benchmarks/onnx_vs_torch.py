@@ -51,7 +51,7 @@ def make_checkpoint(model: str, folder: Path, images: np.ndarray) -> Path:
     if hasattr(classifier.network, "initialize_from_data"):  # the whitening layer, as fit does
         to_input = InputTransform(normalization, torch.device("cpu"))
         classifier.network.initialize_from_data(to_input(torch.from_numpy(images)))
-    classifier.recipe = recipe.to_dict()
+    classifier.recipe, classifier.tta = recipe, recipe.tta
     path = folder / f"{model}.pt"
     classifier.save(path)
     return path

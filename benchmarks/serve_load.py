@@ -202,7 +202,7 @@ def write_default_checkpoint(path: Path) -> Path:
     from cnnkit.recipes import get_recipe
 
     classifier = Classifier("fast", class_names=CLASS_NAMES, image_size=32)
-    classifier.recipe = get_recipe("fast").to_dict()  # TTA level 2, as a trained checkpoint has
+    classifier.recipe = get_recipe("fast")  # TTA level 2, as a trained checkpoint has
     classifier.save(path)
     return path
 
