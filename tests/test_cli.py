@@ -11,6 +11,7 @@ import yaml
 
 from cnnkit.cli import main
 from cnnkit.reports.training_curves import read_metrics_csv
+from tests.conftest import make_quadrant_images, write_image_folder
 
 
 @pytest.fixture
@@ -188,3 +189,23 @@ def test_default_recipe_trains_on_a_folder_at_another_image_size(quadrant_folder
     image = sorted((quadrant_folder / "test" / "top_left").iterdir())[0]  # 16x16: resized to 24 on the way in
     assert main(["predict", str(out / "train" / "last.pt"), str(image), "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)[0]["predictions"]) == 4
+
+
+def test_a_runs_validation_and_test_folders_serve_as_named(tmp_path, capsys):
+    images, labels = make_quadrant_images(120, seed=7)
+    write_image_folder(tmp_path / "photos" / "train", images[:80], labels[:80])
+    write_image_folder(tmp_path / "photos" / "validation", images[80:100], labels[80:100])
+    write_image_folder(tmp_path / "photos" / "test", images[100:], labels[100:])
+    arguments = ["--recipe", "tutorial", "--epochs", "2", "--out", str(tmp_path / "runs"), "--device", "cpu"]
+    assert main(["train", "--data", str(tmp_path / "photos"), *arguments]) == 0
+    folder = tmp_path / "runs" / "train"
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config["train_images"] == 80 and config["val_images"] == 20  # the folder, not a carved share
+    assert config["splits"]["validation"].endswith("validation/") and config["splits"]["test"].endswith(
+        "test/"
+    )
+    report = json.loads((folder / "report.json").read_text())
+    assert report["evaluation"]["split"] == "test" and report["evaluation"]["count"] == 20
+    assert "Validating on" in capsys.readouterr().err
+    assert main(["evaluate", str(folder / "best.pt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["split"] == "test"

@@ -56,10 +56,10 @@ def test_train_test_layout_matches_classes_by_name(tmp_path):
     np.testing.assert_array_equal(splits.test.images[1].numpy(), written["test/eel/000.png"])
 
 
-def test_val_folder_is_the_test_split_without_test(tmp_path):
+def test_a_val_folder_is_the_validation_split(tmp_path):
     write_image_tree(tmp_path / "d", {"train/a": 2, "train/b": 2, "val/a": 1, "val/b": 1})
     splits = load_dataset(tmp_path / "d", progress=False)
-    assert len(splits.train) == 4 and splits.test.labels.tolist() == [0, 1]
+    assert len(splits.train) == 4 and splits.test is None and splits.validation.labels.tolist() == [0, 1]
 
 
 def test_test_class_unknown_to_train_is_named(tmp_path):
@@ -218,3 +218,18 @@ def test_invalid_arguments_are_named(tmp_path, arguments, message):
     arguments = {"source": tmp_path, **arguments}
     with pytest.raises(ValueError, match=message):
         load_dataset(**arguments)
+
+
+def test_train_val_test_folders_are_three_splits(tmp_path):
+    tree = {"train/a": 3, "train/b": 3, "valid/a": 1, "valid/b": 2, "test/a": 2, "test/b": 1}
+    write_image_tree(tmp_path / "d", tree)
+    splits = load_dataset(tmp_path / "d", progress=False)
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (6, 3, 3)
+    assert splits.validation.labels.tolist() == [0, 1, 1] and splits.test.labels.tolist() == [0, 0, 1]
+    assert splits.folders == {
+        "train": f"{tmp_path / 'd' / 'train'}/",
+        "validation": f"{tmp_path / 'd' / 'valid'}/",
+        "test": f"{tmp_path / 'd' / 'test'}/",
+    }
+    again = load_dataset(tmp_path / "d", progress=False)  # from the cache: the same three splits
+    assert torch.equal(again.validation.images, splits.validation.images) and again.folders == splits.folders

@@ -25,9 +25,10 @@ from cnnkit.fileio import atomic_open
 # caches written by older code are never mistaken for current ones.
 # 2: 16-bit and float images scaled, CMYK without Adobe marker, files skipped; names stored.
 # 3: empty class folders and unsafe zip member names are listed as skipped.
-CACHE_FORMAT_VERSION = 3
+# 4: a validation split, and the folder each split came from.
+CACHE_FORMAT_VERSION = 4
 
-_SPLITS = ("train", "test")
+_SPLITS = ("train", "test", "validation")
 
 
 def cnnkit_home() -> Path:
@@ -74,6 +75,8 @@ class CachedSplits:
     train: ImageData
     test: ImageData | None
     skipped: list[SkippedFile] = field(default_factory=list)
+    validation: ImageData | None = None
+    folders: dict[str, str] = field(default_factory=dict)  # relative to the source
 
 
 def save_cache(path: Path, splits: CachedSplits) -> None:
@@ -86,8 +89,9 @@ def save_cache(path: Path, splits: CachedSplits) -> None:
         "class_names": np.array(splits.train.class_names, dtype=np.str_),
         "skipped_paths": _encode_strings([file.path for file in splits.skipped]),
         "skipped_reasons": _encode_strings([file.reason for file in splits.skipped]),
+        "folders": _encode_strings([f"{split}\t{folder}" for split, folder in splits.folders.items()]),
     }
-    for name, split in zip(_SPLITS, (splits.train, splits.test), strict=True):
+    for name, split in zip(_SPLITS, (splits.train, splits.test, splits.validation), strict=True):
         if split is not None:
             arrays[f"{name}_images"] = split.images.numpy()
             arrays[f"{name}_labels"] = split.labels.numpy()
@@ -119,6 +123,7 @@ def load_cache(path: Path) -> CachedSplits | None:
             ]
             paths = _decode_strings(arrays["skipped_paths"])
             reasons = _decode_strings(arrays["skipped_reasons"])
+            folders = dict(entry.split("\t", 1) for entry in _decode_strings(arrays["folders"]))
             if len(paths) != len(reasons):
                 raise ValueError(f"{len(paths)} skipped paths but {len(reasons)} reasons")
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
@@ -127,7 +132,7 @@ def load_cache(path: Path) -> CachedSplits | None:
     if splits[0] is None:
         return None
     skipped = [SkippedFile(name, reason) for name, reason in zip(paths, reasons, strict=True)]
-    return CachedSplits(splits[0], splits[1], skipped)
+    return CachedSplits(splits[0], splits[1], skipped, splits[2], folders)
 
 
 def _read_split(arrays: np.lib.npyio.NpzFile, name: str, class_names: list[str]) -> ImageData:

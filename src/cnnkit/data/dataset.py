@@ -87,17 +87,23 @@ class DataSplits:
         source: human description of where the data came from.
         skipped: the files of an image folder or zip that were not used, each with its reason
             (see ``write_skipped_list`` and ``skipped_summary``); empty for CIFAR-10.
+        validation: the images of the source's own validation folder (``val/``, ``valid/`` or
+            ``validation/``), or ``None`` (a validation split is then carved from ``train``).
+        folders: for image folders, the folder each split came from, by split name.
     """
 
     train: ImageData
     test: ImageData | None
     source: str
     skipped: list[SkippedFile] = field(default_factory=list)
+    validation: ImageData | None = None
+    folders: dict[str, str] = field(default_factory=dict)
 
     @property
     def file_count(self) -> int:
         """How many files (or records) the source held: images loaded plus files skipped."""
-        return len(self.train) + (len(self.test) if self.test is not None else 0) + len(self.skipped)
+        held_out = sum(len(split) for split in (self.test, self.validation) if split is not None)
+        return len(self.train) + held_out + len(self.skipped)
 
 
 def _describe(value: object) -> str:

@@ -51,6 +51,8 @@ class DecodedSource:
     train: ImageData
     test: ImageData | None
     skipped: list[SkippedFile]
+    validation: ImageData | None = None
+    folders: dict[str, str] = field(default_factory=dict)  # each split's folder, relative ("" the root)
 
 
 def scan_folder(path: Path) -> tuple[ImageSource, str]:
@@ -70,10 +72,17 @@ def displayed(kind: str, path: Path, skipped: list[SkippedFile]) -> list[Skipped
     return [SkippedFile(display_name(kind, path, file.path), file.reason) for file in skipped]
 
 
+def displayed_folders(kind: str, path: Path, folders: dict[str, str]) -> dict[str, str]:
+    """Each split's relative folder as the user would name it (the source itself for "")."""
+    return {
+        split: display_name(kind, path, prefix) if prefix else str(path) for split, prefix in folders.items()
+    }
+
+
 def decode_source(
     source: ImageSource, image_size: int | None, workers: int, progress: bool, strict: bool = False
 ) -> DecodedSource:
-    """Resolve the layout of ``source`` and decode its train (and test) images into tensors.
+    """Resolve the layout of ``source`` and decode its train (validation, test) images into tensors.
 
     Files that are not usable images are skipped and returned; with ``strict`` the first one
     that is not OS clutter raises ``DataError`` (before any decoding when the listing shows it).
@@ -83,7 +92,7 @@ def decode_source(
     layout = resolve_layout(source.names, str(source.path), others)
     skipped = source.skipped + [SkippedFile(path, OUTSIDE_CLASSES) for path in layout.unused(source.names)]
     # An empty folder among the class folders is no class: say so rather than drop it silently.
-    class_levels = {layout.train_prefix, layout.test_prefix}
+    class_levels = set(layout.prefixes().values())
     skipped += [
         SkippedFile(folder, EMPTY_FOLDER)
         for folder in source.empty_folders
@@ -96,18 +105,20 @@ def decode_source(
     job = DecodeJob(source.kind, str(source.path), image_size)
     train, failures = _decode_split(job, layout, "train", workers, progress, strict)
     skipped += failures
-    test = None
-    if layout.test:
-        # Without image_size the test images must match the training size exactly.
-        test_job = replace(
-            job, expected_shape=tuple(train.images.shape[1:]), reference_name=job.display_name(train.names[0])
-        )
-        test, failures = _decode_split(test_job, layout, "test", workers, progress, strict)
-        skipped += failures
+    # Without image_size the held-out images must match the training size exactly.
+    held_out_job = replace(
+        job, expected_shape=tuple(train.images.shape[1:]), reference_name=job.display_name(train.names[0])
+    )
+    held_out: dict[str, ImageData | None] = {"validation": None, "test": None}
+    for split in held_out:
+        if getattr(layout, split):
+            held_out[split], failures = _decode_split(held_out_job, layout, split, workers, progress, strict)
+            skipped += failures
     skipped.sort(key=_by_path)
     if progress:
-        _report_decoded(source, train, test, skipped, time.perf_counter() - started, workers)
-    return DecodedSource(train, test, skipped)
+        decoded = [split for split in (train, *held_out.values()) if split is not None]
+        _report_decoded(source, decoded, skipped, time.perf_counter() - started, workers)
+    return DecodedSource(train, held_out["test"], skipped, held_out["validation"], layout.prefixes())
 
 
 def load_image_folder(
@@ -145,7 +156,10 @@ def load_image_folder(
         raise DataError(f"{path} is neither a folder nor a .zip file of images")
     decoded = decode_source(source, image_size, workers, progress, strict)
     skipped = displayed(source.kind, path, decoded.skipped)
-    return DataSplits(decoded.train, decoded.test, f"image {source.kind} ({path})", skipped)
+    folders = displayed_folders(source.kind, path, decoded.folders)
+    return DataSplits(
+        decoded.train, decoded.test, f"image {source.kind} ({path})", skipped, decoded.validation, folders
+    )
 
 
 def resolve_workers(workers: int | None) -> int:
@@ -161,8 +175,8 @@ def _decode_split(
     job: DecodeJob, layout: FolderLayout, split: str, workers: int, progress: bool, strict: bool
 ) -> tuple[ImageData, list[SkippedFile]]:
     """Decode the files of ``split`` ("train" or "test"); return it and its undecodable files."""
-    labelled = layout.train if split == "train" else layout.test
-    prefix = layout.train_prefix if split == "train" else layout.test_prefix
+    labelled = getattr(layout, split)
+    prefix = layout.prefixes()[split]
     names = [path for path, _ in labelled]
     # Named by where the images are, not by their role: evaluate decodes a test folder this way too.
     where = job.display_name(prefix) if prefix else job.path
@@ -198,14 +212,8 @@ def _check_classes_decoded(
 
 
 def _report_decoded(
-    source: ImageSource,
-    train: ImageData,
-    test: ImageData | None,
-    skipped: list[SkippedFile],
-    elapsed: float,
-    workers: int,
+    source: ImageSource, splits: list[ImageData], skipped: list[SkippedFile], elapsed: float, workers: int
 ) -> None:
-    splits = [train] if test is None else [train, test]
     count = sum(len(split) for split in splits)
     size = _format_bytes(sum(split.images.numel() for split in splits))
     print(

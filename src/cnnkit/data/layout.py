@@ -12,7 +12,9 @@ from cnnkit.data.decode import IMAGE_EXTENSIONS
 from cnnkit.data.errors import DataError
 from cnnkit.data.skipped import clutter_reason
 
-_LAYOUT_HELP = "expected DIR/<class>/<image>, or DIR/train/<class>/<image> with DIR/test (or val)"
+_LAYOUT_HELP = "expected DIR/<class>/<image>, or DIR/train/<class>/<image> with DIR/val and/or DIR/test"
+# A validation folder's accepted names, in order of preference.
+VALIDATION_FOLDERS = ("val", "valid", "validation")
 
 
 @dataclass
@@ -22,32 +24,40 @@ class FolderLayout:
     Attributes:
         class_names: sorted class folder names of the training split (label index -> name).
         train: ``(path, label)`` of each training image, sorted by label then path.
-        test: same for the test split, or ``None`` without one.
-        test_folder: the folder the test split came from ("test" or "val"), or ``None``.
+        test: same for the test split (a ``test/`` folder), or ``None`` without one.
+        validation: same for the validation split (``val/``, ``valid/`` or ``validation/``), or ``None``.
         train_prefix: the path of the training class folders' parent ("" or ending in "/").
-        test_prefix: the same for the test split, or ``None``.
+        test_prefix, validation_prefix: the same for those splits, or ``None``.
     """
 
     class_names: list[str]
     train: list[tuple[str, int]]
     test: list[tuple[str, int]] | None
-    test_folder: str | None = None
     train_prefix: str = ""
     test_prefix: str | None = None
+    validation: list[tuple[str, int]] | None = None
+    validation_prefix: str | None = None
 
     def unused(self, paths: list[str]) -> list[str]:
-        """The ``paths`` in neither split: images beside the class folders or in other folders."""
+        """The ``paths`` in no split: images beside the class folders or in other folders."""
         used = {path for path, _ in self.train}
         used.update(path for path, _ in self.test or ())
+        used.update(path for path, _ in self.validation or ())
         return [path for path in paths if path not in used]
+
+    def prefixes(self) -> dict[str, str]:
+        """Each split's folder (its class folders' parent), by split name."""
+        named = {"train": self.train_prefix, "validation": self.validation_prefix, "test": self.test_prefix}
+        return {split: prefix for split, prefix in named.items() if prefix is not None}
 
 
 def resolve_layout(paths: list[str], source: str, other_paths: list[str] | None = None) -> FolderLayout:
     """Find the classes and splits of the images at ``paths`` (relative POSIX paths).
 
     A level holding a single folder and no images is descended into, unless that folder holds
-    images itself (then it is the only class). A level with ``train/``
-    and ``test/`` (or ``val/``) folders is split into those; otherwise each folder is a class.
+    images itself (then it is the only class). A level with a ``train/`` folder beside ``test/``
+    and/or a validation folder (``val/``, ``valid/`` or ``validation/``) is split into those;
+    otherwise each folder is a class.
     ``other_paths`` are the source's files skipped by type (other file types, hidden files): a
     folder among the class folders holding only such files is an error, a class without images.
 
@@ -72,12 +82,20 @@ def resolve_layout(paths: list[str], source: str, other_paths: list[str] | None 
             # The single folder holds images itself: it is the one class (fine for evaluation).
             break
         prefix += only + "/"
-    if "train" in folders and ("test" in folders or "val" in folders):
-        test_folder = "test" if "test" in folders else "val"
-        train_prefix, test_prefix = prefix + "train/", prefix + test_folder + "/"
+    validation_folder = next((name for name in VALIDATION_FOLDERS if name in folders), None)
+    if "train" in folders and ("test" in folders or validation_folder is not None):
+        train_prefix = prefix + "train/"
         class_names, train = _class_layout(paths, train_prefix, source, other_paths)
-        test = _test_split(paths, test_prefix, class_names, source, other_paths)
-        return FolderLayout(class_names, train, test, test_folder, train_prefix, test_prefix)
+        layout = FolderLayout(class_names, train, None, train_prefix)
+        if "test" in folders:
+            layout.test_prefix = prefix + "test/"
+            layout.test = _held_out_split(paths, layout.test_prefix, class_names, source, other_paths)
+        if validation_folder is not None:
+            layout.validation_prefix = prefix + validation_folder + "/"
+            layout.validation = _held_out_split(
+                paths, layout.validation_prefix, class_names, source, other_paths
+            )
+        return layout
     class_names, train = _class_layout(paths, prefix, source, other_paths)
     return FolderLayout(class_names, train, None, train_prefix=prefix)
 
@@ -119,7 +137,7 @@ def _class_layout(
     return class_names, labelled
 
 
-def _test_split(
+def _held_out_split(
     paths: list[str], prefix: str, class_names: list[str], source: str, other_paths: list[str]
 ) -> list[tuple[str, int]]:
     test_names, test_images = _class_layout(paths, prefix, source, other_paths)
@@ -128,9 +146,9 @@ def _test_split(
     if unknown:
         raise DataError(
             f"{source}/{prefix.rstrip('/')} has class folder '{unknown[0]}' that train/ lacks; "
-            f"test classes must be among the training classes: {', '.join(class_names)}"
+            f"its classes must be among the training classes: {', '.join(class_names)}"
         )
-    # Test labels follow the training class order, matched by folder name.
+    # Held-out labels follow the training class order, matched by folder name.
     return sorted(
         ((path, index[test_names[label]]) for path, label in test_images),
         key=lambda item: (item[1], item[0]),

@@ -36,6 +36,7 @@ from cnnkit.data.folders import (
     ImageSource,
     decode_source,
     displayed,
+    displayed_folders,
     resolve_workers,
     scan_folder,
     scan_zip,
@@ -129,7 +130,8 @@ class _SourceLoader:
         splits = load_cache(path)
         if splits is not None:
             if self.progress:
-                count = len(splits.train) + (len(splits.test) if splits.test is not None else 0)
+                held_out = [split for split in (splits.test, splits.validation) if split is not None]
+                count = len(splits.train) + sum(len(split) for split in held_out)
                 elapsed = time.perf_counter() - started
                 print(
                     f"Loaded {count:,} decoded images from cache {path} in {elapsed:.2f}s",
@@ -165,7 +167,9 @@ class _SourceLoader:
 
         def build() -> CachedSplits:
             decoded = decode_source(scan(), self.image_size, self.workers, self.progress, self.strict)
-            return CachedSplits(decoded.train, decoded.test, decoded.skipped)
+            return CachedSplits(
+                decoded.train, decoded.test, decoded.skipped, decoded.validation, decoded.folders
+            )
 
         splits = self.cached(kind, content_hash, self.image_size, build)
         skipped = displayed(kind, path, splits.skipped)
@@ -174,7 +178,9 @@ class _SourceLoader:
         problem = first_problem(skipped) if self.strict else None
         if problem is not None:
             raise strict_error(problem)
-        return DataSplits(splits.train, splits.test, f"image {kind} ({path})", skipped)
+        folders = displayed_folders(kind, path, splits.folders)
+        description = f"image {kind} ({path})"
+        return DataSplits(splits.train, splits.test, description, skipped, splits.validation, folders)
 
 
 def _load_folder(loader: _SourceLoader, path: Path) -> DataSplits:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from cnnkit.api import Classifier
 from cnnkit.checkpoint import Checkpoint, load_checkpoint, to_plain
-from cnnkit.data import ImageData, load_dataset, split_train_val
+from cnnkit.data import ImageData, load_dataset
 from cnnkit.engine.device import configure_process
 from cnnkit.engine.evaluation import predict_logits
 from cnnkit.fileio import atomic_write_text
@@ -29,6 +29,7 @@ from cnnkit.reports.classification import (
 )
 from cnnkit.reports.evaluation_plots import plot_confusion_matrix, plot_misclassified
 from cnnkit.runs.folders import create_run_folder
+from cnnkit.runs.splits import training_splits
 
 REPORT_FILES = {
     "per_class_csv": "per_class.csv",
@@ -170,22 +171,24 @@ def evaluate_checkpoint(
 
 
 def _evaluation_data(checkpoint: Checkpoint, data) -> tuple[ImageData, str, str]:
-    if data is not None:
-        splits = load_dataset(data, image_size=checkpoint.image_size)
-        if splits.test is not None:
-            return splits.test, "test", splits.source
-        return splits.train, "all", splits.source
-    source = checkpoint.config.get("data", "cifar10")
-    splits = load_dataset(source, image_size=checkpoint.image_size)
+    """The images to score: ``data``'s test split (else its validation folder, else all of it), or
+    without ``data`` the run's own test split, validation folder or exactly the share it held out."""
+    splits = load_dataset(
+        data if data is not None else checkpoint.config.get("data", "cifar10"),
+        image_size=checkpoint.image_size,
+    )
     if splits.test is not None:
-        return splits.test, "test", splits.source
-    recipe = checkpoint.recipe
-    if recipe is None:
+        return splits.test, "test", splits.folders.get("test", splits.source)
+    if splits.validation is not None:
+        return splits.validation, "validation", splits.folders["validation"]
+    if data is not None:
+        return splits.train, "all", splits.source
+    if checkpoint.recipe is None:
         raise ValueError("The checkpoint records no recipe, so not its validation split: pass --data.")
-    _, val = split_train_val(splits.train, recipe.validation_split, recipe.seed)
-    if val is None:
-        raise ValueError(f"The run trained on all of {source} and it has no test split: pass --data.")
-    return val, "validation", splits.source
+    _, validation = training_splits(splits, checkpoint.recipe)
+    if validation is None:
+        raise ValueError(f"The run trained on all of {splits.source} and it has no test split: pass --data.")
+    return validation, "validation", splits.source
 
 
 def match_labels(data: ImageData, class_names: list[str]) -> torch.Tensor:

@@ -29,7 +29,6 @@ from cnnkit.data import (
     classes_without_validation,
     load_dataset,
     skipped_summary,
-    split_train_val,
     write_skipped_list,
 )
 from cnnkit.engine import distributed
@@ -44,6 +43,7 @@ from cnnkit.recipes import DEFAULT_RECIPE, Recipe, load_recipe
 from cnnkit.reports.splits import metrics_by_split
 from cnnkit.runs.folders import CONFIG_FILE, create_run_folder, write_config, write_report
 from cnnkit.runs.recorder import RunRecorder
+from cnnkit.runs.splits import report_split, split_roles, training_splits
 
 
 @dataclass
@@ -83,10 +83,16 @@ def train(
     verbose = verbose and job.is_main
     splits = load_dataset(data, image_size=recipe.image_size, progress=verbose, strict=strict)
     check_trainable(splits.train, splits.source)
-    train_data, val_data = split_train_val(splits.train, recipe.validation_split, recipe.seed)
+    train_data, val_data = training_splits(splits, recipe)
     image_size = _square_size(train_data)
     if verbose:
         _note_setup(train_data, val_data, device, precision)
+        if splits.validation is not None:
+            print(
+                f"Validating on {splits.folders['validation']} ({len(val_data)} images); "
+                "validation_split does not apply.",
+                file=sys.stderr,
+            )
     normalization = Normalization.for_recipe(recipe.normalization, train_data.images)
     classifier = Classifier(
         recipe.model,
@@ -154,7 +160,7 @@ def resume(
     job, device = distributed.initialize(device)
     verbose = verbose and job.is_main
     splits = load_dataset(config["data"], image_size=recipe.image_size, progress=verbose)
-    train_data, val_data = split_train_val(splits.train, recipe.validation_split, recipe.seed)
+    train_data, val_data = training_splits(splits, recipe)
     if train_data.class_names != checkpoint.class_names:
         raise ValueError(
             f"The classes of {config['data']} changed since the run started: "
@@ -278,9 +284,7 @@ def _final_report(run: _Run, history: History, seconds: float) -> dict[str, Any]
     """
     folder = run.folder
     best_path = folder / "best.pt"
-    split_name, evaluation_data = (
-        ("test", run.splits.test) if run.splits.test is not None else ("validation", run.val_data)
-    )
+    split_name, evaluation_data = report_split(run.splits, run.val_data)
     report: dict[str, Any] = {
         "run_folder": str(folder),
         "model": run.classifier.model_name,
@@ -293,11 +297,12 @@ def _final_report(run: _Run, history: History, seconds: float) -> dict[str, Any]
     }
     if evaluation_data is not None:
         best = load_checkpoint(best_path)
-        scored = Classifier.from_checkpoint(
+        model = Classifier.from_checkpoint(
             best, device=str(run.classifier.device), precision=precision_name(run.classifier.precision)
         )
-        metrics = scored.evaluate(evaluation_data.images, evaluation_data.labels)
-        report["evaluation"] = {"split": split_name, "checkpoint": "best.pt", "epoch": best.epoch, **metrics}
+        metrics = model.evaluate(evaluation_data.images, evaluation_data.labels)
+        scored = {"split": split_name, "data": run.config["splits"][split_name], "checkpoint": "best.pt"}
+        report["evaluation"] = {**scored, "epoch": best.epoch, **metrics}
         if split_name == "test":
             best.metrics["test"] = metrics
             save_checkpoint(best_path, best)
@@ -316,6 +321,7 @@ def _run_config(
     return {
         "data": source,
         "data_description": splits.source,
+        "splits": split_roles(splits, recipe),  # which data served as what
         "recipe": recipe.to_dict(),
         "precision": precision_name(classifier.precision),
         "strict": strict,
