@@ -29,18 +29,24 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def decode_image(data: bytes, image_size: int | None, name: str) -> np.ndarray:
+def decode_image(
+    data: bytes, image_size: int | None, name: str, resize_size: int | None = None
+) -> np.ndarray:
     """Decode image file bytes into an (H, W, 3) uint8 RGB array.
 
     Every Pillow mode becomes RGB (see ``to_rgb``): transparent images are composited on white,
     16-bit and float images are scaled to 8 bits, CMYK is inverted per its Adobe marker. EXIF
     orientation is applied; of an animated GIF or a multi-page TIFF, the first frame is used.
     With ``image_size``, an image of another size has its shorter side resized to ``image_size``
-    (bilinear) and is then center-cropped to an ``image_size`` square.
+    (bilinear) and is then center-cropped to an ``image_size`` square. With ``resize_size`` (>=
+    ``image_size``), the shorter side is resized to ``resize_size`` instead, and the centre
+    ``image_size`` square of that is kept (``center_crop``): the evaluation transform of models
+    trained on random crops, which keeps the middle ``image_size / resize_size`` of the view.
 
     Args:
         data: the encoded file content.
         image_size: side of the square output, or ``None`` to keep the image's own size.
+        resize_size: the square the image is resized to before the centre crop (default: ``image_size``).
         name: file name used in error messages.
 
     Raises:
@@ -49,8 +55,10 @@ def decode_image(data: bytes, image_size: int | None, name: str) -> np.ndarray:
     """
     if not data:
         raise ImageDecodeError(name, "empty file (0 bytes)", f"{name} is an empty file (0 bytes)")
+    if resize_size is not None and image_size is not None and resize_size != image_size:
+        return center_crop(decode_image(data, resize_size, name), image_size)
     try:
-        with _open_quietly(data) as image:
+        with open_header(data) as image:
             _check_pixel_count(image, name)
             if image_size is not None and image.format == "JPEG":
                 # Let libjpeg decode at a reduced scale when the target is much smaller.
@@ -77,17 +85,31 @@ def decode_image(data: bytes, image_size: int | None, name: str) -> np.ndarray:
         ) from error
 
 
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The centre ``size`` x ``size`` square of an ``(H, W, ...)`` array (a view; offsets rounded down).
+
+    Training stores images at the resize size and crops them with this very slice, so that the
+    pixels a model is scored on in training are those ``decode_image`` gives it later.
+    """
+    height, width = image.shape[:2]
+    if size > min(height, width):
+        raise ValueError(f"Cannot crop {size} px from a {height}x{width} image.")
+    top, left = (height - size) // 2, (width - size) // 2
+    return image[top : top + size, left : left + size]
+
+
 def image_pixels(data: bytes) -> int | None:
     """Width x height from the file's header alone (no decoding), or None if it is no image."""
     try:
-        with _open_quietly(data) as image:
+        with open_header(data) as image:
             width, height = image.size
     except Exception:
         return None
     return width * height
 
 
-def _open_quietly(data: bytes) -> Image.Image:
+def open_header(data: bytes) -> Image.Image:
+    """``data`` opened by Pillow, header read, nothing decoded (no decompression-bomb warning)."""
     # Pillow warns (DecompressionBombWarning) from 89 megapixels on; the pixel count is checked
     # here instead, with one message, so nothing reaches the user's stderr.
     with warnings.catch_warnings():

@@ -33,6 +33,8 @@ class ImageReader(Protocol):
 
     def read(self, name: str) -> bytes: ...
 
+    def read_head(self, name: str, size: int) -> bytes: ...
+
     def close(self) -> None: ...
 
 
@@ -49,6 +51,11 @@ class FolderReader:
             raise ImageDecodeError(
                 display_name(FOLDER, self.root, name), describe_read_error(error)
             ) from error
+
+    def read_head(self, name: str, size: int) -> bytes:
+        """The first ``size`` bytes of file ``name`` (its header, for the image's size)."""
+        with open(self.root / name, "rb") as file:
+            return file.read(size)
 
     def close(self) -> None:
         """Nothing to release: each read opens and closes its own file."""
@@ -67,6 +74,11 @@ class ZipReader:
         except READ_ERRORS as error:
             # One damaged, encrypted, oddly compressed or inflating member must not stop the others.
             raise ImageDecodeError(display_name(ZIP, self.path, name), describe_read_error(error)) from error
+
+    def read_head(self, name: str, size: int) -> bytes:
+        """The first ``size`` bytes of member ``name``: only what is needed is inflated."""
+        with self.archive.open(name) as member:
+            return member.read(size)
 
     def close(self) -> None:
         self.archive.close()
