@@ -119,6 +119,25 @@ def test_environment_overrides_url_and_md5(server, tmp_path, monkeypatch):
 def test_invalid_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"md5 must be a 32-character hex digest\. Received: md5='x'"):
         download("http://127.0.0.1/x", tmp_path / "x", "x")
+    with pytest.raises(
+        ValueError, match=r"sha256_prefix must be 8 to 64 hex digits\. Received: sha256_prefix='abc'"
+    ):
+        download("http://127.0.0.1/x", tmp_path / "x", sha256_prefix="abc")
+    with pytest.raises(ValueError, match=r"Pass exactly one of md5 and sha256_prefix"):
+        download("http://127.0.0.1/x", tmp_path / "x", PAYLOAD_MD5, sha256_prefix="0123abcd")
+    with pytest.raises(ValueError, match=r"Pass exactly one of md5 and sha256_prefix"):
+        download("http://127.0.0.1/x", tmp_path / "x")
+
+
+def test_a_sha256_prefix_verifies_the_download(server, tmp_path):
+    server.routes["/w.pth"] = (PAYLOAD, True)
+    prefix = hashlib.sha256(PAYLOAD).hexdigest()[:8]
+    destination = download(f"{server.url}/w.pth", tmp_path / "w.pth", sha256_prefix=prefix, progress=False)
+    assert destination.read_bytes() == PAYLOAD
+    wrong = "0" * 8 if prefix != "0" * 8 else "1" * 8
+    with pytest.raises(DataError, match=f"expected a SHA-256 digest starting with {wrong}, got {prefix}"):
+        download(f"{server.url}/w.pth", tmp_path / "other.pth", sha256_prefix=wrong, progress=False)
+    assert not (tmp_path / "other.pth").exists()
 
 
 def test_load_dataset_downloads_cifar10(server, fake_cifar, monkeypatch, isolated_home):

@@ -11,6 +11,7 @@ import ssl
 import sys
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -45,41 +46,102 @@ def md5_of_file(path: Path) -> str:
         return hashlib.file_digest(file, "md5").hexdigest()
 
 
-def download(url: str, destination: Path, md5: str, progress: bool = True) -> Path:
-    """Download ``url`` to ``destination`` unless a copy with the right ``md5`` is already there.
+def sha256_of_file(path: Path) -> str:
+    """Return the SHA-256 hex digest of the bytes of ``path``."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
+
+@dataclass(frozen=True)
+class _Checksum:
+    """What the bytes must hash to: a whole md5 digest, or the start of a SHA-256 digest."""
+
+    algorithm: str  # "md5" or "sha256"
+    expected: str  # lower-case hex: all 32 digits of an md5, or a prefix of a SHA-256
+
+    @classmethod
+    def from_arguments(cls, md5: str | None, sha256_prefix: str | None) -> _Checksum:
+        if (md5 is None) == (sha256_prefix is None):
+            raise ValueError(
+                f"Pass exactly one of md5 and sha256_prefix. Received: md5={md5!r}, "
+                f"sha256_prefix={sha256_prefix!r}"
+            )
+        if md5 is not None:
+            if not isinstance(md5, str) or len(md5) != 32 or not _is_hex(md5):
+                raise ValueError(f"md5 must be a 32-character hex digest. Received: md5={md5!r}")
+            return cls("md5", md5.lower())
+        # Fewer than 8 digits would let a damaged file pass too easily (1 in 4 billion at 8).
+        prefix_length = len(sha256_prefix) if isinstance(sha256_prefix, str) else 0
+        if not 8 <= prefix_length <= 64 or not _is_hex(sha256_prefix):
+            raise ValueError(
+                f"sha256_prefix must be 8 to 64 hex digits. Received: sha256_prefix={sha256_prefix!r}"
+            )
+        return cls("sha256", sha256_prefix.lower())
+
+    def matches(self, hexdigest: str) -> bool:
+        # For md5 both have 32 digits, so "starts with" is equality.
+        return hexdigest.lower().startswith(self.expected)
+
+    def digest_of_file(self, path: Path) -> str:
+        return md5_of_file(path) if self.algorithm == "md5" else sha256_of_file(path)
+
+    def stamp_key(self) -> str:
+        # "md5" keeps the stamps written before SHA-256 prefixes existed valid.
+        return "md5" if self.algorithm == "md5" else "sha256_prefix"
+
+    def describe(self) -> str:
+        if self.algorithm == "md5":
+            return f"md5 {self.expected}"
+        return f"a SHA-256 digest starting with {self.expected}"
+
+
+def _is_hex(text: str) -> bool:
+    return all(character in "0123456789abcdefABCDEF" for character in text)
+
+
+def download(
+    url: str,
+    destination: Path,
+    md5: str | None = None,
+    progress: bool = True,
+    *,
+    sha256_prefix: str | None = None,
+) -> Path:
+    """Download ``url`` to ``destination`` unless a copy with the right checksum is already there.
+
+    The checksum is either ``md5`` (the whole digest) or ``sha256_prefix`` (the first digits of
+    the SHA-256 digest, as PyTorch publishes them in its weight files' names); pass exactly one.
     The bytes stream into a temporary file beside ``destination`` and are renamed over it only
-    once their md5 matches, so an interrupted download never leaves a half-written file.
+    once their checksum matches, so an interrupted download never leaves a half-written file.
 
     Raises:
         DownloadError: the server could not be reached or answered with an HTTP error.
-        DataError: the downloaded bytes do not match ``md5``.
+        DataError: the downloaded bytes do not match the checksum.
     """
     if not isinstance(url, str) or not url:
         raise ValueError(f"url must be a non-empty string. Received: url={url!r}")
-    if not isinstance(md5, str) or len(md5) != 32:
-        raise ValueError(f"md5 must be a 32-character hex digest. Received: md5={md5!r}")
+    checksum = _Checksum.from_arguments(md5, sha256_prefix)
     destination = Path(destination)
     if destination.is_file():
-        if _stamp_matches(destination, md5):
+        if _stamp_matches(destination, checksum):
             return destination
-        if md5_of_file(destination) == md5.lower():
-            _write_stamp(destination, md5)
+        if checksum.matches(checksum.digest_of_file(destination)):
+            _write_stamp(destination, checksum)
             return destination
         print(
-            f"{destination} is incomplete or corrupt (md5 mismatch); downloading it again.",
+            f"{destination} is incomplete or corrupt ({checksum.algorithm} mismatch); downloading it again.",
             file=sys.stderr,
         )
         destination.unlink()
     with atomic_open(destination, "wb") as file:
-        received = _fetch(url, file, progress, description=f"Downloading {destination.name}")
-        if received != md5.lower():
+        received = _fetch(url, file, progress, f"Downloading {destination.name}", checksum.algorithm)
+        if not checksum.matches(received):
             # Raising inside atomic_open discards the temporary file: nothing is left behind.
             raise DataError(
-                f"Checksum mismatch for {url}: expected md5 {md5.lower()}, got {received}. "
+                f"Checksum mismatch for {url}: expected {checksum.describe()}, got {received}. "
                 "The server sent different bytes; try again later."
             )
-    _write_stamp(destination, md5)
+    _write_stamp(destination, checksum)
     return destination
 
 
@@ -87,8 +149,8 @@ def _stamp_path(destination: Path) -> Path:
     return destination.with_name(destination.name + ".verified")
 
 
-def _stamp_matches(destination: Path, md5: str) -> bool:
-    """True when ``destination`` is unchanged since its md5 was last verified.
+def _stamp_matches(destination: Path, checksum: _Checksum) -> bool:
+    """True when ``destination`` is unchanged since its checksum was last verified.
 
     Files only appear here by atomic rename after a checksum, so an unchanged size and mtime mean
     unchanged bytes: the 163 MB archive is not hashed again on every run (~0.3 s).
@@ -98,12 +160,15 @@ def _stamp_matches(destination: Path, md5: str) -> bool:
         status = destination.stat()
     except (OSError, ValueError):
         return False
-    return stamp == {"md5": md5.lower(), "size": status.st_size, "mtime_ns": status.st_mtime_ns}
+    return stamp == _stamp(checksum, status)
 
 
-def _write_stamp(destination: Path, md5: str) -> None:
-    status = destination.stat()
-    stamp = {"md5": md5.lower(), "size": status.st_size, "mtime_ns": status.st_mtime_ns}
+def _stamp(checksum: _Checksum, status: os.stat_result) -> dict[str, str | int]:
+    return {checksum.stamp_key(): checksum.expected, "size": status.st_size, "mtime_ns": status.st_mtime_ns}
+
+
+def _write_stamp(destination: Path, checksum: _Checksum) -> None:
+    stamp = _stamp(checksum, destination.stat())
     with contextlib.suppress(OSError):  # only an optimisation: next time, verify by hashing
         atomic_write_text(_stamp_path(destination), json.dumps(stamp))
 
@@ -148,9 +213,9 @@ def expected_cifar10_md5() -> str:
     return os.environ.get(CIFAR10_MD5_VARIABLE) or CIFAR10_MD5
 
 
-def _fetch(url: str, file: IO[bytes], progress: bool, description: str) -> str:
-    """Stream ``url`` into ``file``; return the md5 of the bytes received."""
-    digest = hashlib.md5()
+def _fetch(url: str, file: IO[bytes], progress: bool, description: str, algorithm: str = "md5") -> str:
+    """Stream ``url`` into ``file``; return the ``algorithm`` hex digest of the bytes received."""
+    digest = hashlib.new(algorithm)
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
             length = response.headers.get("Content-Length")
