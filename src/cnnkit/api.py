@@ -26,7 +26,7 @@ from cnnkit.engine.callbacks import History
 from cnnkit.engine.device import resolve_device, resolve_precision
 from cnnkit.engine.evaluation import evaluate_tensors, predict_logits
 from cnnkit.engine.interrupt import StopRequest
-from cnnkit.engine.preprocess import Normalization
+from cnnkit.engine.preprocess import Normalization, center_crop_images
 from cnnkit.models import create_model
 from cnnkit.recipes import Recipe, load_recipe
 from cnnkit.reports.summary import format_summary
@@ -73,6 +73,9 @@ class Classifier:
             raise ValueError(f"num_classes={num_classes} disagrees with {len(class_names)} class_names.")
         self.class_names = list(class_names)
         self.image_size = image_size
+        # Prediction resizes images to this square first and keeps the centre image_size square
+        # (recipes trained on random crops evaluate so); the same as image_size otherwise.
+        self.resize_size = image_size
         self.normalization = normalization or Normalization()
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -155,12 +158,15 @@ class Classifier:
         callbacks: Sequence[object] = (),
         resume_state: dict | None = None,
         stop_request: StopRequest | None = None,
+        initialize_from_data: bool = True,
     ) -> History:
         """Train on already split data with a complete ``recipe`` (what ``fit`` and the CLI share).
 
         ``callbacks`` hear about the run (``cnnkit.engine.callbacks``); ``resume_state``
         continues a stopped run (``Trainer.state_dict()``); ``stop_request`` makes training save
-        and stop between steps (see ``cnnkit.engine.interrupt``).
+        and stop between steps (see ``cnnkit.engine.interrupt``). Images stored larger than
+        ``image_size`` are cropped to it (random crops in training, the centre for validation);
+        ``initialize_from_data`` False keeps a data-initialised first layer as loaded.
         """
         from cnnkit.engine.trainer import TrainingData, fit  # the trainer loads only to train
 
@@ -178,6 +184,8 @@ class Classifier:
             callbacks=callbacks,
             resume_state=resume_state,
             stop_request=stop_request,
+            input_size=self.image_size,
+            initialize_from_data=initialize_from_data,
         )
         return self.history
 
@@ -187,7 +195,7 @@ class Classifier:
         self.network.to(self.device)
         return evaluate_tensors(
             self.network,
-            data.images,
+            self._model_view(data.images),
             data.labels,
             self.normalization,
             self.device,
@@ -198,12 +206,19 @@ class Classifier:
 
     def predict(self, x: ArrayLike, batch_size: int = 1024) -> np.ndarray:
         """Class probabilities, shape ``(N, classes)``: softmax of the network's logits."""
-        images = _as_images(x)
+        images = self._model_view(_as_images(x))
         self.network.to(self.device)
         logits = predict_logits(
             self.network, images, self.normalization, self.device, self.precision, batch_size, self.tta
         )
         return torch.softmax(logits, dim=1).numpy()
+
+    def _model_view(self, images: torch.Tensor) -> torch.Tensor:
+        """Images at ``resize_size`` (as a run stores them) cropped to the centre ``image_size``;
+        any other size as given."""
+        if self.resize_size != self.image_size and tuple(images.shape[1:3]) == (self.resize_size,) * 2:
+            return center_crop_images(images, self.image_size)
+        return images
 
     def predict_classes(self, x: ArrayLike) -> list[str]:
         """The most probable class name for each image."""
@@ -224,6 +239,7 @@ class Classifier:
             image_size=self.image_size,
             normalization=self.normalization,
             state_dict=self.network.state_dict(),
+            resize_size=self.resize_size,
             recipe=self.recipe,
             config=config or {},
             epoch=epoch,
@@ -259,6 +275,7 @@ class Classifier:
         load_weights(classifier.network, checkpoint.state_dict, source)
         classifier.network.to(classifier.device, memory_format=torch.channels_last)
         classifier.recipe, classifier.tta = checkpoint.recipe, checkpoint.tta
+        classifier.resize_size = checkpoint.resize_size
         return classifier
 
 

@@ -48,6 +48,12 @@ class Checkpoint:
     optimizer_state: dict[str, Any] | None = None
     # last.pt only: step, RNG states, data position, history... (engine.training_state)
     training_state: dict[str, Any] | None = None
+    # Prediction resizes images to this square, then keeps the centre image_size square (None:
+    # image_size, no crop). Recipes trained on random crops store theirs (eval_crop).
+    resize_size: int | None = None
+
+    def __post_init__(self) -> None:
+        self.resize_size = int(self.resize_size or self.image_size)
 
     @property
     def tta(self) -> int:
@@ -93,6 +99,7 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
         "model_arguments": to_plain(checkpoint.model_arguments),
         "class_names": list(checkpoint.class_names),
         "image_size": int(checkpoint.image_size),
+        "resize_size": int(checkpoint.resize_size),
         "normalization": checkpoint.normalization.to_dict(),
         "recipe": checkpoint.recipe.to_dict() if checkpoint.recipe is not None else None,
         "config": to_plain({key: value for key, value in checkpoint.config.items() if key != "recipe"}),
@@ -149,6 +156,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         cnnkit_version=contents.get("cnnkit_version", "unknown"),
         optimizer_state=contents.get("optimizer_state"),
         training_state=contents.get("training_state"),
+        resize_size=contents.get("resize_size"),
     )
 
 

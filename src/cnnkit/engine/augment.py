@@ -1,7 +1,9 @@
-"""Training-time augmentation on normalised ``(N, 3, H, W)`` batches: flips, translations, cutout."""
+"""Training-time augmentation on normalised ``(N, 3, H, W)`` batches: random-resized crops, flips,
+translations, cutout."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,12 +20,48 @@ class RandomDraw:
 
     shifts: torch.Tensor | None = None
     cutout_corners: torch.Tensor | None = None
+    crop_boxes: torch.Tensor | None = None  # (N, 4): width, height, centre x, centre y as fractions
 
     def __getitem__(self, share: slice | torch.Tensor) -> RandomDraw:
         return RandomDraw(
             None if self.shifts is None else self.shifts[share],
             None if self.cutout_corners is None else self.cutout_corners[share],
+            None if self.crop_boxes is None else self.crop_boxes[share],
         )
+
+
+@dataclass(frozen=True)
+class RandomCrops:
+    """Random-resized crops (Inception's augmentation): a crop of ``scale`` of the image's area with
+    aspect ratio in ``ratio``, anywhere it fits, resized to ``size`` x ``size`` (bilinear)."""
+
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    size: int
+
+    def draw(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """``(count, 4)`` boxes: width and height as fractions of the side, and the centre."""
+        area = self.scale[0] + (self.scale[1] - self.scale[0]) * torch.rand(count, generator=generator)
+        low, high = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = torch.exp(low + (high - low) * torch.rand(count, generator=generator))
+        width = torch.sqrt(area * aspect).clamp(max=1.0)
+        height = torch.sqrt(area / aspect).clamp(max=1.0)
+        centre = torch.rand(count, 2, generator=generator)
+        centre_x = width / 2 + centre[:, 0] * (1 - width)
+        centre_y = height / 2 + centre[:, 1] * (1 - height)
+        return torch.stack([width, height, centre_x, centre_y], dim=1)
+
+    def __call__(self, inputs: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Each image's box of ``inputs`` ``(N, 3, H, W)``, resampled to ``(N, 3, size, size)``."""
+        boxes = boxes.to(inputs.device, inputs.dtype)
+        theta = torch.zeros(len(inputs), 2, 3, device=inputs.device, dtype=inputs.dtype)
+        # affine_grid's coordinates run from -1 to 1 across the image: a box of width w centred
+        # at c (fractions) maps the output's [-1, 1] onto [2c - 1 - w, 2c - 1 + w].
+        theta[:, 0, 0], theta[:, 0, 2] = boxes[:, 0], 2 * boxes[:, 2] - 1
+        theta[:, 1, 1], theta[:, 1, 2] = boxes[:, 1], 2 * boxes[:, 3] - 1
+        grid = F.affine_grid(theta, [len(inputs), inputs.shape[1], self.size, self.size], align_corners=False)
+        crops = F.grid_sample(inputs, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        return crops.contiguous(memory_format=torch.channels_last)
 
 
 class Augmenter:
@@ -35,11 +73,18 @@ class Augmenter:
     """
 
     def __init__(
-        self, count: int, flip: str, translate: int, generator: torch.Generator, cutout: int = 0
+        self,
+        count: int,
+        flip: str,
+        translate: int,
+        generator: torch.Generator,
+        cutout: int = 0,
+        crops: RandomCrops | None = None,
     ) -> None:
         self.flip = flip
         self.translate = translate
         self.cutout = cutout
+        self.crops = crops
         self.generator = generator
         self.first_flips = torch.rand(count, generator=generator) < 0.5
 
@@ -53,12 +98,14 @@ class Augmenter:
 
     def draw(self, count: int) -> RandomDraw:
         """Random ``(dy, dx)`` shifts and cutout corners for ``count`` images (None where unused)."""
-        shifts = corners = None
+        shifts = corners = boxes = None
+        if self.crops is not None:
+            boxes = self.crops.draw(count, self.generator)
         if self.translate:
             shifts = torch.randint(-self.translate, self.translate + 1, (count, 2), generator=self.generator)
         if self.cutout:
             corners = torch.rand(count, 2, generator=self.generator)
-        return RandomDraw(shifts, corners)
+        return RandomDraw(shifts, corners, boxes)
 
     def __call__(
         self, inputs: torch.Tensor, flips: torch.Tensor, draw: RandomDraw | None = None
@@ -69,6 +116,8 @@ class Augmenter:
         draw for the global batch; by default it is drawn here.
         """
         draw = self.draw(len(inputs)) if draw is None else draw
+        if self.crops is not None:  # first: the other augmentations work at the model's input size
+            inputs = self.crops(inputs, draw.crop_boxes)
         if self.flip != "none":
             mask = flips.to(inputs.device).view(-1, 1, 1, 1)
             inputs = torch.where(mask, inputs.flip(-1), inputs)

@@ -39,6 +39,20 @@ class Normalization:
         return cls(mean=tuple(sample.mean(0).tolist()), std=tuple(sample.std(0).clamp_min(1e-3).tolist()))
 
 
+def center_crop_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre ``size`` square of uint8 ``(N, H, W, 3)`` images, as a view; themselves if that size.
+
+    The same offsets as ``cnnkit.data.decode.center_crop``, which prediction decodes with.
+    """
+    height, width = images.shape[1:3]
+    if (height, width) == (size, size):
+        return images
+    if size > min(height, width):
+        raise ValueError(f"Cannot crop {size} px from {height}x{width} images.")
+    top, left = (height - size) // 2, (width - size) // 2
+    return images[:, top : top + size, left : left + size]
+
+
 class InputTransform(nn.Module):
     """uint8 ``(N, H, W, 3)`` -> float ``(N, 3, H, W)`` in channels_last memory, normalised.
 

@@ -9,7 +9,7 @@ the best epoch and early stopping are ``engine.best``'s.
 
 from __future__ import annotations
 
-import math
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,21 +19,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnkit.engine import distributed
-from cnnkit.engine.augment import Augmenter
+from cnnkit.engine.augment import Augmenter, RandomCrops
 from cnnkit.engine.best import BestModel
 from cnnkit.engine.callbacks import CallbackList, EpochBegin, EpochEnd, History, Progress
 from cnnkit.engine.evaluation import evaluate_tensors
+from cnnkit.engine.fine_tuning import HeadFirst
 from cnnkit.engine.interrupt import StopRequest, TrainingInterrupted
 from cnnkit.engine.lookahead import Lookahead, lookahead_decay
 from cnnkit.engine.metrics import BATCH_SUMS, VALIDATION_PREFIX, RunningMetrics, mean_values
 from cnnkit.engine.optimization import build_optimizer, lr_multiplier, set_learning_rate
-from cnnkit.engine.preprocess import InputTransform, Normalization
+from cnnkit.engine.planning import activation_bytes_per_image, micro_batch_size, plan_steps
+from cnnkit.engine.preprocess import InputTransform, Normalization, center_crop_images
 from cnnkit.engine.training_state import EpochPosition, load_training_state, training_state
 from cnnkit.recipes import Recipe
 
 # Images the data-initialised first layer (the fast network's whitening) is computed from.
 INITIALIZATION_SAMPLE = 5000
-MIN_STEPS_PER_EPOCH = 10
 # Progress (running loss and accuracy) is read every this many steps: each read syncs a GPU.
 PROGRESS_EVERY = 10
 
@@ -48,39 +49,6 @@ class TrainingData:
     val_labels: torch.Tensor | None = None
 
 
-@dataclass(frozen=True)
-class StepPlan:
-    """How a recipe's epochs become steps on a given number of training images."""
-
-    batch_size: int  # the global batch actually used (smaller than the recipe's on small data)
-    steps_per_epoch: int
-    epochs: int  # whole epochs started (a fractional recipe ends inside the last)
-    total_steps: int
-
-
-def plan_steps(count: int, recipe: Recipe, world_size: int = 1) -> StepPlan:
-    """Batch size, steps per epoch, epochs and total steps for ``count`` training images."""
-    batch_size = min(recipe.batch_size, count)
-    if recipe.loss_reduction == "sum":
-        # Small data sets (a few hundred images a class) still get MIN_STEPS_PER_EPOCH updates
-        # an epoch; with batch 2000 they would get one or none. With a summed loss the step
-        # per example doesn't depend on the batch, so this only adds updates. CIFAR-10 is
-        # unaffected; a mean-loss recipe (the tutorial) keeps the batch it was asked for.
-        batch_size = max(1, min(batch_size, count // MIN_STEPS_PER_EPOCH))
-    steps_per_epoch = count // batch_size if recipe.drop_last else math.ceil(count / batch_size)
-    if world_size > 1:
-        # Every process needs at least one image of every step (BatchNorm can't take none).
-        if batch_size < world_size:
-            raise ValueError(
-                f"The global batch must hold at least one image per process. "
-                f"Received: batch_size={batch_size} with {world_size} processes"
-            )
-        if 0 < count % batch_size < world_size and not recipe.drop_last:
-            steps_per_epoch -= 1  # the epoch's last, tiny batch is dropped
-    total_steps = math.ceil(steps_per_epoch * recipe.epochs)
-    return StepPlan(batch_size, steps_per_epoch, math.ceil(recipe.epochs), total_steps)
-
-
 def fit(
     model: nn.Module,
     data: TrainingData,
@@ -91,14 +59,19 @@ def fit(
     callbacks: Sequence[object] = (),
     resume_state: dict | None = None,
     stop_request: StopRequest | None = None,
+    input_size: int | None = None,
+    initialize_from_data: bool = True,
 ) -> History:
     """Train ``model`` in place as ``recipe`` says; return the per-epoch history.
 
     ``callbacks`` hear about the run (see ``engine.callbacks``; ``engine.console.ConsoleLogger``
     prints it). ``resume_state`` (from ``Trainer.state_dict``) continues a run exactly where it
     stopped; ``stop_request`` (see ``engine.interrupt``) makes it save and stop between two steps.
+    ``input_size``: the model's input side, when the stored training images are larger (they are
+    then cropped to it; default: their size). ``initialize_from_data`` False keeps a data-
+    initialised first layer as it is (weights loaded from a trained model).
     """
-    trainer = Trainer(model, data, recipe, normalization, device, precision)
+    trainer = Trainer(model, data, recipe, normalization, device, precision, input_size, initialize_from_data)
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
     return trainer.fit(callbacks, stop_request)
@@ -107,7 +80,17 @@ def fit(
 class Trainer:
     """The state of one training run: model, optimizer, augmentation, lookahead, step count."""
 
-    def __init__(self, model, data, recipe, normalization, device, precision) -> None:
+    def __init__(
+        self,
+        model,
+        data,
+        recipe,
+        normalization,
+        device,
+        precision,
+        input_size=None,
+        initialize_from_data=True,
+    ) -> None:
         self.model = model.to(device, memory_format=torch.channels_last)
         # Under torchrun: this rank's place. The forward/backward runs through the DDP wrapper.
         self.distributed = distributed.current()
@@ -121,10 +104,12 @@ class Trainer:
                 f"Early stopping watches validation metrics: use a validation split. "
                 f"Received: patience={recipe.patience} with no validation images"
             )
-        image_side = min(data.train_images.shape[1:3])  # (N, H, W, C) pixels
-        if recipe.cutout > image_side:
+        stored_side = min(data.train_images.shape[1:3])  # (N, H, W, C) pixels
+        self.input_size = input_size or stored_side
+        if recipe.cutout > self.input_size:
+            size = self.input_size
             raise ValueError(
-                f"cutout must be at most the image size ({image_side} px). Received: cutout={recipe.cutout}"
+                f"cutout must be at most the image size ({size} px). Received: cutout={recipe.cutout}"
             )
         # Without validation data, "best" falls back to the training metric of the same kind.
         monitor = recipe.monitor if has_validation else recipe.monitor.removeprefix(VALIDATION_PREFIX)
@@ -135,27 +120,61 @@ class Trainer:
         plan = plan_steps(len(data.train_images), recipe, self.distributed.world_size)
         self.batch_size, self.steps_per_epoch = plan.batch_size, plan.steps_per_epoch
         self.epochs, self.total_steps = plan.epochs, plan.total_steps
+        self.micro_batch_size = self._plan_micro_batches()
         self.step = 0
         self.history = History()
         self.position: EpochPosition | None = None  # None between epochs
         self.augmenter = Augmenter(
-            len(data.train_images), recipe.flip, recipe.translate, self.generator, recipe.cutout
+            len(data.train_images),
+            recipe.flip,
+            recipe.translate,
+            self.generator,
+            recipe.cutout,
+            self._crops(),
         )
         self.lookahead: Lookahead | None = None
-        self._initialize_from_data()
+        self.head_first = HeadFirst(self.model, recipe.freeze_epochs, recipe.fine_tune_lr_scale)
+        if initialize_from_data:
+            self._initialize_from_data()
         # Weight decay per step scales with the batch actually used (smaller on small data).
         self.optimizer = build_optimizer(self.model, recipe.replace(batch_size=self.batch_size), device)
         # fp16 gradients underflow without loss scaling (bf16 has fp32's range and needs none).
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
 
+    def _crops(self) -> RandomCrops | None:
+        """Random-resized crops from the recipe, or random crops of the input size from images
+        stored larger (the same scale as the centre crop evaluation sees); None for neither."""
+        recipe, stored = self.recipe, self.data.train_images.shape[1]
+        if recipe.random_crops:
+            return RandomCrops(recipe.crop_scale, recipe.crop_ratio, self.input_size)
+        if stored > self.input_size:
+            share = (self.input_size / stored) ** 2
+            return RandomCrops((share, share), (1.0, 1.0), self.input_size)
+        return None
+
+    def _plan_micro_batches(self) -> int:
+        """This process's images per forward pass: its whole share of the batch, or less where
+        that would pass the recipe's memory budget (then gradients add up over micro-batches)."""
+        data = self.data
+        fixed = sum(
+            t.numel() * t.element_size() for t in (data.train_images, data.val_images) if t is not None
+        )
+        fixed += 4 * sum(
+            parameter.numel() * parameter.element_size() for parameter in self.model.parameters()
+        )
+        per_image = activation_bytes_per_image(self.model, self.input_size, self.device)
+        budget = self.recipe.memory_budget_gb * 2**30
+        return micro_batch_size(self.batch_size, per_image, budget, fixed, self.distributed.world_size)
+
     def _initialize_from_data(self) -> None:
-        """Models with a data-dependent first layer (``initialize_from_data``) get a sample."""
+        """Models with a data-dependent first layer (``initialize_from_data``) get a sample, seen
+        as evaluation sees images (centre crops of the input size)."""
         initialize = getattr(self.model, "initialize_from_data", None)
         if initialize is None:
             return
         images = self.data.train_images
         sample = torch.randperm(len(images), generator=self.generator)[:INITIALIZATION_SAMPLE]
-        initialize(self.to_input(images[sample]))
+        initialize(self.to_input(center_crop_images(images[sample], self.input_size)))
 
     @property
     def completed_epochs(self) -> int:
@@ -243,7 +262,9 @@ class Trainer:
             return {}
         # Each rank scores its share of the validation set; the sums are added up across ranks.
         share = self.distributed.shard(len(self.data.val_images))
-        images, labels = self.data.val_images[share], self.data.val_labels[share]
+        # Stored larger than the input (random-crop recipes): scored on centre crops, as predicted.
+        images = center_crop_images(self.data.val_images[share], self.input_size)
+        labels = self.data.val_labels[share]
         sums = [0.0] * len(BATCH_SUMS) + [float(len(images))]
         if len(images):
             result = evaluate_tensors(
@@ -265,7 +286,9 @@ class Trainer:
         """Run the current epoch's remaining steps (all of them, unless resumed mid-epoch)."""
         position = self.position
         self.model.train()
-        self._set_first_layer_bias_trainable(position.epoch)
+        self.head_first.apply(self.model, position.epoch)
+        if not self.head_first.is_frozen(position.epoch):
+            self._set_first_layer_bias_trainable(position.epoch)
         self._wrap_for_distributed()
         # Every epoch but the last is whole; the last may be cut short by fractional epochs.
         steps = min(self.steps_per_epoch, self.total_steps - (position.epoch - 1) * self.steps_per_epoch)
@@ -276,7 +299,7 @@ class Trainer:
         started = time.perf_counter()
         for step in range(position.step, steps):
             batch = position.order[step * self.batch_size : (step + 1) * self.batch_size]
-            loss, logits, targets = self.train_step(batch, position.flips[batch])
+            loss = self.train_step(batch, position.flips[batch], running)
             # Reading the loss forces a device sync: free on the CPU, so every step there; on a GPU
             # only at the progress updates, which sync anyway.
             sync_point = step % PROGRESS_EVERY == 0 or step == steps - 1
@@ -284,8 +307,6 @@ class Trainer:
                 raise FloatingPointError(
                     f"Loss became {loss.item()} at epoch {position.epoch}/{self.epochs}, step {step + 1}."
                 )
-            summed_loss = loss * (len(targets) if self.recipe.loss_reduction == "mean" else 1)
-            running.add(summed_loss, logits, targets)
             position.step = step + 1
             if reports_progress and sync_point:
                 listeners.call("on_progress", Progress(position.epoch, position.step, running.values()))
@@ -317,35 +338,64 @@ class Trainer:
             saved,
         )
 
-    def train_step(self, batch: torch.Tensor, flips: torch.Tensor):
-        """Forward, backward and update on one global batch of indices.
+    def train_step(self, batch: torch.Tensor, flips: torch.Tensor, running: RunningMetrics) -> torch.Tensor:
+        """Forward, backward and update on one global batch of indices; the batch's metrics go to
+        ``running``. Returns this rank's loss (its last micro-batch's, checked for NaN per step).
 
-        Returns this rank's (loss, logits, targets); alone, the rank's share is the whole batch.
+        The rank's share runs in micro-batches of ``micro_batch_size`` when the whole would pass
+        the memory budget: their gradients add up to the share's, so the update is the batch's
+        (BatchNorm normalises each micro-batch by its own statistics). One micro-batch is the
+        plain step, unchanged.
         """
         global_count = len(batch)
         draw = self.augmenter.draw(global_count)  # drawn for the global batch on every rank
         share = self.distributed.shard(global_count)
-        batch, flips = batch[share], flips[share]
-        inputs = self.augmenter(self.to_input(self.data.train_images[batch]), flips, draw[share])
-        targets = self.data.train_labels[batch].to(self.device, non_blocking=True)
-        set_learning_rate(self.optimizer, lr_multiplier(self.step, self.total_steps, self.recipe))
+        batch, flips, draw = batch[share], flips[share], draw[share]
+        epoch = self.completed_epochs + 1
+        multiplier = lr_multiplier(self.step, self.total_steps, self.recipe) * self.head_first.lr_scale(epoch)
+        set_learning_rate(self.optimizer, multiplier)
+        self.optimizer.zero_grad(set_to_none=True)
+        starts = range(0, len(batch), self.micro_batch_size)
+        for index, start in enumerate(starts):
+            part = slice(start, start + self.micro_batch_size)
+            last = index == len(starts) - 1
+            # DDP averages gradients over ranks at the backward pass of the last micro-batch only.
+            with (
+                contextlib.nullcontext()
+                if last or not self.distributed.enabled
+                else self.training_model.no_sync()
+            ):
+                loss = self._forward_backward(
+                    batch[part], flips[part], draw[part], global_count, len(batch), running
+                )
+        self.scaler.step(self.optimizer)  # a plain step unless fp16 (then unscaled, skipped on overflow)
+        self.scaler.update()
+        self.step += 1
+        self._lookahead_step()
+        return loss
+
+    def _forward_backward(
+        self, indices, flips, draw, global_count: int, share_count: int, running
+    ) -> torch.Tensor:
+        inputs = self.augmenter(self.to_input(self.data.train_images[indices]), flips, draw)
+        targets = self.data.train_labels[indices].to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.precision, enabled=self.precision != torch.float32):
             logits = self.training_model(inputs)
         loss, objective = self.loss(logits, targets)
+        is_sum = self.recipe.loss_reduction == "sum"
+        if len(indices) != share_count and not is_sum:  # a micro-batch: its part of the share's mean
+            objective = objective * (len(indices) / share_count)
         if self.distributed.enabled:
             # DDP averages gradients over ranks. Scaled so the average is the global batch's own
             # gradient: a summed loss the sum over every rank, a mean the mean over the global
             # batch (shares may differ by one image).
             world_size = self.distributed.world_size
-            is_sum = self.recipe.loss_reduction == "sum"
-            objective = objective * (world_size if is_sum else world_size * len(targets) / global_count)
-        self.optimizer.zero_grad(set_to_none=True)
+            objective = objective * (world_size if is_sum else world_size * share_count / global_count)
         self.scaler.scale(objective).backward()
-        self.scaler.step(self.optimizer)  # a plain step unless fp16 (then unscaled, skipped on overflow)
-        self.scaler.update()
-        self.step += 1
-        self._lookahead_step()
-        return loss.detach(), logits.detach() if logits.ndim == 2 else logits.detach().mean(0), targets
+        loss = loss.detach()
+        member_mean = logits.detach() if logits.ndim == 2 else logits.detach().mean(0)
+        running.add(loss * (1 if is_sum else len(targets)), member_mean, targets)
+        return loss
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the loss to report, the loss to minimise).

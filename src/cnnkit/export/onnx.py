@@ -233,6 +233,7 @@ def _metadata(checkpoint: Checkpoint, pixel_format: str, tta: int, exporter: str
         "model_arguments": checkpoint.model_arguments,
         "class_names": list(checkpoint.class_names),
         "image_size": int(checkpoint.image_size),
+        "resize_size": int(checkpoint.resize_size),
         "input_format": pixel_format,
         "normalization": checkpoint.normalization.to_dict(),
         "tta": tta,

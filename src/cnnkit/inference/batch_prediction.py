@@ -122,7 +122,7 @@ def _predict_items(
     with ItemReader() as reader:
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            images = [_decode_item(item, classifier.image_size, reader) for item in chunk]
+            images = [_decode_item(item, classifier, reader) for item in chunk]
             yield from _classify_chunk(classifier, chunk, images, top_k, batch_size)
 
 
@@ -153,7 +153,7 @@ def _classify_chunk(
         yield PredictionResult(item.path, predictions)
 
 
-def _decode_item(item: InputItem, image_size: int, reader: ItemReader) -> np.ndarray | str:
+def _decode_item(item: InputItem, classifier: Predictor, reader: ItemReader) -> np.ndarray | str:
     """The decoded image, or the one-line reason there is none."""
     if item.error is not None:
         return item.error
@@ -162,7 +162,7 @@ def _decode_item(item: InputItem, image_size: int, reader: ItemReader) -> np.nda
     except READ_ERRORS as error:  # damaged, encrypted, too large: this image's error, not the run's
         return describe_read_error(error)
     try:
-        return decode_image(data, image_size, item.path)
+        return decode_image(data, classifier.image_size, item.path, classifier.resize_size)
     except ValueError as error:  # decode_image's DataError, naming the file
         return str(error)
     except Exception as error:

@@ -29,7 +29,16 @@ FLOAT_NCHW = "float-nchw-rgb"
 INPUT_FORMATS = (UINT8_NHWC, FLOAT_NCHW)
 DEFAULT_BATCH_SIZE = 256
 # metadata_props values are strings; these hold JSON (lists, dicts, numbers).
-JSON_KEYS = ("class_names", "image_size", "normalization", "tta", "metrics", "epoch", "model_arguments")
+JSON_KEYS = (
+    "class_names",
+    "image_size",
+    "resize_size",
+    "normalization",
+    "tta",
+    "metrics",
+    "epoch",
+    "model_arguments",
+)
 METADATA_KEYS = (
     "format",
     "format_version",
@@ -37,6 +46,7 @@ METADATA_KEYS = (
     "model_arguments",
     "class_names",
     "image_size",
+    "resize_size",
     "input_format",
     "normalization",
     "tta",
@@ -72,6 +82,7 @@ class OnnxClassifier:
     Attributes:
         class_names: the model's classes, in output order.
         image_size: side of the square images it takes.
+        resize_size: the square images are decoded to before the centre ``image_size`` crop.
         metadata: the file's description: ``model_name``, ``class_names``, ``image_size``,
             ``input_format``, ``normalization``, ``tta``, ``metrics``, ``epoch``,
             ``cnnkit_version``, ... plus ``source`` (``"onnx"``) and ``path``.
@@ -106,6 +117,8 @@ class OnnxClassifier:
         self.metadata.update(source="onnx", path=str(path))
         self.class_names: list[str] = list(self.metadata["class_names"])
         self.image_size: int = int(self.metadata["image_size"])
+        # Files exported before resize_size existed: images were resized to the input size.
+        self.resize_size: int = int(self.metadata.get("resize_size", self.image_size))
         self.input_format: str = self.metadata["input_format"]
         self.path = path
 

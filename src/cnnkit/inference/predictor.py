@@ -25,6 +25,7 @@ class Predictor(Protocol):
 
     class_names: list[str]
     image_size: int
+    resize_size: int  # decode to this square, then keep the centre image_size square
     metadata: dict[str, Any]
 
     def predict(self, images: np.ndarray, batch_size: int = ...) -> np.ndarray:
@@ -73,11 +74,13 @@ class CheckpointPredictor:
         )
         self.class_names: list[str] = list(self.classifier.class_names)
         self.image_size: int = int(self.classifier.image_size)
+        self.resize_size: int = int(checkpoint.resize_size)
         self.metadata: dict[str, Any] = {
             "model_name": checkpoint.model_name,
             "model_arguments": dict(checkpoint.model_arguments),
             "class_names": self.class_names,
             "image_size": self.image_size,
+            "resize_size": self.resize_size,
             "input_format": UINT8_NHWC,
             "normalization": checkpoint.normalization.to_dict(),
             "tta": self.classifier.tta,

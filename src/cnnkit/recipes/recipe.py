@@ -54,6 +54,13 @@ class Recipe:
     flip: str = "none"
     translate: int = 0  # random shifts of up to this many pixels (reflect padding)
     cutout: int = 0  # zero a random square of this side in each training image (0: off)
+    # Random-resized crops: each training image is a crop of this share of the stored image's area
+    # (and aspect ratio, width / height, in crop_ratio), resized to image_size; (1, 1): the whole image.
+    crop_scale: tuple[float, float] = (1.0, 1.0)
+    crop_ratio: tuple[float, float] = (1.0, 1.0)
+    # Images are stored at image_size / eval_crop (1.15x for 0.87) and evaluated on their centre
+    # image_size crop, as prediction later decodes them; 1: stored at image_size, no margin.
+    eval_crop: float = 1.0
     lookahead: bool = False  # every lookahead_every steps, move the weights to an EMA of themselves
     lookahead_every: int = 5
     lookahead_start_epoch: int = 3
@@ -77,6 +84,15 @@ class Recipe:
     # Early stopping: stop after this many epochs without a better monitored value and restore
     # the best weights (Keras's EarlyStopping(restore_best_weights=True)); 0 never stops early.
     patience: int = 0
+    # Small data sets: epochs grow until training takes at least this many steps (0: as given).
+    min_steps: int = 0
+    # Peak memory the training batch may take; a batch that would not fit runs as micro-batches
+    # whose gradients add up to the batch's (BatchNorm then normalises each micro-batch).
+    memory_budget_gb: float = 4.0
+    # Fine-tuning: train only the head for this many epochs, then everything with the learning
+    # rate scaled by fine_tune_lr_scale (fastai's fine_tune halves it).
+    freeze_epochs: int = 0
+    fine_tune_lr_scale: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -99,8 +115,15 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """Every field as plain values (lists for tuples), in declaration order."""
         values = dataclasses.asdict(self)
-        values["adam_betas"] = list(self.adam_betas)
-        return values
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+
+    def stored_size(self, image_size: int) -> int:
+        """The side images are stored (and prediction resizes them) at for training at ``image_size``."""
+        return image_size if self.eval_crop == 1 else round(image_size / self.eval_crop)
+
+    @property
+    def random_crops(self) -> bool:
+        return self.crop_scale != (1.0, 1.0) or self.crop_ratio != (1.0, 1.0)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Recipe:
@@ -171,7 +194,7 @@ def _coerce(kind: Any, value: Any) -> Any:
         if not isinstance(value, int):
             raise TypeError
         return value
-    if kind is tuple:  # adam_betas: two floats
+    if kind is tuple:  # adam_betas, crop_scale, crop_ratio: two floats
         if not isinstance(value, list | tuple) or len(value) != 2:
             raise TypeError
         return tuple(_coerce(float, item) for item in value)
@@ -233,6 +256,16 @@ def _range_checks(recipe: Recipe) -> dict[str, tuple[str, bool]]:
         "eval_batch_size": ("an integer >= 1", recipe.eval_batch_size >= 1),
         "monitor": ("'val_accuracy' or 'val_loss'", recipe.monitor in ("val_accuracy", "val_loss")),
         "patience": (">= 0", recipe.patience >= 0),
+        "crop_scale": (
+            "two numbers 0 < low <= high <= 1",
+            0 < recipe.crop_scale[0] <= recipe.crop_scale[1] <= 1,
+        ),
+        "crop_ratio": ("two numbers 0 < low <= high", 0 < recipe.crop_ratio[0] <= recipe.crop_ratio[1]),
+        "eval_crop": ("in (0, 1]", 0 < recipe.eval_crop <= 1),
+        "min_steps": (">= 0", recipe.min_steps >= 0),
+        "memory_budget_gb": ("> 0", recipe.memory_budget_gb > 0),
+        "freeze_epochs": (">= 0", recipe.freeze_epochs >= 0),
+        "fine_tune_lr_scale": ("> 0", recipe.fine_tune_lr_scale > 0),
     }
 
 

@@ -218,7 +218,7 @@ def _add_predict_route(
         items: list = uploads
         if pixels > LARGE_REQUEST_PIXELS:  # decoded beside the model's thread, not in it
             loop = asyncio.get_running_loop()
-            items = await loop.run_in_executor(large_decoder, decode_uploads, uploads, predictor.image_size)
+            items = await loop.run_in_executor(large_decoder, decode_uploads, uploads, predictor)
         try:
             outcomes = await batcher.submit(items)
         except Exception as error:
@@ -271,7 +271,15 @@ def describe_model(predictor: Predictor, limits: ServiceLimits) -> dict[str, Any
         backend = "onnxruntime (cpu, fp32)"
     else:
         backend = type(predictor).__name__
-    shown = ("epoch", "recipe", "cnnkit_version", "model_arguments", "normalization", "input_format")
+    shown = (
+        "epoch",
+        "recipe",
+        "cnnkit_version",
+        "model_arguments",
+        "normalization",
+        "input_format",
+        "resize_size",
+    )
     return _json_safe(
         {
             "name": metadata.get("model_name", "unknown"),

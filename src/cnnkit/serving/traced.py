@@ -43,6 +43,7 @@ class TracedPredictor:
         self.predictor = predictor
         self.class_names = predictor.class_names
         self.image_size = predictor.image_size
+        self.resize_size = predictor.resize_size
         self.metadata: dict[str, Any] = {**predictor.metadata, "runner": "torchscript"}
         self.device = predictor.classifier.device
         classifier = predictor.classifier

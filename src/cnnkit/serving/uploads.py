@@ -196,17 +196,18 @@ def request_pixels(uploads: list[Upload], limit: int) -> int:
     return total
 
 
-def decode_upload(upload: Upload, image_size: int) -> DecodedImage:
-    """``upload`` as an ``image_size`` square RGB uint8 array, or the one-line reason it is not one."""
+def decode_upload(upload: Upload, image_size: int, resize_size: int | None = None) -> DecodedImage:
+    """``upload`` as an ``image_size`` square RGB uint8 array (via ``resize_size``, see
+    ``decode_image``), or the one-line reason it is not one."""
     try:
-        pixels = decode_image(upload.data, image_size, upload.name)
+        pixels = decode_image(upload.data, image_size, upload.name, resize_size)
     except DataError as error:  # every decoder failure, too many pixels included
         return DecodedImage(upload.name, error=str(error))
     return DecodedImage(upload.name, pixels=pixels)
 
 
-def decode_uploads(uploads: list[Upload], image_size: int) -> list[DecodedImage]:
-    return [decode_upload(upload, image_size) for upload in uploads]
+def decode_uploads(uploads: list[Upload], predictor: Predictor) -> list[DecodedImage]:
+    return [decode_upload(upload, predictor.image_size, predictor.resize_size) for upload in uploads]
 
 
 def classify_uploads(predictor: Predictor, uploads: list[Upload | DecodedImage]) -> list[np.ndarray | str]:
@@ -216,7 +217,9 @@ def classify_uploads(predictor: Predictor, uploads: list[Upload | DecodedImage])
     one call, for the uploads of all the requests in a batch (a large request arrives decoded).
     """
     decoded = [
-        upload if isinstance(upload, DecodedImage) else decode_upload(upload, predictor.image_size)
+        upload
+        if isinstance(upload, DecodedImage)
+        else decode_upload(upload, predictor.image_size, predictor.resize_size)
         for upload in uploads
     ]
     pixels = [image.pixels for image in decoded if image.pixels is not None]
