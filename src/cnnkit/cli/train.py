@@ -35,10 +35,11 @@ RECIPE_FLAGS: dict[str, tuple[str, type, str]] = {
     "--label-smoothing": ("label_smoothing", float, "label smoothing in [0, 1)"),
     "--cutout": ("cutout", int, "zero a random square of this side in each training image (0: off)"),
     "--tta": ("tta", int, "test-time augmentation: 0 none, 1 mirror, 2 mirror and shifts"),
+    "--freeze-epochs": ("freeze_epochs", int, "fine-tuning: epochs that train the head alone first"),
 }
 _DEST_PREFIX = "recipe_"
 # Flags that describe a new run: --resume continues one as it was configured, so takes none.
-_NEW_RUN_FLAGS = ("data", "recipe", "config", "name")
+_NEW_RUN_FLAGS = ("data", "recipe", "config", "name", "init", "pretrained")
 
 
 def add_parser(commands: Any) -> None:
@@ -67,6 +68,18 @@ def add_parser(commands: Any) -> None:
         metavar="FIELD=VALUE",
         help="set any recipe field, e.g. --set label_smoothing=0.1 "
         "--set model_arguments.widths=[128,384,384]",
+    )
+    train.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="start from another run's weights (the head is replaced for new classes)",
+    )
+    train.add_argument(
+        "--pretrained",
+        nargs="?",
+        const=True,
+        metavar="FILE",
+        help="start --model resnet18|resnet50 from ImageNet weights (downloaded once, or this local file)",
     )
     train.add_argument(
         "--resume", metavar="RUN_FOLDER", help="continue a stopped run from its last.pt, as configured"
@@ -113,7 +126,6 @@ def recipe_overrides(arguments: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train_or_resume(arguments: argparse.Namespace) -> int:
-    from cnnkit.recipes import DEFAULT_RECIPE, load_recipe
     from cnnkit.runs.folders import read_run_config
     from cnnkit.runs.training import resume, train
 
@@ -131,22 +143,24 @@ def _train_or_resume(arguments: argparse.Namespace) -> int:
             verbose=not arguments.quiet,
         )
         return _print_result(result)
-    data, precision, strict = arguments.data, arguments.precision, arguments.strict
+    data, precision, strict, init = arguments.data, arguments.precision, arguments.strict, arguments.init
+    recipe = arguments.recipe  # None: cnnkit chooses for the data (fast, photo, finetune)
     if arguments.config:
         config = read_run_config(arguments.config)
-        base, data, precision = config.recipe, data or config.data, precision or config.precision
-        strict = strict or config.strict
-    else:
-        base = arguments.recipe or DEFAULT_RECIPE
+        recipe, data, precision = config.recipe, data or config.data, precision or config.precision
+        strict, init = strict or config.strict, init or config.values.get("init")
     result = train(
         data or "cifar10",
-        load_recipe(base, overrides),
+        recipe,
         device=arguments.device,
         precision=precision or "auto",
         out=arguments.out,
         name=arguments.name,
         verbose=not arguments.quiet,
         strict=strict,
+        overrides=overrides,
+        init=init,
+        pretrained=arguments.pretrained,
     )
     return _print_result(result)
 

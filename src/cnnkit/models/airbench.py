@@ -4,11 +4,18 @@
     -> 3 groups [conv3x3 -> maxpool2 -> BatchNorm -> GELU -> conv3x3 -> BatchNorm -> GELU]
     -> global max-pool -> linear (no bias) -> x 1/9
 
+Above CIFAR's 32 px the cost of the full-resolution first groups grows with the pixels (at 128 px
+a step costs ~18x the 32-px one). ``stem_stride`` makes the whitening layer a patchify stem:
+non-overlapping s x s patches, whitened, so the groups run on maps of at most ~48 px whatever
+the input size (``"auto"``: see ``stem_stride_for``).
+
 Written for cnnkit from the published description. The first layer is initialised from the
 training data (``initialize_from_data``), which is why the engine passes it a sample of images.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -62,8 +69,23 @@ def dirac_conv(channels_in: int, channels_out: int) -> nn.Conv2d:
     return conv
 
 
+# The groups' largest map side with an automatic stem stride: 32 px costs 1x, 48 px 2.25x.
+STEM_MAP_LIMIT = 48
+# Whitening filters kept per sign: all 12 of 2x2 patches; the 24 largest-variance directions
+# of larger patches (the rest is fine detail a strided stem discards anyway).
+WHITENING_FILTERS = 24
+
+
+def stem_stride_for(image_size: int) -> int:
+    """The automatic stem stride: 1 up to 48 px, else the smallest leaving maps of at most 48 px
+    (64 -> 2, 96 -> 2, 128 -> 3, 160 -> 4, 224 -> 5). A fixed rule: checkpoints rebuild with it."""
+    return max(1, math.ceil(image_size / STEM_MAP_LIMIT))
+
+
 class FastNet(nn.Module):
     """The airbench network for any square input size and number of classes."""
+
+    head_name = "head"  # the classifier layer, which fine-tuning replaces for new classes
 
     def __init__(
         self,
@@ -74,18 +96,29 @@ class FastNet(nn.Module):
         logit_scale: float | None = 1 / 9,
         unit_head: bool = False,
         residual: bool = False,
+        stem_stride: int | str = 1,
     ) -> None:
         """``logit_scale`` None divides the logits by the last width (the Muon variant's head);
         ``unit_head`` starts the head's weights at unit standard deviation; ``residual`` gives
-        each group a third conv and a skip connection (airbench96)."""
+        each group a third conv and a skip connection (airbench96); ``stem_stride`` > 1 (or
+        ``"auto"``) whitens non-overlapping patches of that side (a patchify stem)."""
         super().__init__()
         if image_size < 16:
             raise ValueError(
                 f"The fast network pools three times, so image_size must be >= 16. "
                 f"Received: image_size={image_size}"
             )
-        whitening_width = 2 * 3 * 2 * 2  # the 12 eigen-filters of 2x2x3 patches and their negatives
-        self.whiten = nn.Conv2d(3, whitening_width, kernel_size=2, padding=0, bias=True)
+        stride = stem_stride_for(image_size) if stem_stride == "auto" else stem_stride
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 or image_size // stride < 8:
+            raise ValueError(
+                f"stem_stride must be 'auto' or an integer >= 1 leaving maps of 8 px or more. "
+                f"Received: stem_stride={stem_stride!r} at image_size={image_size}"
+            )
+        self.resolved_arguments = {"stem_stride": stride}  # what "auto" became, for checkpoints
+        # Stride 1 is airbench's 2x2 layer (overlapping); a stride s > 1 whitens s x s patches.
+        kernel = 2 if stride == 1 else stride
+        whitening_width = 2 * min(3 * kernel * kernel, WHITENING_FILTERS)  # eigen-filters and negatives
+        self.whiten = nn.Conv2d(3, whitening_width, kernel_size=kernel, stride=stride, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
         nn.init.zeros_(self.whiten.bias)
         self.groups = nn.Sequential(
@@ -120,12 +153,14 @@ class FastNet(nn.Module):
         negated copies let the following GELU pass both signs.
         """
         weight = self.whiten.weight
-        patches = images.float().unfold(2, 2, 1).unfold(3, 2, 1)  # N, C, H-1, W-1, 2, 2
+        kernel, stride = self.whiten.kernel_size[0], self.whiten.stride[0]
+        patches = images.float().unfold(2, kernel, stride).unfold(3, kernel, stride)  # N, C, H', W', k, k
         patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, weight[0].numel()).double()
         covariance = patches.T @ patches / len(patches)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
         eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.T.flip(0)  # largest first
-        filters = eigenvectors / torch.sqrt(eigenvalues.clamp_min(0) + epsilon)[:, None]
+        kept = len(weight) // 2
+        filters = eigenvectors[:kept] / torch.sqrt(eigenvalues[:kept].clamp_min(0) + epsilon)[:, None]
         filters = filters.reshape(-1, *weight.shape[1:]).to(weight.dtype)
         weight.copy_(torch.cat([filters, -filters]))
 
@@ -138,6 +173,7 @@ def fast(
     logit_scale: float | None = None,
     unit_head: bool = True,
     residual: bool = False,
+    stem_stride: int | str = 1,
 ) -> FastNet:
     """airbench94's network, 1.97M parameters at the default widths, with the head of its Muon
     variant (cnnkit's default recipe); airbench94's own head is ``logit_scale=1/9, unit_head=False``."""
@@ -148,4 +184,5 @@ def fast(
         logit_scale=logit_scale,
         unit_head=unit_head,
         residual=residual,
+        stem_stride=stem_stride,
     )

@@ -68,5 +68,7 @@ def create_model(name: str, num_classes: int = 10, image_size: int = 32, **kwarg
         raise ValueError(f"image_size must be an integer >= 4. Received: image_size={image_size!r}")
     model = _BUILDERS[name](num_classes=num_classes, image_size=image_size, **kwargs)
     model.model_name = name
-    model.model_arguments = {"num_classes": num_classes, "image_size": image_size, **kwargs}
+    # A builder may resolve an argument ("auto"): checkpoints keep what it became.
+    resolved = getattr(model, "resolved_arguments", {})
+    model.model_arguments = {"num_classes": num_classes, "image_size": image_size, **kwargs, **resolved}
     return model

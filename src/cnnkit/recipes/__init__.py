@@ -6,7 +6,7 @@ recipe or YAML file with overrides, ``recipe_to_yaml`` writes one back.
 
 from __future__ import annotations
 
-from cnnkit.recipes.catalog import DEFAULT_RECIPE, get_recipe, list_recipes
+from cnnkit.recipes.catalog import DEFAULT_RECIPE, FINE_TUNE_RECIPE, PHOTO_RECIPE, get_recipe, list_recipes
 from cnnkit.recipes.files import (
     apply_overrides,
     is_recipe_file,
@@ -19,6 +19,8 @@ from cnnkit.recipes.recipe import Recipe, field_names
 
 __all__ = [
     "DEFAULT_RECIPE",
+    "FINE_TUNE_RECIPE",
+    "PHOTO_RECIPE",
     "Recipe",
     "apply_overrides",
     "field_names",

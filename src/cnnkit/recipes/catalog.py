@@ -53,6 +53,42 @@ _AIRBENCH94_MUON = _AIRBENCH94.replace(
     model_arguments={},  # the fast network's defaults are this variant's head
 )
 
+# Photos (images larger than 32 px): the fast recipe on the patchify-stem network, trained on
+# random-resized crops of images stored 1.15x the input size (Inception's scale 0.35-1 and
+# aspect 3/4-4/3, evaluated on the centre crop), mirror test-time augmentation, and at least
+# 400 steps however few the photos (a few hundred at batch 40 would be 80 steps in 8 epochs).
+_PHOTO = _AIRBENCH94_MUON.replace(
+    name="photo",
+    model_arguments={"stem_stride": "auto"},
+    translate=0,
+    crop_scale=(0.35, 1.0),
+    crop_ratio=(3 / 4, 4 / 3),
+    eval_crop=0.87,
+    tta=1,
+    min_steps=400,
+)
+
+# Fine-tuning a trained network (--init, --pretrained), as fastai's fine_tune: Adam, the new head
+# alone for one epoch, then everything at half the rate, decaying linearly; photo augmentation.
+_FINETUNE = Recipe(
+    name="finetune",
+    model="fast",
+    epochs=8,
+    batch_size=64,
+    learning_rate=1e-3,
+    lr_schedule="linear",
+    label_smoothing=0.1,
+    flip="random",
+    crop_scale=(0.35, 1.0),
+    crop_ratio=(3 / 4, 4 / 3),
+    eval_crop=0.87,
+    tta=1,
+    min_steps=300,
+    freeze_epochs=1,
+    fine_tune_lr_scale=0.5,
+    normalization="standardize",
+)
+
 _RECIPES: dict[str, Recipe] = {
     # The reference tutorial, exactly: Adam (Keras defaults), batch 32, 5 epochs, 20% validation.
     "tutorial": _TUTORIAL,
@@ -71,11 +107,16 @@ _RECIPES: dict[str, Recipe] = {
         epochs=20,
         model_arguments={"widths": [128, 384, 384]},
     ),
+    "photo": _PHOTO,
+    "finetune": _FINETUNE,
 }
 
 # What `cnnkit train` and `cnnkit.train` use when no recipe is named. (`Classifier.fit`, the
 # Keras tutorial's method, defaults to "tutorial": see its docstring.)
 DEFAULT_RECIPE = "fast"
+# ... unless the images are larger than 32 px (photos), or training starts from trained weights.
+PHOTO_RECIPE = "photo"
+FINE_TUNE_RECIPE = "finetune"
 
 
 def list_recipes() -> list[str]:

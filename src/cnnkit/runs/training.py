@@ -8,20 +8,18 @@ a report on the weights it tells the user to use (``best.pt``).
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
-import platform
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
 
-from cnnkit import __version__
 from cnnkit.api import Classifier
-from cnnkit.checkpoint import load_checkpoint, save_checkpoint
+from cnnkit.checkpoint import load_checkpoint
 from cnnkit.data import (
     DataSplits,
     ImageData,
@@ -31,19 +29,22 @@ from cnnkit.data import (
     skipped_summary,
     write_skipped_list,
 )
+from cnnkit.data.survey import SizeSurvey, survey_image_sizes
 from cnnkit.engine import distributed
 from cnnkit.engine.callbacks import History
 from cnnkit.engine.console import ConsoleLogger
 from cnnkit.engine.device import configure_process, precision_name, precision_warning, resolve_device
 from cnnkit.engine.interrupt import stop_on_signals
+from cnnkit.engine.planning import plan_steps
 from cnnkit.engine.preprocess import Normalization
-from cnnkit.engine.trainer import plan_steps
 from cnnkit.models import check_model_arguments
 from cnnkit.recipes import DEFAULT_RECIPE, Recipe, load_recipe
-from cnnkit.reports.splits import metrics_by_split
+from cnnkit.runs.choices import default_recipe, plan_sizes
 from cnnkit.runs.folders import CONFIG_FILE, create_run_folder, write_config, write_report
+from cnnkit.runs.initialization import InitialWeights, apply_initial_weights, initial_weights
 from cnnkit.runs.recorder import RunRecorder
-from cnnkit.runs.splits import report_split, split_roles, training_splits
+from cnnkit.runs.records import final_report, run_config
+from cnnkit.runs.splits import training_splits
 
 
 @dataclass
@@ -66,59 +67,107 @@ def train(
     verbose: bool = True,
     stream: TextIO | None = None,
     strict: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    init: str | os.PathLike | None = None,
+    pretrained: str | os.PathLike | bool | None = None,
 ) -> TrainResult:
     """Load ``data``, train ``recipe`` into a new run folder, and evaluate ``best.pt``.
 
-    ``recipe`` is a ``Recipe``, a recipe name or a YAML recipe file (default: the fast recipe).
+    ``recipe`` is a ``Recipe``, a recipe name or a YAML recipe file; without one, the fast recipe,
+    or the photo recipe for images larger than 32 px, or the finetune recipe when starting from
+    trained weights. ``overrides`` change its fields (``{"epochs": 4, "model_arguments.widths":
+    [...]}``). Without an ``image_size``, photos of mixed sizes are trained at a size read from
+    their headers (``runs.choices``). ``init`` starts from another run's checkpoint, ``pretrained``
+    (True, or a local file) from the published ImageNet weights of the recipe's model.
     The final evaluation uses the data's test split, or the validation split where there is none.
     Files that are not usable images are skipped and listed in the run's ``skipped.txt``;
     ``strict`` makes the first of them an error instead. ``verbose`` prints progress to ``stream``.
     """
-    recipe = load_recipe(recipe or DEFAULT_RECIPE)
     stream = stream or sys.stdout
-    check_model_arguments(recipe.model, **recipe.model_arguments)  # before spending time on the data
+    overrides = dict(overrides or {})
+    load_recipe(recipe or DEFAULT_RECIPE, overrides)  # a bad setting fails now, before any work
     configure_process()
-    # Under torchrun, every process runs this; rank 0 alone prints and writes the run folder.
-    job, device = distributed.initialize(device)
+    job, device = distributed.initialize(device)  # under torchrun rank 0 alone prints and writes
     verbose = verbose and job.is_main
-    splits = load_dataset(data, image_size=recipe.image_size, progress=verbose, strict=strict)
+    survey = survey_image_sizes(data)
+    requested = overrides.get("model") or (load_recipe(recipe).model if recipe is not None else None)
+    initial = initial_weights(init, pretrained, requested, progress=verbose)
+    recipe, notes = _resolve_recipe(recipe, overrides, survey, initial)
+    sizes = plan_sizes(recipe, survey, initial)
+    if verbose:
+        for line in (*notes, sizes.note):
+            if line:
+                print(line, file=sys.stderr)
+    splits = load_dataset(data, image_size=sizes.stored_size, progress=verbose, strict=strict)
     check_trainable(splits.train, splits.source)
     train_data, val_data = training_splits(splits, recipe)
-    image_size = _square_size(train_data)
     if verbose:
-        _note_setup(train_data, val_data, device, precision)
-        if splits.validation is not None:
-            print(
-                f"Validating on {splits.folders['validation']} ({len(val_data)} images); "
-                "validation_split does not apply.",
-                file=sys.stderr,
-            )
-    normalization = Normalization.for_recipe(recipe.normalization, train_data.images)
-    classifier = Classifier(
-        recipe.model,
-        class_names=train_data.class_names,
-        image_size=image_size,
-        normalization=normalization,
-        device=device,
-        precision=precision,
-        seed=recipe.seed,
-        **recipe.model_arguments,
-    )
+        _note_setup(splits, train_data, val_data, device, precision)
+    classifier = _new_classifier(recipe, train_data, sizes.input_size, device, precision)
+    if initial is not None:
+        line = apply_initial_weights(classifier, initial)
+        if verbose:
+            print(line, file=sys.stderr)
     folder = _create_shared_run_folder(out, name, job)
-    config = _run_config(data, splits, recipe, classifier, train_data, val_data, strict)
+    config = run_config(data, splits, recipe, classifier, train_data, val_data, strict)
     # What the recipe's batch and epochs come to on this data (a small set gets a smaller batch).
     config["training_plan"] = dataclasses.asdict(plan_steps(len(train_data), recipe, job.world_size))
+    config["init"] = initial.source if initial is not None else None
     if job.is_main:
         write_config(folder, config)
         _report_skipped(folder, splits, verbose)
     if verbose:
         stream.write(
-            f"Training {recipe.model} ({recipe.name} recipe) on {splits.source}: "
+            f"Training {recipe.model} ({recipe.name} recipe) on {splits.source} "
+            f"at {classifier.image_size} px: "
             f"{len(train_data)} train, {len(val_data) if val_data else 0} validation images, "
             f"{classifier.device.type} {precision_name(classifier.precision)}\n"
         )
     run = _Run(folder, classifier, recipe, splits, train_data, val_data, config)
-    return _train_in_folder(run, stream if verbose else None)
+    return _train_in_folder(run, stream if verbose else None, initialize_from_data=initial is None)
+
+
+def _resolve_recipe(
+    recipe: Recipe | str | os.PathLike | None,
+    overrides: dict[str, Any],
+    survey: SizeSurvey | None,
+    initial: InitialWeights | None,
+) -> tuple[Recipe, list[str | None]]:
+    """The run's recipe (named, or chosen for the data) with the trained weights' model and the
+    overrides applied, checked before any data is read; and the lines saying what was chosen."""
+    note = None
+    if recipe is None:
+        recipe, note = default_recipe(survey, initial)
+    chosen = load_recipe(recipe)
+    if initial is not None:
+        chosen = chosen.replace(model=initial.model_name, model_arguments=initial.model_arguments)
+    chosen = load_recipe(chosen, overrides)
+    if initial is not None and chosen.model != initial.model_name:
+        raise ValueError(
+            f"{initial.source} holds a {initial.model_name} network. Received: --model {chosen.model}"
+        )
+    check_model_arguments(chosen.model, **chosen.model_arguments)
+    return chosen, [note]
+
+
+def _new_classifier(
+    recipe: Recipe, train_data: ImageData, input_size: int | None, device: str, precision: str
+) -> Classifier:
+    """The untrained classifier: the input size planned (else the images' own), stored larger by
+    the recipe's evaluation crop, normalised as the recipe says."""
+    stored = _square_size(train_data)
+    classifier = Classifier(
+        recipe.model,
+        class_names=train_data.class_names,
+        image_size=input_size or stored,
+        normalization=Normalization.for_recipe(recipe.normalization, train_data.images),
+        device=device,
+        precision=precision,
+        seed=recipe.seed,
+        **recipe.model_arguments,
+    )
+    classifier.resize_size = stored
+    return classifier
 
 
 def resume(
@@ -159,7 +208,8 @@ def resume(
     configure_process()
     job, device = distributed.initialize(device)
     verbose = verbose and job.is_main
-    splits = load_dataset(config["data"], image_size=recipe.image_size, progress=verbose)
+    stored_size = config.get("resize_size", recipe.image_size)  # runs before resize_size: the recipe's
+    splits = load_dataset(config["data"], image_size=stored_size, progress=verbose)
     train_data, val_data = training_splits(splits, recipe)
     if train_data.class_names != checkpoint.class_names:
         raise ValueError(
@@ -197,7 +247,9 @@ class _Run:
     config: dict[str, Any]
 
 
-def _train_in_folder(run: _Run, stream: TextIO | None, resume_state: dict | None = None) -> TrainResult:
+def _train_in_folder(
+    run: _Run, stream: TextIO | None, resume_state: dict | None = None, initialize_from_data: bool = True
+) -> TrainResult:
     """Fit with the run folder recorder, stop cleanly on SIGINT/SIGTERM, evaluate, write the report.
 
     ``stream``: where progress goes (None: quiet).
@@ -219,6 +271,7 @@ def _train_in_folder(run: _Run, stream: TextIO | None, resume_state: dict | None
                 callbacks=callbacks,
                 resume_state=resume_state,
                 stop_request=stop_request,
+                initialize_from_data=initialize_from_data,
             )
     except FloatingPointError as error:
         last = folder / "last.pt"
@@ -230,13 +283,22 @@ def _train_in_folder(run: _Run, stream: TextIO | None, resume_state: dict | None
         raise FloatingPointError(f"{error} Training stopped; {kept}.") from None
     if not is_main:  # the other ranks' work is done: rank 0 evaluates and reports
         return TrainResult(folder, history, {}, classifier)
-    report = _final_report(run, history, time.perf_counter() - started)
+    report = final_report(run, history, time.perf_counter() - started)
     write_report(folder, report)
     return TrainResult(folder, history, report, classifier)
 
 
-def _note_setup(train_data: ImageData, val_data: ImageData | None, device: str, precision: str) -> None:
-    """One line for each choice that silently costs: classes never validated, an emulated precision."""
+def _note_setup(
+    splits: DataSplits, train_data: ImageData, val_data: ImageData | None, device: str, precision: str
+) -> None:
+    """One line for each choice that silently costs: classes never validated, an emulated precision,
+    and where validation comes from when the data brings its own folder."""
+    if splits.validation is not None:
+        folder = splits.folders["validation"]
+        print(
+            f"Validating on {folder} ({len(val_data)} images); validation_split does not apply.",
+            file=sys.stderr,
+        )
     unvalidated = classes_without_validation(train_data, val_data)
     if unvalidated:
         shown = ", ".join(unvalidated[:5]) + (
@@ -274,71 +336,6 @@ def _report_skipped(folder: Path, splits: DataSplits, verbose: bool) -> None:
         else skipped_summary(splits.skipped, splits.file_count, listing)
     )
     print(line, file=sys.stderr)
-
-
-def _final_report(run: _Run, history: History, seconds: float) -> dict[str, Any]:
-    """The run's report: what trained how long, and ``best.pt`` scored on held-out data.
-
-    The user is pointed at ``best.pt``, so that is what is scored (with the recipe's test-time
-    augmentation); a test score is also written into ``best.pt`` so the model carries it.
-    """
-    folder = run.folder
-    best_path = folder / "best.pt"
-    split_name, evaluation_data = report_split(run.splits, run.val_data)
-    report: dict[str, Any] = {
-        "run_folder": str(folder),
-        "model": run.classifier.model_name,
-        "epochs": len(history.rows),
-        "train_seconds": round(seconds, 2),
-        "final_epoch": _named_by_split(history.rows[-1]),
-        "best_epoch": history.best_epoch,
-        "best_checkpoint": str(best_path),
-        "last_checkpoint": str(folder / "last.pt"),
-    }
-    if evaluation_data is not None:
-        best = load_checkpoint(best_path)
-        model = Classifier.from_checkpoint(
-            best, device=str(run.classifier.device), precision=precision_name(run.classifier.precision)
-        )
-        metrics = model.evaluate(evaluation_data.images, evaluation_data.labels)
-        scored = {"split": split_name, "data": run.config["splits"][split_name], "checkpoint": "best.pt"}
-        report["evaluation"] = {**scored, "epoch": best.epoch, **metrics}
-        if split_name == "test":
-            best.metrics["test"] = metrics
-            save_checkpoint(best_path, best)
-    return report
-
-
-def _named_by_split(row: dict[str, float]) -> dict[str, Any]:
-    """A history row, metrics grouped by split: ``{"epoch", "seconds", "train": .., "validation": ..}``."""
-    return {"epoch": int(row["epoch"]), "seconds": row["seconds"], **metrics_by_split(row)}
-
-
-def _run_config(
-    data, splits: DataSplits, recipe: Recipe, classifier: Classifier, train_data, val_data, strict: bool
-) -> dict:
-    source = os.path.abspath(data) if data not in (None, "cifar10") else "cifar10"
-    return {
-        "data": source,
-        "data_description": splits.source,
-        "splits": split_roles(splits, recipe),  # which data served as what
-        "recipe": recipe.to_dict(),
-        "precision": precision_name(classifier.precision),
-        "strict": strict,
-        "model": classifier.model_name,
-        "model_arguments": dict(classifier.network.model_arguments),
-        "class_names": classifier.class_names,
-        "image_size": classifier.image_size,
-        "normalization": classifier.normalization.to_dict(),
-        "train_images": len(train_data),
-        "val_images": len(val_data) if val_data else 0,
-        "device": str(classifier.device),
-        "threads": torch.get_num_threads(),
-        "cnnkit_version": __version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
 
 
 def _square_size(data: ImageData) -> int:

@@ -1,0 +1,86 @@
+"""What a run writes about itself: its configuration (``config.yaml``) and its final report."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from typing import Any
+
+import torch
+
+from cnnkit import __version__
+from cnnkit.api import Classifier
+from cnnkit.checkpoint import load_checkpoint, save_checkpoint
+from cnnkit.data import DataSplits
+from cnnkit.engine.callbacks import History
+from cnnkit.engine.device import precision_name
+from cnnkit.recipes import Recipe
+from cnnkit.reports.splits import metrics_by_split
+from cnnkit.runs.splits import report_split, split_roles
+
+
+def final_report(run: Any, history: History, seconds: float) -> dict[str, Any]:
+    """The run's report: what trained how long, and ``best.pt`` scored on held-out data.
+
+    The user is pointed at ``best.pt``, so that is what is scored (with the recipe's test-time
+    augmentation); a test score is also written into ``best.pt`` so the model carries it.
+    """
+    folder = run.folder
+    best_path = folder / "best.pt"
+    split_name, evaluation_data = report_split(run.splits, run.val_data)
+    report: dict[str, Any] = {
+        "run_folder": str(folder),
+        "model": run.classifier.model_name,
+        "epochs": len(history.rows),
+        "train_seconds": round(seconds, 2),
+        "final_epoch": named_by_split(history.rows[-1]),
+        "best_epoch": history.best_epoch,
+        "best_checkpoint": str(best_path),
+        "last_checkpoint": str(folder / "last.pt"),
+    }
+    if evaluation_data is not None:
+        best = load_checkpoint(best_path)
+        model = Classifier.from_checkpoint(
+            best, device=str(run.classifier.device), precision=precision_name(run.classifier.precision)
+        )
+        metrics = model.evaluate(evaluation_data.images, evaluation_data.labels)
+        scored = {"split": split_name, "data": run.config["splits"][split_name], "checkpoint": "best.pt"}
+        report["evaluation"] = {**scored, "epoch": best.epoch, **metrics}
+        if split_name == "test":
+            best.metrics["test"] = metrics
+            save_checkpoint(best_path, best)
+    return report
+
+
+def named_by_split(row: dict[str, float]) -> dict[str, Any]:
+    """A history row, metrics grouped by split: ``{"epoch", "seconds", "train": .., "validation": ..}``."""
+    return {"epoch": int(row["epoch"]), "seconds": row["seconds"], **metrics_by_split(row)}
+
+
+def run_config(
+    data, splits: DataSplits, recipe: Recipe, classifier: Classifier, train_data, val_data, strict: bool
+) -> dict:
+    source = os.path.abspath(data) if data not in (None, "cifar10") else "cifar10"
+    return {
+        "data": source,
+        "data_description": splits.source,
+        "splits": split_roles(splits, recipe),  # which data served as what
+        "recipe": recipe.to_dict(),
+        "precision": precision_name(classifier.precision),
+        "strict": strict,
+        "model": classifier.model_name,
+        "model_arguments": dict(classifier.network.model_arguments),
+        "class_names": classifier.class_names,
+        "image_size": classifier.image_size,
+        "resize_size": classifier.resize_size,
+        "normalization": classifier.normalization.to_dict(),
+        "train_images": len(train_data),
+        "val_images": len(val_data) if val_data else 0,
+        "device": str(classifier.device),
+        "threads": torch.get_num_threads(),
+        "cnnkit_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
