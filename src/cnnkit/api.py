@@ -195,7 +195,7 @@ class Classifier:
         self.network.to(self.device)
         return evaluate_tensors(
             self.network,
-            self._model_view(data.images),
+            self.model_view(data.images),
             data.labels,
             self.normalization,
             self.device,
@@ -206,14 +206,14 @@ class Classifier:
 
     def predict(self, x: ArrayLike, batch_size: int = 1024) -> np.ndarray:
         """Class probabilities, shape ``(N, classes)``: softmax of the network's logits."""
-        images = self._model_view(_as_images(x))
+        images = self.model_view(_as_images(x))
         self.network.to(self.device)
         logits = predict_logits(
             self.network, images, self.normalization, self.device, self.precision, batch_size, self.tta
         )
         return torch.softmax(logits, dim=1).numpy()
 
-    def _model_view(self, images: torch.Tensor) -> torch.Tensor:
+    def model_view(self, images: torch.Tensor) -> torch.Tensor:
         """Images at ``resize_size`` (as a run stores them) cropped to the centre ``image_size``;
         any other size as given."""
         if self.resize_size != self.image_size and tuple(images.shape[1:3]) == (self.resize_size,) * 2:

@@ -58,7 +58,7 @@ def evaluate_classifier(
     classifier.network.to(classifier.device)
     logits = predict_logits(
         classifier.network,
-        data.images,
+        classifier.model_view(data.images),
         classifier.normalization,
         classifier.device,
         classifier.precision,
@@ -173,10 +173,9 @@ def evaluate_checkpoint(
 def _evaluation_data(checkpoint: Checkpoint, data) -> tuple[ImageData, str, str]:
     """The images to score: ``data``'s test split (else its validation folder, else all of it), or
     without ``data`` the run's own test split, validation folder or exactly the share it held out."""
-    splits = load_dataset(
-        data if data is not None else checkpoint.config.get("data", "cifar10"),
-        image_size=checkpoint.image_size,
-    )
+    source = data if data is not None else checkpoint.config.get("data", "cifar10")
+    # Decoded as the run stored its images (resize_size); the classifier crops the centre it sees.
+    splits = load_dataset(source, image_size=checkpoint.resize_size)
     if splits.test is not None:
         return splits.test, "test", splits.folders.get("test", splits.source)
     if splits.validation is not None:
