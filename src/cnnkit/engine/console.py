@@ -29,6 +29,16 @@ class ConsoleLogger(Callback):
         self.stream = stream or sys.stdout
         self.bar: ProgressBar | None = None
 
+    def on_train_begin(self, trainer) -> None:
+        share = -(-trainer.batch_size // trainer.distributed.world_size)
+        if trainer.micro_batch_size < share:
+            pieces = -(-share // trainer.micro_batch_size)
+            self.stream.write(
+                f"Batch {trainer.batch_size} as {pieces} micro-batches of {trainer.micro_batch_size} a step, "
+                f"to stay within the {trainer.recipe.memory_budget_gb:g} GB memory budget "
+                "(--set memory_budget_gb=...); BatchNorm normalises each micro-batch.\n"
+            )
+
     def on_epoch_begin(self, state: EpochBegin) -> None:
         self.bar = ProgressBar(
             state.steps, f"Epoch {state.epoch}/{state.epochs}", unit="step", stream=self.stream
