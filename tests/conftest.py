@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +56,38 @@ def quadrant_folder(tmp_path) -> Path:
     write_image_folder(tmp_path / "quadrants" / "train", train_images, train_labels)
     write_image_folder(tmp_path / "quadrants" / "test", test_images, test_labels)
     return tmp_path / "quadrants"
+
+
+class _LocalHandler(http.server.BaseHTTPRequestHandler):
+    """Answers GET from ``server.routes``: path -> body, or (body, send Content-Length?)."""
+
+    def do_GET(self) -> None:
+        self.server.requests.append(self.path)
+        route = self.server.routes.get(self.path)
+        if route is None:
+            self.send_error(404, "Not Found")
+            return
+        body, send_length = route if isinstance(route, tuple) else (route, True)
+        self.send_response(200)
+        if send_length:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        # HTTP/1.0: closing the connection marks the end of a body sent without a length.
+        self.wfile.write(body)
+
+    def log_message(self, *arguments: object) -> None:
+        """Keep test output quiet."""
+
+
+@pytest.fixture
+def server() -> Iterator[http.server.ThreadingHTTPServer]:
+    """A local HTTP server standing in for the internet: tests set ``routes`` and read ``requests``."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LocalHandler)
+    httpd.routes = {}
+    httpd.requests = []
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import socket
-import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,36 +14,6 @@ PAYLOAD = bytes(range(256)) * 64
 PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.server.requests.append(self.path)
-        route = self.server.routes.get(self.path)
-        if route is None:
-            self.send_error(404, "Not Found")
-            return
-        body, send_length = route
-        self.send_response(200)
-        if send_length:
-            self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        # HTTP/1.0: closing the connection marks the end of a body sent without a length.
-        self.wfile.write(body)
-
-    def log_message(self, *arguments: object) -> None:
-        """Keep test output quiet."""
-
-
-@pytest.fixture
-def server() -> Iterator[http.server.ThreadingHTTPServer]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.routes = {}
-    httpd.requests = []
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def closed_port() -> int:
