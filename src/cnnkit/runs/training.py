@@ -11,8 +11,8 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -70,6 +70,7 @@ def train(
     overrides: Mapping[str, Any] | None = None,
     init: str | os.PathLike | None = None,
     pretrained: str | os.PathLike | bool | None = None,
+    callbacks: Sequence[object] = (),
 ) -> TrainResult:
     """Load ``data``, train ``recipe`` into a new run folder, and evaluate ``best.pt``.
 
@@ -79,6 +80,8 @@ def train(
     [...]}``). Without an ``image_size``, photos of mixed sizes are trained at a size read from
     their headers (``runs.choices``). ``init`` starts from another run's checkpoint, ``pretrained``
     (True, or a local file) from the published ImageNet weights of the recipe's model.
+    ``callbacks`` listen to the training beside the console and the run folder (e.g. a tuner's
+    pruning hook, see ``cnnkit.engine.callbacks``).
     The final evaluation uses the data's test split, or the validation split where there is none.
     Files that are not usable images are skipped and listed in the run's ``skipped.txt``;
     ``strict`` makes the first of them an error instead. ``verbose`` prints progress to ``stream``.
@@ -123,7 +126,7 @@ def train(
             f"{len(train_data)} train, {len(val_data) if val_data else 0} validation images, "
             f"{classifier.device.type} {precision_name(classifier.precision)}\n"
         )
-    run = _Run(folder, classifier, recipe, splits, train_data, val_data, config)
+    run = _Run(folder, classifier, recipe, splits, train_data, val_data, config, list(callbacks))
     return _train_in_folder(run, stream if verbose else None, initialize_from_data=initial is None)
 
 
@@ -245,6 +248,7 @@ class _Run:
     train_data: ImageData
     val_data: ImageData | None
     config: dict[str, Any]
+    callbacks: list[object] = field(default_factory=list)  # the caller's own listeners
 
 
 def _train_in_folder(
@@ -258,6 +262,7 @@ def _train_in_folder(
     classifier.recipe, classifier.tta = run.recipe, run.recipe.tta
     is_main = distributed.current().is_main
     callbacks: list[object] = [ConsoleLogger(stream)] if stream is not None else []
+    callbacks += run.callbacks
     if is_main:
         # The run's checkpoints are the classifier's own, plus weights, epoch and metrics each epoch.
         callbacks.append(RunRecorder(folder, classifier.to_checkpoint(config=run.config)))
