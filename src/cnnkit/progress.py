@@ -25,8 +25,10 @@ class ProgressBar:
         stream: TextIO | None = None,
         enabled: bool = True,
         plain_interval_seconds: float = 10.0,
+        show_rate: bool = False,
     ) -> None:
         self.total = total
+        self.show_rate = show_rate  # units a second, e.g. "2,400 images/s"
         self.description = description
         self.unit = unit
         self.stream = stream if stream is not None else sys.stderr
@@ -63,6 +65,8 @@ class ProgressBar:
         self.drawn_count = self.count
         elapsed = time.perf_counter() - self.start_time
         text = f"{self.description} {self._counter()} {_format_seconds(elapsed)}"
+        if self.show_rate and self.count and elapsed > 0:
+            text += f" {self.count / elapsed:,.0f} {self.unit}/s"
         if self.total and self.count and not final:
             remaining = elapsed / self.count * (self.total - self.count)
             text += f" eta {_format_seconds(remaining)}"

@@ -1,4 +1,6 @@
-"""The decoded-tensor cache: hits, invalidation, corruption and its location."""
+"""The store of decoded images as a cache: hits, invalidation, corruption and its location.
+
+(What a store is and how it is built: ``test_store.py``.)"""
 
 from __future__ import annotations
 
@@ -12,13 +14,12 @@ from data_fakes import pattern_image, write_image_tree, write_png
 
 from cnnkit.data import cnnkit_home, load_dataset
 from cnnkit.data import sources as sources_module
-from cnnkit.data.cache import load_cache
-from cnnkit.fileio import DiskFullError
+from cnnkit.data.store import open_store
 
 
 def forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*arguments: object, **keywords: object) -> None:
-        raise AssertionError("decoded again although the cache should have been used")
+        raise AssertionError("decoded again although the store should have been used")
 
     monkeypatch.setattr(sources_module, "decode_source", fail)
     monkeypatch.setattr(sources_module, "read_cifar10_archive", fail)
@@ -26,7 +27,8 @@ def forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def cache_files(home: Path) -> list[Path]:
-    return sorted((home / "cache").glob("*.npz"))
+    """The complete stores under ``home``."""
+    return sorted(path for path in (home / "cache").glob("*-*") if (path / "meta.json").is_file())
 
 
 def test_second_folder_load_hits_the_cache(tmp_path, monkeypatch, isolated_home, capsys):
@@ -91,24 +93,21 @@ def test_image_size_has_its_own_entry(tmp_path, isolated_home):
 def test_corrupt_cache_is_rebuilt(tmp_path, isolated_home, capsys):
     write_image_tree(tmp_path / "d", {"a": 1, "b": 1})
     first = load_dataset(tmp_path / "d", progress=False)
-    [cache_file] = cache_files(isolated_home)
-    cache_file.write_bytes(cache_file.read_bytes()[:200])
+    [store] = cache_files(isolated_home)
+    meta = store / "meta.json"
+    meta.write_bytes(meta.read_bytes()[:20])
     second = load_dataset(tmp_path / "d", progress=False)
-    assert "Ignoring unreadable data cache" in capsys.readouterr().err
+    assert "Ignoring unreadable data store" in capsys.readouterr().err
     assert torch.equal(first.train.images, second.train.images)
-    assert load_cache(cache_file) is not None  # rewritten whole
+    assert open_store(store) is not None  # rewritten whole
 
 
-def test_unwritable_cache_does_not_fail_the_load(tmp_path, monkeypatch, capsys):
-    import cnnkit.data.cache as cache_module
-
-    def full_disk(*arguments: object, **keywords: object):
-        raise DiskFullError(28, "No space left")
-
-    monkeypatch.setattr(cache_module, "atomic_open", full_disk)
+def test_old_npz_caches_are_ignored(tmp_path, isolated_home):
     write_image_tree(tmp_path / "d", {"a": 1, "b": 1})
+    (isolated_home / "cache").mkdir(parents=True)
+    (isolated_home / "cache" / "folder-0123456789abcdef0123456789abcdef.npz").write_bytes(b"PK old cache")
     assert len(load_dataset(tmp_path / "d", progress=False).train) == 2
-    assert "Could not write the data cache" in capsys.readouterr().err
+    assert len(cache_files(isolated_home)) == 1
 
 
 def test_cnnkit_home_location(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""In-memory image data sets: one uint8 tensor of images and one int64 tensor of labels."""
+"""Image data sets: uint8 images (a tensor in memory, or ``StoredImages`` read from a store on
+disk as batches need them) and an int64 tensor of labels."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ from dataclasses import dataclass, field
 import torch
 
 from cnnkit.data.skipped import SkippedFile
+from cnnkit.data.stored_images import StoredImages
 
 
 @dataclass
 class ImageData:
-    """Images and labels held in memory.
+    """Images and labels.
 
     Attributes:
-        images: uint8 tensor of shape (N, H, W, 3), contiguous, RGB.
+        images: uint8 tensor of shape (N, H, W, 3), contiguous, RGB; or, for a large data set,
+            ``StoredImages``: the same shape, read from its store on disk as it is indexed.
         labels: int64 tensor of shape (N,), each in ``[0, len(class_names))``.
         class_names: class name of each label index.
         names: each image's relative path in the folder or zip it was decoded from (for
@@ -27,7 +30,7 @@ class ImageData:
     names: list[str] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.uint8:
+        if not isinstance(self.images, torch.Tensor | StoredImages) or self.images.dtype != torch.uint8:
             raise ValueError(f"images must be a uint8 tensor. Received: images={_describe(self.images)}")
         if self.images.dim() != 4 or self.images.shape[-1] != 3:
             raise ValueError(
@@ -59,22 +62,28 @@ class ImageData:
                     "names must hold one name per image or be None. "
                     f"Received: len(names)={len(self.names)}, images.shape={tuple(self.images.shape)}"
                 )
-        # Training code slices batches straight out of this tensor; contiguity keeps that cheap.
-        self.images = self.images.contiguous()
+        if isinstance(self.images, torch.Tensor):
+            # Training code slices batches straight out of this tensor; contiguity keeps that cheap.
+            self.images = self.images.contiguous()
         self.class_names = list(self.class_names)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, indices: torch.Tensor) -> ImageData:
-        """Return a new ``ImageData`` holding the images at ``indices`` (a 1-D integer tensor)."""
+        """Return a new ``ImageData`` holding the images at ``indices`` (a 1-D integer tensor).
+
+        Images in memory are copied; stored images become a view of the same store (no pixels read).
+        """
         if not isinstance(indices, torch.Tensor) or indices.dim() != 1:
             raise ValueError(f"indices must be a 1-D tensor. Received: indices={_describe(indices)}")
         if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
             raise ValueError(f"indices must be an integer tensor. Received: dtype={indices.dtype}")
         indices = indices.to(torch.int64)
         names = None if self.names is None else [self.names[index] for index in indices.tolist()]
-        return ImageData(self.images[indices], self.labels[indices], list(self.class_names), names)
+        stored = isinstance(self.images, StoredImages)
+        images = self.images.subset(indices) if stored else self.images[indices]
+        return ImageData(images, self.labels[indices], list(self.class_names), names)
 
 
 @dataclass

@@ -7,13 +7,15 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from cnnkit.data.dataset import DataSplits, ImageData
 from cnnkit.data.errors import DataError
 from cnnkit.data.layout import FolderLayout, resolve_layout
-from cnnkit.data.parallel_decode import DecodeJob, decode_images
+from cnnkit.data.parallel_decode import DecodeJob, ImageOutput, decode_images
 from cnnkit.data.readers import FOLDER, ZIP, display_name, list_folder, list_zip
 from cnnkit.data.skipped import (
     EMPTY_FOLDER,
@@ -24,6 +26,9 @@ from cnnkit.data.skipped import (
     skipped_summary,
     strict_error,
 )
+
+if TYPE_CHECKING:
+    from cnnkit.data.store import StoreWriter
 
 
 @dataclass
@@ -80,9 +85,15 @@ def displayed_folders(kind: str, path: Path, folders: dict[str, str]) -> dict[st
 
 
 def decode_source(
-    source: ImageSource, image_size: int | None, workers: int, progress: bool, strict: bool = False
+    source: ImageSource,
+    image_size: int | None,
+    workers: int,
+    progress: bool,
+    strict: bool = False,
+    writer: StoreWriter | None = None,
 ) -> DecodedSource:
-    """Resolve the layout of ``source`` and decode its train (validation, test) images into tensors.
+    """Resolve the layout of ``source`` and decode its train (validation, test) images into tensors,
+    or, given a store ``writer``, into the store being written (the splits then hold its images).
 
     Files that are not usable images are skipped and returned; with ``strict`` the first one
     that is not OS clutter raises ``DataError`` (before any decoding when the listing shows it).
@@ -103,7 +114,10 @@ def decode_source(
         raise strict_error(problem)
     started = time.perf_counter()
     job = DecodeJob(source.kind, str(source.path), image_size)
-    train, failures = _decode_split(job, layout, "train", workers, progress, strict)
+    if writer is not None:
+        writer.begin(sum(len(getattr(layout, split) or []) for split in ("train", "validation", "test")))
+    outputs = writer.output if writer is not None else lambda split: None
+    train, failures = _decode_split(job, layout, "train", workers, progress, strict, outputs("train"))
     skipped += failures
     # Without image_size the held-out images must match the training size exactly.
     held_out_job = replace(
@@ -112,7 +126,9 @@ def decode_source(
     held_out: dict[str, ImageData | None] = {"validation": None, "test": None}
     for split in held_out:
         if getattr(layout, split):
-            held_out[split], failures = _decode_split(held_out_job, layout, split, workers, progress, strict)
+            held_out[split], failures = _decode_split(
+                held_out_job, layout, split, workers, progress, strict, outputs(split)
+            )
             skipped += failures
     skipped.sort(key=_by_path)
     if progress:
@@ -172,21 +188,29 @@ def resolve_workers(workers: int | None) -> int:
 
 
 def _decode_split(
-    job: DecodeJob, layout: FolderLayout, split: str, workers: int, progress: bool, strict: bool
+    job: DecodeJob,
+    layout: FolderLayout,
+    split: str,
+    workers: int,
+    progress: bool,
+    strict: bool,
+    output: ImageOutput | None = None,
 ) -> tuple[ImageData, list[SkippedFile]]:
-    """Decode the files of ``split`` ("train" or "test"); return it and its undecodable files."""
+    """Decode the files of ``split`` ("train", "validation" or "test") into ``output`` (default:
+    memory); return it and its undecodable files."""
     labelled = getattr(layout, split)
     prefix = layout.prefixes()[split]
     names = [path for path, _ in labelled]
     # Named by where the images are, not by their role: evaluate decodes a test folder this way too.
     where = job.display_name(prefix) if prefix else job.path
-    decoded = decode_images(job, names, workers, progress, f"Decoding images in {where}", strict)
+    decoded = decode_images(job, names, workers, progress, f"Decoding images in {where}", strict, output)
     all_labels = torch.tensor([label for _, label in labelled], dtype=torch.int64)
     labels = all_labels[torch.from_numpy(decoded.kept)]
     failures = [SkippedFile(name, reason) for name, reason in decoded.failures]
     _check_classes_decoded(job, labelled, labels, layout.class_names, prefix, failures)
     kept_names = [name for name, kept in zip(names, decoded.kept.tolist(), strict=True) if kept]
-    return ImageData(torch.from_numpy(decoded.images), labels, layout.class_names, kept_names), failures
+    images = torch.from_numpy(decoded.images) if isinstance(decoded.images, np.ndarray) else decoded.images
+    return ImageData(images, labels, layout.class_names, kept_names), failures
 
 
 def _check_classes_decoded(

@@ -4,10 +4,10 @@ Each worker process opens the source itself and decodes contiguous chunks of fil
 array per chunk, so inter-process traffic is a list of names in and one array out per chunk.
 A file that cannot be decoded is left out and reported; it stops nothing (unless strict).
 
-Memory stays at the output array plus a constant: the array is allocated once for all files,
-decoded images are written at a moving cursor (so failures leave no gaps), the slots that
-failures left unused at the end are released by shrinking the allocation in place, and at most
-a few chunks, each capped in bytes, are in flight between the processes.
+Decoded images go to an ``ImageOutput`` in order: by default one array allocated once for all
+files (``MemoryOutput``), or a data store's file, written as decoding goes (``data.store``), so
+that memory stays at a constant. Images are written at a moving cursor (failures leave no gaps),
+and at most a few chunks, each capped in bytes, are in flight between the processes.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import multiprocessing
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -69,9 +70,47 @@ class DecodedImages:
         failures: ``(name, reason)`` of each file that did not decode, in the order given.
     """
 
-    images: np.ndarray
+    images: Any  # what the output's finish() returned: an array for MemoryOutput
     kept: np.ndarray
     failures: list[tuple[str, str]]
+
+
+class ImageOutput(Protocol):
+    """Where decoded images go, in the order they are kept."""
+
+    def allocate(self, count: int, image_shape: tuple[int, ...]) -> None:
+        """At most ``count`` images of ``image_shape`` will come (called once, before ``write``)."""
+
+    def write(self, images: np.ndarray) -> None:
+        """Append ``images`` (K, H, W, 3) after those written before."""
+
+    def finish(self) -> Any:
+        """The images written, as the caller will hold them."""
+
+
+class MemoryOutput:
+    """Images into one array, allocated once and cut to the images kept at the end."""
+
+    def __init__(self) -> None:
+        self.output: np.ndarray | None = None
+        self.cursor = 0
+
+    def allocate(self, count: int, image_shape: tuple[int, ...]) -> None:
+        # np.empty reserves without touching: slots never written cost no resident memory.
+        self.output = np.empty((count, *image_shape), dtype=np.uint8)
+
+    def write(self, images: np.ndarray) -> None:
+        self.output[self.cursor : self.cursor + len(images)] = images
+        self.cursor += len(images)
+
+    def finish(self) -> np.ndarray:
+        if self.output is None:
+            return np.empty((0, 0, 0, 3), dtype=np.uint8)
+        if self.cursor < len(self.output):
+            # realloc shrinks in place on the usual allocators (no copy, the tail is returned);
+            # refcheck=False is safe as no view of the array has been handed out yet.
+            self.output.resize((self.cursor, *self.output.shape[1:]), refcheck=False)
+        return self.output
 
 
 def decode_images(
@@ -81,8 +120,10 @@ def decode_images(
     progress: bool,
     description: str,
     strict: bool = False,
+    output: ImageOutput | None = None,
 ) -> DecodedImages:
-    """Decode the files ``names`` of ``job``'s source into one (K, H, W, 3) uint8 array.
+    """Decode the files ``names`` of ``job``'s source into ``output``: by default one (K, H, W, 3)
+    uint8 array (``MemoryOutput``).
 
     Files that fail to decode are left out and listed in ``failures``; with ``strict`` the
     first one raises instead. Without ``job.image_size`` or ``job.expected_shape``, the first
@@ -90,11 +131,11 @@ def decode_images(
     """
     if not names:
         raise ValueError("names must not be empty. Received: names=[]")
-    collector = _Collector(job, names, strict)
+    collector = _Collector(job, names, strict, output or MemoryOutput())
     sequential = workers == 1 or len(names) < PARALLEL_THRESHOLD
     reader = open_reader(job.kind, Path(job.path))
     try:
-        with ProgressBar(len(names), description, unit="it", enabled=progress) as bar:
+        with ProgressBar(len(names), description, unit="images", enabled=progress, show_rate=True) as bar:
             job, start = _fix_shape(reader, job, names, collector, bar)
             if start < len(names) and sequential:
                 _decode_sequentially(reader, job, names, start, collector, bar)
@@ -107,25 +148,22 @@ def decode_images(
 
 
 class _Collector:
-    """Gathers decoded images into one preallocated array at a moving cursor, and the failures."""
+    """Sends decoded images to the output in file order, and notes which files were kept."""
 
-    def __init__(self, job: DecodeJob, names: list[str], strict: bool) -> None:
+    def __init__(self, job: DecodeJob, names: list[str], strict: bool, output: ImageOutput) -> None:
         self.job = job
         self.names = names
         self.strict = strict
-        self.output: np.ndarray | None = None
-        self.cursor = 0
+        self.output = output
         self.kept = np.zeros(len(names), dtype=bool)
         self.failures: list[tuple[str, str]] = []
 
     def allocate(self, shape: tuple[int, ...]) -> None:
-        # np.empty reserves without touching: slots never written cost no resident memory.
-        self.output = np.empty((len(self.names), *shape), dtype=np.uint8)
+        self.output.allocate(len(self.names), shape)
 
     def add(self, index: int, image: np.ndarray) -> None:
-        self.output[self.cursor] = image
+        self.output.write(image[None])
         self.kept[index] = True
-        self.cursor += 1
 
     def add_chunk(self, start: int, stop: int, images: np.ndarray, failed: list[tuple[int, str]]) -> None:
         for offset, reason in failed:
@@ -133,8 +171,7 @@ class _Collector:
         self.kept[start:stop] = True
         for offset, _ in failed:
             self.kept[start + offset] = False
-        self.output[self.cursor : self.cursor + len(images)] = images
-        self.cursor += len(images)
+        self.output.write(images)
 
     def fail(self, index: int, reason: str) -> None:
         if self.strict:
@@ -142,13 +179,7 @@ class _Collector:
         self.failures.append((self.names[index], reason))
 
     def finish(self) -> DecodedImages:
-        if self.output is None:
-            return DecodedImages(np.empty((0, 0, 0, 3), dtype=np.uint8), self.kept, self.failures)
-        if self.cursor < len(self.output):
-            # realloc shrinks in place on the usual allocators (no copy, the tail is returned);
-            # refcheck=False is safe as no view of the array has been handed out yet.
-            self.output.resize((self.cursor, *self.output.shape[1:]), refcheck=False)
-        return DecodedImages(self.output, self.kept, self.failures)
+        return DecodedImages(self.output.finish(), self.kept, self.failures)
 
 
 def _fix_shape(
@@ -161,8 +192,8 @@ def _fix_shape(
         collector.allocate(job.expected_shape)
         return job, 0
     # Without a target size the first image that decodes sets the shape for all the others.
+    # The bar moves only after the output is allocated: a store says its size first.
     for index, name in enumerate(names):
-        bar.update(1)
         try:
             first = _decode_one(reader, job, name)
         except ImageDecodeError as error:
@@ -171,7 +202,9 @@ def _fix_shape(
         job = replace(job, expected_shape=first.shape, reference_name=job.display_name(name))
         collector.allocate(first.shape)
         collector.add(index, first)
+        bar.update(index + 1)
         return job, index + 1
+    bar.update(len(names))
     return job, len(names)
 
 

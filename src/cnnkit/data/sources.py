@@ -1,4 +1,4 @@
-"""``load_dataset``: one entry point for every supported data source, with a tensor cache."""
+"""``load_dataset``: one entry point for every supported data source, decoded once into a store."""
 
 from __future__ import annotations
 
@@ -11,15 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnkit.data.cache import (
-    CachedSplits,
-    cache_path,
-    cnnkit_home,
-    hash_file,
-    hash_listing,
-    load_cache,
-    save_cache,
-)
+from cnnkit.data.cache import cnnkit_home, hash_listing, remembered_hash_file
 from cnnkit.data.cifar10 import (
     META_FILE,
     TEST_BATCH,
@@ -43,6 +35,8 @@ from cnnkit.data.folders import (
 )
 from cnnkit.data.readers import FOLDER, ZIP
 from cnnkit.data.skipped import first_problem, skipped_summary, strict_error
+from cnnkit.data.store import CachedSplits, StoreWriter, format_bytes, load_or_build, store_path
+from cnnkit.data.stored_images import StoredImages
 from cnnkit.progress import ProgressBar
 
 CIFAR10_NAME = "cifar10"
@@ -63,8 +57,9 @@ def load_dataset(
     progress: bool = True,
     workers: int | None = None,
     strict: bool = False,
+    in_memory: bool | None = None,
 ) -> DataSplits:
-    """Load a data set into memory, decoding it once and reading a tensor cache afterwards.
+    """Load a data set, decoding it once into a store on disk and reading the store afterwards.
 
     Args:
         source: ``None`` or ``"cifar10"`` to download (once) and read the official CIFAR-10
@@ -73,14 +68,17 @@ def load_dataset(
             ``.zip`` of images laid out as ``<class>/<image>`` (see ``load_image_folder``).
         image_size: side of the square images to produce (shorter side resized, then center
             crop); ``None`` keeps the images' own size, which must then be the same for all.
-        cache_dir: folder for the downloaded archive, with decoded tensors in its ``cache/``
-            subfolder; default ``cnnkit_home()``.
+        cache_dir: folder for the downloaded archive, with the stores of decoded images in its
+            ``cache/`` subfolder; default ``cnnkit_home()``.
         progress: show progress bars and timing lines on stderr.
         workers: processes decoding image files; ``None`` means one per CPU core.
         strict: for image folders and zips, raise ``DataError`` at the first file that is not
             a usable image instead of skipping it; hidden and system files (``.DS_Store``,
             ``__MACOSX/``, ``Thumbs.db``, ``desktop.ini``) are skipped even then. Skipped files
-            are listed in ``DataSplits.skipped``, also when read back from the cache.
+            are listed in ``DataSplits.skipped``, also when read back from the store.
+        in_memory: hold the images in memory as one tensor (True), or leave them in the store
+            and read them as they are indexed (False, ``StoredImages``); None (the default)
+            decides by size: stores up to 256 MiB (``CNNKIT_IN_MEMORY_MB``) are read whole.
 
     Raises:
         DataError: missing or unsupported source, corrupt archive, a class folder without a
@@ -94,7 +92,7 @@ def load_dataset(
         )
     workers = resolve_workers(workers)
     home = Path(cache_dir).expanduser() if cache_dir is not None else cnnkit_home()
-    loader = _SourceLoader(home / "cache", image_size, workers, progress, strict)
+    loader = _SourceLoader(home / "cache", image_size, workers, progress, strict, in_memory)
     if source is None or source == CIFAR10_NAME:
         md5 = expected_cifar10_md5()
         archive = download_cifar10(home, md5=md5, progress=progress)
@@ -112,47 +110,58 @@ def load_dataset(
 
 
 class _SourceLoader:
-    """Runs a source's decoder through the tensor cache, with the shared load settings."""
+    """Runs a source's decoder through its store, with the shared load settings."""
 
-    def __init__(self, cache_dir: Path, image_size: int | None, workers: int, progress: bool, strict: bool):
+    def __init__(
+        self,
+        cache_dir: Path,
+        image_size: int | None,
+        workers: int,
+        progress: bool,
+        strict: bool,
+        in_memory: bool | None = None,
+    ):
         self.cache_dir = cache_dir
         self.image_size = image_size
         self.workers = workers
         self.progress = progress
         self.strict = strict
+        self.in_memory = in_memory
 
     def cached(
-        self, kind: str, content_hash: str, image_size: int | None, build: Callable[[], CachedSplits]
+        self,
+        kind: str,
+        content_hash: str,
+        image_size: int | None,
+        build: Callable[[StoreWriter | None], CachedSplits],
     ) -> CachedSplits:
-        """Return the cached splits for this content and size, or ``build()`` and cache them."""
-        path = cache_path(self.cache_dir, kind, content_hash, image_size)
+        """The stored splits for this content and size, built by ``build(writer)`` the first time."""
+        path = store_path(self.cache_dir, kind, content_hash, image_size)
         started = time.perf_counter()
-        splits = load_cache(path)
-        if splits is not None:
-            if self.progress:
-                held_out = [split for split in (splits.test, splits.validation) if split is not None]
-                count = len(splits.train) + sum(len(split) for split in held_out)
-                elapsed = time.perf_counter() - started
-                print(
-                    f"Loaded {count:,} decoded images from cache {path} in {elapsed:.2f}s",
-                    file=sys.stderr,
-                )
-                if splits.skipped:
-                    print(skipped_summary(splits.skipped, count + len(splits.skipped)), file=sys.stderr)
-            return splits
-        splits = build()
-        save_cache(path, splits)
+        splits, existed = load_or_build(path, build, self.progress, self.in_memory)
+        if self.progress and existed:
+            count = splits.image_count
+            elapsed = time.perf_counter() - started
+            size = format_bytes(sum(split.images.numel() for split in _present(splits)))
+            how = (
+                f"Mapped {count:,} decoded images ({size}, read as batches need them)"
+                if isinstance(splits.train.images, StoredImages)
+                else f"Loaded {count:,} decoded images ({size})"
+            )
+            print(f"{how} from cache {path} in {elapsed:.2f}s", file=sys.stderr)
+            if splits.skipped:
+                print(skipped_summary(splits.skipped, count + len(splits.skipped)), file=sys.stderr)
         return splits
 
     def cifar10(self, content_hash: str, read: Callable[[], Splits]) -> Splits:
-        """Cache and (unless the size is the native 32) resize CIFAR-10 splits."""
+        """Store and (unless the size is the native 32) resize CIFAR-10 splits."""
         size = self.image_size
         if size in (None, _CIFAR10_SIDE):
-            # Both mean "as stored": they share one cache entry.
-            splits = self.cached("cifar10", content_hash, None, lambda: CachedSplits(*read()))
+            # Both mean "as stored": they share one store. The writer stores what read() returns.
+            splits = self.cached("cifar10", content_hash, None, lambda writer: CachedSplits(*read()))
             return splits.train, splits.test
 
-        def read_resized() -> CachedSplits:
+        def read_resized(writer: StoreWriter | None) -> CachedSplits:
             train, test = read()
             return CachedSplits(
                 _resize(train, size, self.progress),
@@ -163,17 +172,17 @@ class _SourceLoader:
         return splits.train, splits.test
 
     def images(self, kind: str, path: Path, content_hash: str, scan: Callable[[], ImageSource]) -> DataSplits:
-        """Load the image folder or zip at ``path`` (listed by ``scan()``) through the cache."""
+        """Load the image folder or zip at ``path`` (listed by ``scan()``) through its store."""
 
-        def build() -> CachedSplits:
-            decoded = decode_source(scan(), self.image_size, self.workers, self.progress, self.strict)
+        def build(writer: StoreWriter | None) -> CachedSplits:
+            decoded = decode_source(scan(), self.image_size, self.workers, self.progress, self.strict, writer)
             return CachedSplits(
                 decoded.train, decoded.test, decoded.skipped, decoded.validation, decoded.folders
             )
 
         splits = self.cached(kind, content_hash, self.image_size, build)
         skipped = displayed(kind, path, splits.skipped)
-        # A strict load that decodes raises before anything is cached; one that finds a cache
+        # A strict load that decodes raises before anything is stored; one that finds a store
         # written without strict must refuse the same files.
         problem = first_problem(skipped) if self.strict else None
         if problem is not None:
@@ -201,10 +210,13 @@ def _load_folder(loader: _SourceLoader, path: Path) -> DataSplits:
 def _load_file(loader: _SourceLoader, path: Path) -> DataSplits:
     name = path.name.lower()
     if name.endswith(".zip"):
-        # Hash before listing: on a cache hit the zip's directory never needs reading.
-        return loader.images(ZIP, path, hash_file(path), lambda: scan_zip(path))
+        # Hash before listing: on a store hit the zip's directory never needs reading.
+        content_hash = remembered_hash_file(path, loader.cache_dir)
+        return loader.images(ZIP, path, content_hash, lambda: scan_zip(path))
     if name.endswith(_ARCHIVE_SUFFIXES):
-        splits = loader.cifar10(hash_file(path), lambda: read_cifar10_archive(path))
+        splits = loader.cifar10(
+            remembered_hash_file(path, loader.cache_dir), lambda: read_cifar10_archive(path)
+        )
         return DataSplits(*splits, f"{CIFAR10_NAME} ({path})")
     raise DataError(f"Unsupported data file {path}; expected {_ALLOWED_SOURCES}")
 
@@ -217,3 +229,7 @@ def _resize(data: ImageData, size: int, progress: bool) -> ImageData:
             resized[index] = resize_array(image, size)
             bar.update(1)
     return ImageData(torch.from_numpy(resized), data.labels, data.class_names, data.names)
+
+
+def _present(splits: CachedSplits) -> list[ImageData]:
+    return [split for split in (splits.train, splits.validation, splits.test) if split is not None]
