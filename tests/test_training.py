@@ -317,3 +317,45 @@ def test_fit_leaves_the_process_settings_alone():
         assert torch.get_num_threads() == 1  # a library call does not reconfigure the process
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("image_size", [16, 12])  # 12: random crops in training, centre crops validated
+def test_training_on_a_store_on_disk_equals_training_in_memory(tmp_path, image_size):
+    """Issue 12: batches read from disk (one ahead, in a thread) train exactly as in-memory ones."""
+    from cnnkit.data import load_dataset, split_train_val
+    from cnnkit.engine.trainer import TrainingData
+    from cnnkit.engine.training_state import data_fingerprint
+    from cnnkit.recipes import get_recipe
+    from tests.conftest import write_image_folder
+
+    images, labels = make_quadrant_images(96, seed=5)
+    write_image_folder(tmp_path / "quadrants", images, labels)
+    recipe = get_recipe("tutorial").replace(epochs=2, batch_size=16, normalization="standardize")
+    if image_size < 16:
+        recipe = recipe.replace(crop_scale=(0.5, 1.0))
+    runs = []
+    for in_memory in (True, False):
+        splits = load_dataset(tmp_path / "quadrants", progress=False, in_memory=in_memory)
+        train, val = split_train_val(splits.train, 0.25, seed=0)
+        assert isinstance(train.images, torch.Tensor) == in_memory
+        classifier = Classifier(
+            "tutorial",
+            class_names=CLASS_NAMES,
+            image_size=image_size,
+            normalization=Normalization.for_recipe("standardize", train.images),
+            device="cpu",
+            precision="fp32",
+        )
+        classifier.resize_size = 16
+        history = classifier.fit_data(train, val, recipe)
+        fingerprint = data_fingerprint(TrainingData(train.images, train.labels, val.images, val.labels))
+        runs.append((classifier, history.rows, fingerprint, classifier.evaluate(val.images, val.labels)))
+    (memory, memory_rows, memory_print, memory_score), (disk, disk_rows, disk_print, disk_score) = runs
+    assert memory.normalization == disk.normalization and memory_print == disk_print
+    timing = {"seconds", "ms_per_sample"}
+    assert [{k: v for k, v in row.items() if k not in timing} for row in memory_rows] == [
+        {k: v for k, v in row.items() if k not in timing} for row in disk_rows
+    ]
+    for name, weight in memory.network.state_dict().items():
+        assert torch.equal(weight, disk.network.state_dict()[name]), name
+    assert memory_score == disk_score

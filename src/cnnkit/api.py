@@ -22,6 +22,7 @@ import torch
 from cnnkit.checkpoint import Checkpoint, load_checkpoint, load_weights, save_checkpoint
 from cnnkit.data import ImageData, load_dataset, split_train_val
 from cnnkit.data.pixels import check_pixels
+from cnnkit.data.stored_images import StoredImages
 from cnnkit.engine.callbacks import History
 from cnnkit.engine.device import resolve_device, resolve_precision
 from cnnkit.engine.evaluation import evaluate_tensors, predict_logits
@@ -279,8 +280,10 @@ class Classifier:
         return classifier
 
 
-def _as_images(x: ArrayLike) -> torch.Tensor:
+def _as_images(x: ArrayLike | StoredImages) -> torch.Tensor | StoredImages:
     check_pixels(x, name="x")
+    if isinstance(x, StoredImages):  # a large data set's images: read batch by batch, not copied
+        return x
     return torch.as_tensor(x)
 
 

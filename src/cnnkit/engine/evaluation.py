@@ -1,32 +1,39 @@
-"""Logits and metrics of a model over in-memory uint8 images, in batches, with optional TTA."""
+"""Logits and metrics of a model over uint8 images (in memory or stored), in batches, with optional TTA."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
 
+from cnnkit.data.stored_images import StoredImages
 from cnnkit.engine.inference import PixelClassifier
 from cnnkit.engine.metrics import score_logits
+from cnnkit.engine.prefetch import prefetched
 from cnnkit.engine.preprocess import Normalization
 
 
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | StoredImages,
     normalization: Normalization,
     device: torch.device,
     precision: torch.dtype = torch.float32,
     batch_size: int = 1024,
     tta: int = 0,
 ) -> torch.Tensor:
-    """Logits (float32, on CPU) for uint8 ``(N, H, W, 3)`` images, computed in batches."""
+    """Logits (float32, on CPU) for uint8 ``(N, H, W, 3)`` images, computed in batches (stored
+    images are read a batch ahead)."""
     was_training = model.training
     classifier = PixelClassifier(model, normalization, tta, precision).eval()
     outputs = []
+    batches = (slice(start, start + batch_size) for start in range(0, len(images), batch_size))
     try:
-        for start in range(0, len(images), batch_size):
-            outputs.append(classifier(images[start : start + batch_size].to(device)).cpu())
+        with contextlib.closing(prefetched(images, batches)) as pixels:
+            for batch in pixels:
+                outputs.append(classifier(batch.to(device)).cpu())
     finally:
         model.train(was_training)
     if not outputs:
@@ -36,7 +43,7 @@ def predict_logits(
 
 def evaluate_tensors(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | StoredImages,
     labels: torch.Tensor,
     normalization: Normalization,
     device: torch.device,

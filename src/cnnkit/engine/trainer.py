@@ -1,8 +1,9 @@
 """The training loop: read it top to bottom.
 
-Data lives in memory as one uint8 tensor; each step gathers a batch by index, converts it to
-normalised float in channels_last layout, augments it, runs forward/backward under autocast,
-and steps the optimizer. There is no per-sample Python and no DataLoader in the hot loop.
+Data is one uint8 tensor in memory, or a store on disk read as batches need it; each step gathers
+a batch by index (a stored batch is read by a background thread while the step before it trains),
+converts it to normalised float in channels_last layout, augments it, runs forward/backward under
+autocast, and steps the optimizer. There is no per-sample Python and no DataLoader in the hot loop.
 What the run reports (console, run folder) listens through callbacks (``engine.callbacks``);
 the best epoch and early stopping are ``engine.best``'s.
 """
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnkit.data.stored_images import StoredImages, resident_bytes, select_rows
 from cnnkit.engine import distributed
 from cnnkit.engine.augment import Augmenter, RandomCrops
 from cnnkit.engine.best import BestModel
@@ -29,6 +31,7 @@ from cnnkit.engine.lookahead import Lookahead, lookahead_decay
 from cnnkit.engine.metrics import BATCH_SUMS, VALIDATION_PREFIX, RunningMetrics, mean_values
 from cnnkit.engine.optimization import build_optimizer, lr_multiplier, set_learning_rate
 from cnnkit.engine.planning import activation_bytes_per_image, micro_batch_size, plan_steps
+from cnnkit.engine.prefetch import prefetched
 from cnnkit.engine.preprocess import InputTransform, Normalization, center_crop_images
 from cnnkit.engine.training_state import EpochPosition, load_training_state, training_state
 from cnnkit.recipes import Recipe
@@ -41,11 +44,12 @@ PROGRESS_EVERY = 10
 
 @dataclass
 class TrainingData:
-    """Tensors to train on, already split; ``val_*`` may be None."""
+    """Images (tensors, or ``StoredImages`` read from disk) and labels to train on, already split;
+    ``val_*`` may be None."""
 
-    train_images: torch.Tensor
+    train_images: torch.Tensor | StoredImages
     train_labels: torch.Tensor
-    val_images: torch.Tensor | None = None
+    val_images: torch.Tensor | StoredImages | None = None
     val_labels: torch.Tensor | None = None
 
 
@@ -156,9 +160,8 @@ class Trainer:
         """This process's images per forward pass: its whole share of the batch, or less where
         that would pass the recipe's memory budget (then gradients add up over micro-batches)."""
         data = self.data
-        fixed = sum(
-            t.numel() * t.element_size() for t in (data.train_images, data.val_images) if t is not None
-        )
+        # Stored images hold only their index in memory: their pixels cost no budget.
+        fixed = sum(resident_bytes(part) for part in (data.train_images, data.val_images) if part is not None)
         fixed += 4 * sum(
             parameter.numel() * parameter.element_size() for parameter in self.model.parameters()
         )
@@ -263,7 +266,8 @@ class Trainer:
         # Each rank scores its share of the validation set; the sums are added up across ranks.
         share = self.distributed.shard(len(self.data.val_images))
         # Stored larger than the input (random-crop recipes): scored on centre crops, as predicted.
-        images = center_crop_images(self.data.val_images[share], self.input_size)
+        # (Views: stored images are read batch by batch as they are scored.)
+        images = center_crop_images(select_rows(self.data.val_images, share), self.input_size)
         labels = self.data.val_labels[share]
         sums = [0.0] * len(BATCH_SUMS) + [float(len(images))]
         if len(images):
@@ -297,22 +301,29 @@ class Trainer:
         # Sums stay on the device: reading them every step would force a CUDA sync.
         running = RunningMetrics(self.device, position.sums, position.seen)
         started = time.perf_counter()
-        for step in range(position.step, steps):
-            batch = position.order[step * self.batch_size : (step + 1) * self.batch_size]
-            loss = self.train_step(batch, position.flips[batch], running)
-            # Reading the loss forces a device sync: free on the CPU, so every step there; on a GPU
-            # only at the progress updates, which sync anyway.
-            sync_point = step % PROGRESS_EVERY == 0 or step == steps - 1
-            if (self.device.type == "cpu" or sync_point) and not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"Loss became {loss.item()} at epoch {position.epoch}/{self.epochs}, step {step + 1}."
-                )
-            position.step = step + 1
-            if reports_progress and sync_point:
-                listeners.call("on_progress", Progress(position.epoch, position.step, running.values()))
-            if position.step < steps and self._stop_requested(stop_request):  # the last step ends the epoch
-                self._keep_sums(position, running, started)
-                self._interrupt(listeners, stop_request)
+        batches = [
+            position.order[step * self.batch_size : (step + 1) * self.batch_size]
+            for step in range(position.step, steps)
+        ]
+        # This rank's share of each batch's images; stored ones are read while the step before trains.
+        shares = (batch[self.distributed.shard(len(batch))] for batch in batches)
+        with contextlib.closing(prefetched(self.data.train_images, shares)) as pixels:
+            for step, batch, images in zip(range(position.step, steps), batches, pixels, strict=False):
+                loss = self.train_step(batch, position.flips[batch], running, images)
+                # Reading the loss forces a device sync: free on the CPU, so every step there; on a
+                # GPU only at the progress updates, which sync anyway.
+                sync_point = step % PROGRESS_EVERY == 0 or step == steps - 1
+                if (self.device.type == "cpu" or sync_point) and not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"Loss became {loss.item()} at epoch {position.epoch}/{self.epochs}, step {step + 1}."
+                    )
+                position.step = step + 1
+                if reports_progress and sync_point:
+                    listeners.call("on_progress", Progress(position.epoch, position.step, running.values()))
+                # The last step ends the epoch: no stop is needed there.
+                if position.step < steps and self._stop_requested(stop_request):
+                    self._keep_sums(position, running, started)
+                    self._interrupt(listeners, stop_request)
         self._keep_sums(position, running, started)
 
     @staticmethod
@@ -338,9 +349,16 @@ class Trainer:
             saved,
         )
 
-    def train_step(self, batch: torch.Tensor, flips: torch.Tensor, running: RunningMetrics) -> torch.Tensor:
+    def train_step(
+        self,
+        batch: torch.Tensor,
+        flips: torch.Tensor,
+        running: RunningMetrics,
+        pixels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Forward, backward and update on one global batch of indices; the batch's metrics go to
         ``running``. Returns this rank's loss (its last micro-batch's, checked for NaN per step).
+        ``pixels``: this rank's share of the batch's images, already read (default: read here).
 
         The rank's share runs in micro-batches of ``micro_batch_size`` when the whole would pass
         the memory budget: their gradients add up to the share's, so the update is the batch's
@@ -351,6 +369,8 @@ class Trainer:
         draw = self.augmenter.draw(global_count)  # drawn for the global batch on every rank
         share = self.distributed.shard(global_count)
         batch, flips, draw = batch[share], flips[share], draw[share]
+        if pixels is None:
+            pixels = self.data.train_images[batch]
         epoch = self.completed_epochs + 1
         multiplier = lr_multiplier(self.step, self.total_steps, self.recipe) * self.head_first.lr_scale(epoch)
         set_learning_rate(self.optimizer, multiplier)
@@ -366,7 +386,7 @@ class Trainer:
                 else self.training_model.no_sync()
             ):
                 loss = self._forward_backward(
-                    batch[part], flips[part], draw[part], global_count, len(batch), running
+                    batch[part], pixels[part], flips[part], draw[part], global_count, len(batch), running
                 )
         self.scaler.step(self.optimizer)  # a plain step unless fp16 (then unscaled, skipped on overflow)
         self.scaler.update()
@@ -375,9 +395,9 @@ class Trainer:
         return loss
 
     def _forward_backward(
-        self, indices, flips, draw, global_count: int, share_count: int, running
+        self, indices, pixels, flips, draw, global_count: int, share_count: int, running
     ) -> torch.Tensor:
-        inputs = self.augmenter(self.to_input(self.data.train_images[indices]), flips, draw)
+        inputs = self.augmenter(self.to_input(pixels), flips, draw)
         targets = self.data.train_labels[indices].to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.precision, enabled=self.precision != torch.float32):
             logits = self.training_model(inputs)

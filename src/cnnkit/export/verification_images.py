@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cnnkit.checkpoint import Checkpoint
 from cnnkit.data import DataError, cnnkit_home, load_dataset
@@ -56,7 +57,7 @@ def images_from_source(source: str | os.PathLike, size: int, count: int) -> np.n
     if os.fspath(source) == CIFAR10:
         if not (cnnkit_home() / CIFAR10_FILENAME).is_file():
             return None
-        return _sample(_split_images(CIFAR10, size), count)
+        return _split_sample(CIFAR10, size, count)
     items = [item for item in expand_inputs(source) if item.error is None]
     if items:
         chosen = [items[index] for index in _spread(len(items), count)]
@@ -66,7 +67,7 @@ def images_from_source(source: str | os.PathLike, size: int, count: int) -> np.n
         return np.stack(decoded) if decoded else None
     if not Path(source).exists():
         return None
-    return _sample(_split_images(source, size), count)
+    return _split_sample(source, size, count)
 
 
 def synthetic_images(count: int, size: int, seed: int = 0) -> np.ndarray:
@@ -80,14 +81,11 @@ def synthetic_images(count: int, size: int, seed: int = 0) -> np.ndarray:
     return np.where((np.arange(count) % 2 == 0)[:, None, None, None], noise, smooth)
 
 
-def _split_images(source: str | os.PathLike, size: int) -> np.ndarray:
+def _split_sample(source: str | os.PathLike, size: int, count: int) -> np.ndarray:
     splits = load_dataset(source, image_size=size, progress=False)
     split = splits.test if splits.test is not None else splits.train
-    return split.images.numpy()
-
-
-def _sample(images: np.ndarray, count: int) -> np.ndarray:
-    return images[_spread(len(images), count)]
+    # Only the chosen images are read: a large set stays in its store on disk.
+    return split.images[torch.from_numpy(_spread(len(split.images), count))].numpy()
 
 
 def _spread(total: int, count: int) -> np.ndarray:
