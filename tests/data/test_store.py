@@ -305,3 +305,30 @@ def test_meta_is_what_marks_a_store_complete(tmp_path, isolated_home):
     (store / META_FILE).unlink()
     assert open_store(store) is None
 
+
+def test_a_zip_is_hashed_and_surveyed_once(tmp_path, isolated_home, monkeypatch):
+    """A second run on a large zip reads neither its bytes (hash) nor its directory (survey)."""
+    import zipfile
+
+    from cnnkit.data import cache as cache_module
+    from cnnkit.data import survey as survey_module
+
+    write_image_tree(tmp_path / "d", {"a": 3, "b": 3}, size=(8, 8))
+    archive = tmp_path / "d.zip"
+    with zipfile.ZipFile(archive, "w") as writer:
+        for path in sorted((tmp_path / "d").rglob("*.png")):
+            writer.write(path, path.relative_to(tmp_path / "d").as_posix())
+    survey = survey_module.survey_image_sizes(archive)
+    first = load_dataset(archive, progress=False)
+
+    def fail(*arguments, **keywords):
+        raise AssertionError("read the zip again")
+
+    monkeypatch.setattr(cache_module, "hash_file", fail)
+    monkeypatch.setattr(survey_module, "list_zip", fail)
+    monkeypatch.setattr(sources_module, "decode_source", fail)
+    assert survey_module.survey_image_sizes(archive) == survey and survey.uniform == (8, 8)
+    assert torch.equal(load_dataset(archive, progress=False).train.images, first.train.images)
+    os.utime(archive, ns=(10**18, 10**18))  # touched: hashed again (and found the same)
+    with pytest.raises(AssertionError, match="read the zip again"):
+        load_dataset(archive, progress=False)

@@ -7,19 +7,26 @@ kilobytes each at most, nothing decoded) and picks a size from their shorter sid
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnkit.data.cache import cnnkit_home, remembered_hash_file
 from cnnkit.data.decode import open_header
 from cnnkit.data.layout import resolve_layout
-from cnnkit.data.readers import FOLDER, ZIP, list_folder, list_zip, open_reader
+from cnnkit.data.readers import FOLDER, ZIP, Listing, list_folder, list_zip, open_reader
+from cnnkit.fileio import atomic_write_text
 
 SAMPLE = 1000
 HEADER_BYTES = 256 * 1024  # JPEG's size comes after EXIF (at most 64 KiB) and its thumbnail
 # The training sizes a survey may choose: small enough for a CPU, large enough for photos.
 SMALLEST_SIZE, LARGEST_SIZE, SIZE_MULTIPLE = 32, 160, 16
+# Bump when what a survey reads changes: remembered surveys of older code are then not used.
+_SURVEY_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -51,11 +58,30 @@ def survey_image_sizes(source: str | os.PathLike, sample: int = SAMPLE) -> SizeS
     """
     path = Path(source).expanduser()
     if path.is_dir():
-        kind, listing = FOLDER, list_folder(path)
-    elif path.is_file() and path.suffix.lower() == ".zip":
-        kind, listing = ZIP, list_zip(path)
-    else:
-        return None
+        return _survey(FOLDER, path, list_folder(path), sample)
+    if path.is_file() and path.suffix.lower() == ".zip":
+        return _remembered_zip_survey(path, sample)
+    return None
+
+
+def _remembered_zip_survey(path: Path, sample: int) -> SizeSurvey | None:
+    """A zip's survey, remembered in the cache by the zip's content: listing a 400,000-member zip
+    takes seconds, which a second run on it should not spend before reading its store."""
+    cache = cnnkit_home() / "cache"
+    memo = cache / "surveys" / f"{remembered_hash_file(path, cache)}-{sample}-v{_SURVEY_VERSION}.json"
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        values = json.loads(memo.read_text(encoding="utf-8"))
+        if values is None:
+            return None
+        uniform = values.pop("uniform")
+        return SizeSurvey(**values, uniform=tuple(uniform) if uniform else None)
+    survey = _survey(ZIP, path, list_zip(path), sample)
+    with contextlib.suppress(OSError):
+        atomic_write_text(memo, json.dumps(dataclasses.asdict(survey) if survey else None))
+    return survey
+
+
+def _survey(kind: str, path: Path, listing: Listing, sample: int) -> SizeSurvey | None:
     try:
         train = [name for name, _ in resolve_layout(listing.images, str(path)).train]
     except ValueError:  # the load itself reports a layout it cannot use, in its own words
