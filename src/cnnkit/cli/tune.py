@@ -46,7 +46,10 @@ def add_parser(commands: Any) -> None:
         "--resume", metavar="STUDY_FOLDER", help="continue the study in this folder (runs/tune)"
     )
     tune.add_argument(
-        "--seed", type=int, default=0, help="seeds the sampler (trials train with the recipe's seed)"
+        "--seed",
+        type=int,
+        help="seeds the sampler (default 0; trials train with the recipe's seed); "
+        "processes searching one study at once need different seeds",
     )
     tune.add_argument(
         "--print-space", action="store_true", help="print the search space as a --space file, and stop"

@@ -176,7 +176,7 @@ def tune(
     name: str | None = None,
     resume: str | os.PathLike | None = None,
     overrides: Mapping[str, Any] | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     device: str = "auto",
     precision: str = "auto",
     stream: TextIO | None = None,
@@ -191,7 +191,10 @@ def tune(
     folder) continues one with its own data, recipe and space, so it takes none of them. ``space``:
     see ``new_study_settings``. The median pruner stops trials from ``pruning_startup_trials``
     finished trials on, in epochs after ``pruning_warmup_epochs``; TPE samples at random for the
-    first ``sampler_startup_trials``. ``stream`` gets one line a trial (None: stdout).
+    first ``sampler_startup_trials``. ``seed`` seeds the sampler (offset by the study's trial
+    count; None: 0, or on ``resume`` the study's own): several processes searching one study at
+    once need different seeds, or those starting together draw the same settings. ``stream``
+    gets one line a trial (None: stdout).
     """
     optuna = import_optuna()
     _check_stop(trials, budget_seconds)
@@ -210,11 +213,11 @@ def tune(
                 )
             study, settings, folder = _load_study(optuna, resume)
         else:
-            settings = new_study_settings(data or "cifar10", recipe, space, overrides, seed)
+            settings = new_study_settings(data or "cifar10", recipe, space, overrides, seed or 0)
             study, folder = _create_study(optuna, settings, out, name)
         study.sampler = optuna.samplers.TPESampler(
             # Offset by the trials so far: a resumed study does not replay its first random draws.
-            seed=settings.seed + len(study.trials),
+            seed=(settings.seed if seed is None else seed) + len(study.trials),
             n_startup_trials=sampler_startup_trials,
         )
         study.pruner = optuna.pruners.MedianPruner(
