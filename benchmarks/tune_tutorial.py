@@ -30,7 +30,8 @@ import zipfile
 from pathlib import Path
 
 from cnnkit.experiments.compare import compare_runs
-from cnnkit.experiments.tune import parse_duration, tune
+from cnnkit.experiments.study import parse_duration
+from cnnkit.experiments.tune import tune
 from cnnkit.runs.training import train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-train.zip"

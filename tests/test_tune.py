@@ -17,7 +17,8 @@ import yaml
 from cnnkit.cli import main
 from cnnkit.experiments import tune as tune_module
 from cnnkit.experiments.space import check_space, default_space, parse_space, read_space_file
-from cnnkit.experiments.tune import PruningCallback, parse_duration
+from cnnkit.experiments.study import parse_duration
+from cnnkit.experiments.tune import PruningCallback
 from cnnkit.recipes import get_recipe, read_recipe_file
 from tests.conftest import make_quadrant_images, write_image_folder
 

@@ -62,7 +62,8 @@ def add_parser(commands: Any) -> None:
 
 def run(arguments: argparse.Namespace) -> int:
     from cnnkit.experiments.space import space_to_yaml
-    from cnnkit.experiments.tune import new_study_settings, parse_duration, tune
+    from cnnkit.experiments.study import new_study_settings, parse_duration
+    from cnnkit.experiments.tune import tune
     from cnnkit.recipes import parse_assignment
 
     overrides: dict[str, Any] = {}

@@ -102,3 +102,15 @@ def micro_batch_size(
         return share
     pieces = math.ceil(share / fitting)
     return math.ceil(share / pieces)
+
+
+def plan_micro_batch(
+    model: nn.Module, data, recipe: Recipe, batch_size: int, input_size: int, device, world_size: int
+) -> int:
+    """A process's images per forward pass: its whole share of the batch, or less where that
+    would pass the recipe's memory budget (then gradients add up over micro-batches)."""
+    tensors = (data.train_images, data.val_images)
+    fixed = sum(tensor.numel() * tensor.element_size() for tensor in tensors if tensor is not None)
+    fixed += 4 * sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    per_image = activation_bytes_per_image(model, input_size, device)
+    return micro_batch_size(batch_size, per_image, recipe.memory_budget_gb * 2**30, fixed, world_size)
