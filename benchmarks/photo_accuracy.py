@@ -68,7 +68,8 @@ def main() -> None:
     threads = configure_process()
     shared = dict(parse_assignment(text) for text in arguments.set)
     print(
-        f"{platform.processor() or platform.machine()}, {threads} threads; data {arguments.data}; shared {shared}"
+        f"{platform.processor() or platform.machine()}, {threads} threads; "
+        f"data {arguments.data}; shared {shared}"
     )
     print("| variant | seed | size | last-epoch val. acc. | best.pt test acc. (TTA) | seconds |")
     print("|---|---|---|---|---|---|")
@@ -81,7 +82,8 @@ def main() -> None:
         ]
         for seed, result in zip(arguments.seeds, results, strict=True):
             print(
-                f"| {label} | {seed} | {result['size']} | {result['validation']:.4f} | {result['test']:.4f} | "
+                f"| {label} | {seed} | {result['size']} | {result['validation']:.4f} | "
+                f"{result['test']:.4f} | "
                 f"{result['seconds']:.0f} |",
                 flush=True,
             )
@@ -93,7 +95,8 @@ def main() -> None:
         spread = statistics.stdev(values["test"]) if len(results) > 1 else 0.0
         print(
             f"| {label} | {statistics.mean(values['validation']):.4f} | "
-            f"{statistics.mean(values['test']):.4f} +- {spread:.4f} | {statistics.mean(values['seconds']):.0f} |"
+            f"{statistics.mean(values['test']):.4f} +- {spread:.4f} | "
+            f"{statistics.mean(values['seconds']):.0f} |"
         )
 
 

@@ -31,17 +31,20 @@ configure_process()
 recipe = get_recipe("photo").replace(batch_size=batch, memory_budget_gb=budget, epochs=1)
 stored = recipe.stored_size(size)
 count = 10 * batch  # the small-data rule keeps the batch whole
-images = torch.randint(0, 256, (count, stored, stored, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+generator = torch.Generator().manual_seed(0)
+images = torch.randint(0, 256, (count, stored, stored, 3), dtype=torch.uint8, generator=generator)
 labels = torch.arange(count) % 10
 model = create_model("fast", num_classes=10, image_size=size, stem_stride="auto")
-trainer = Trainer(model, TrainingData(images, labels), recipe, Normalization(), torch.device("cpu"), torch.float32, size)
+data = TrainingData(images, labels)
+trainer = Trainer(model, data, recipe, Normalization(), torch.device("cpu"), torch.float32, size)
 order, flips = torch.randperm(count)[:batch], torch.zeros(batch, dtype=torch.bool)
 started = time.perf_counter()
 for _ in range(2):
     trainer.train_step(order, flips, RunningMetrics(torch.device("cpu")))
 seconds = (time.perf_counter() - started) / 2
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"peak": peak, "micro": trainer.micro_batch_size, "data": images.numel(), "seconds": seconds}))
+result = {"peak": peak, "micro": trainer.micro_batch_size, "data": images.numel(), "seconds": seconds}
+print(json.dumps(result))
 """
 
 

@@ -4,8 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnkit.api import Classifier
-from cnnkit.engine.preprocess import Normalization
-from cnnkit.engine.trainer import Trainer, TrainingData
+from cnnkit.engine.losses import training_loss
 from cnnkit.models import create_model
 from cnnkit.recipes import get_recipe
 from tests.conftest import CLASS_NAMES
@@ -31,19 +30,12 @@ def test_members_start_apart_and_eval_averages_their_logits():
 
 def test_each_member_gets_exactly_the_gradient_it_would_get_alone():
     ensemble = small_ensemble(2)
-    images, labels = make_color_images(40)
     recipe = get_recipe("fast")
-    trainer = Trainer(
-        ensemble,
-        TrainingData(images, labels),
-        recipe,
-        Normalization(),
-        torch.device("cpu"),
-        torch.float32,
-    )
     inputs = torch.randn(8, 3, 16, 16).contiguous(memory_format=torch.channels_last)
     targets = torch.randint(0, 4, (8,))
-    report, objective = trainer.loss(ensemble(inputs), targets)
+    report, objective = training_loss(
+        ensemble(inputs), targets, recipe.label_smoothing, recipe.loss_reduction
+    )
     objective.backward()
     member = ensemble.members[1]
     together = member.head.weight.grad.clone()

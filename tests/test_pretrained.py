@@ -103,8 +103,6 @@ def test_small_images_are_refused_in_one_line():
 # The weights: a local server stands in for download.pytorch.org.
 
 
-
-
 @pytest.fixture(scope="module")
 def resnet18_weights() -> bytes:
     """A resnet18 state dict in torchvision's layout, as the bytes of a .pth file."""

@@ -14,8 +14,6 @@ PAYLOAD = bytes(range(256)) * 64
 PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()
 
 
-
-
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cnnkit import __version__
-from cnnkit.cli import info, train, use
+from cnnkit.cli import compare, info, train, tune, use
 from cnnkit.engine.interrupt import TrainingInterrupted
 
 
@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train.add_parser(commands)
     use.add_parsers(commands)
+    compare.add_parser(commands)
+    tune.add_parser(commands)
     info.add_parsers(commands)
     return parser
 

@@ -161,3 +161,14 @@ def cutout(inputs: torch.Tensor, corners: torch.Tensor, size: int) -> torch.Tens
     columns = torch.arange(width, device=inputs.device).view(1, 1, -1)
     inside = (rows >= top) & (rows < top + size) & (columns >= left) & (columns < left + size)
     return inputs.masked_fill(inside.unsqueeze(1), 0)
+
+
+def crops_for(recipe, stored_side: int, input_size: int) -> RandomCrops | None:
+    """Random-resized crops from the recipe, or random crops of the input size from images stored
+    larger (the same scale as the centre crop evaluation sees); None for neither."""
+    if recipe.random_crops:
+        return RandomCrops(recipe.crop_scale, recipe.crop_ratio, input_size)
+    if stored_side > input_size:
+        share = (input_size / stored_side) ** 2
+        return RandomCrops((share, share), (1.0, 1.0), input_size)
+    return None

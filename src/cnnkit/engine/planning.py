@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cnnkit.data.stored_images import resident_bytes
 from cnnkit.recipes import Recipe
 
 MIN_STEPS_PER_EPOCH = 10
@@ -102,3 +103,16 @@ def micro_batch_size(
         return share
     pieces = math.ceil(share / fitting)
     return math.ceil(share / pieces)
+
+
+def plan_micro_batch(
+    model: nn.Module, data, recipe: Recipe, batch_size: int, input_size: int, device, world_size: int
+) -> int:
+    """A process's images per forward pass: its whole share of the batch, or less where that
+    would pass the recipe's memory budget (then gradients add up over micro-batches)."""
+    # Stored images hold only their index in memory: their pixels cost no budget.
+    parts = (data.train_images, data.val_images)
+    fixed = sum(resident_bytes(part) for part in parts if part is not None)
+    fixed += 4 * sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    per_image = activation_bytes_per_image(model, input_size, device)
+    return micro_batch_size(batch_size, per_image, recipe.memory_budget_gb * 2**30, fixed, world_size)

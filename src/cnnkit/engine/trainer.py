@@ -16,21 +16,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.data.stored_images import StoredImages, resident_bytes, select_rows
+from cnnkit.data.stored_images import StoredImages, select_rows
 from cnnkit.engine import distributed
-from cnnkit.engine.augment import Augmenter, RandomCrops
+from cnnkit.engine.augment import Augmenter, crops_for
 from cnnkit.engine.best import BestModel
 from cnnkit.engine.callbacks import CallbackList, EpochBegin, EpochEnd, History, Progress
 from cnnkit.engine.evaluation import evaluate_tensors
 from cnnkit.engine.fine_tuning import HeadFirst
 from cnnkit.engine.interrupt import StopRequest, TrainingInterrupted
-from cnnkit.engine.lookahead import Lookahead, lookahead_decay
+from cnnkit.engine.lookahead import Lookahead, advance_lookahead
+from cnnkit.engine.losses import training_loss
 from cnnkit.engine.metrics import BATCH_SUMS, VALIDATION_PREFIX, RunningMetrics, mean_values
 from cnnkit.engine.optimization import build_optimizer, lr_multiplier, set_learning_rate
-from cnnkit.engine.planning import activation_bytes_per_image, micro_batch_size, plan_steps
+from cnnkit.engine.planning import plan_micro_batch, plan_steps
 from cnnkit.engine.prefetch import prefetched
 from cnnkit.engine.preprocess import InputTransform, Normalization, center_crop_images
 from cnnkit.engine.training_state import EpochPosition, load_training_state, training_state
@@ -124,7 +124,9 @@ class Trainer:
         plan = plan_steps(len(data.train_images), recipe, self.distributed.world_size)
         self.batch_size, self.steps_per_epoch = plan.batch_size, plan.steps_per_epoch
         self.epochs, self.total_steps = plan.epochs, plan.total_steps
-        self.micro_batch_size = self._plan_micro_batches()
+        self.micro_batch_size = plan_micro_batch(
+            model, data, recipe, self.batch_size, self.input_size, device, self.distributed.world_size
+        )
         self.step = 0
         self.history = History()
         self.position: EpochPosition | None = None  # None between epochs
@@ -134,7 +136,7 @@ class Trainer:
             recipe.translate,
             self.generator,
             recipe.cutout,
-            self._crops(),
+            crops_for(recipe, data.train_images.shape[1], self.input_size),
         )
         self.lookahead: Lookahead | None = None
         self.head_first = HeadFirst(self.model, recipe.freeze_epochs, recipe.fine_tune_lr_scale)
@@ -144,30 +146,6 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, recipe.replace(batch_size=self.batch_size), device)
         # fp16 gradients underflow without loss scaling (bf16 has fp32's range and needs none).
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
-
-    def _crops(self) -> RandomCrops | None:
-        """Random-resized crops from the recipe, or random crops of the input size from images
-        stored larger (the same scale as the centre crop evaluation sees); None for neither."""
-        recipe, stored = self.recipe, self.data.train_images.shape[1]
-        if recipe.random_crops:
-            return RandomCrops(recipe.crop_scale, recipe.crop_ratio, self.input_size)
-        if stored > self.input_size:
-            share = (self.input_size / stored) ** 2
-            return RandomCrops((share, share), (1.0, 1.0), self.input_size)
-        return None
-
-    def _plan_micro_batches(self) -> int:
-        """This process's images per forward pass: its whole share of the batch, or less where
-        that would pass the recipe's memory budget (then gradients add up over micro-batches)."""
-        data = self.data
-        # Stored images hold only their index in memory: their pixels cost no budget.
-        fixed = sum(resident_bytes(part) for part in (data.train_images, data.val_images) if part is not None)
-        fixed += 4 * sum(
-            parameter.numel() * parameter.element_size() for parameter in self.model.parameters()
-        )
-        per_image = activation_bytes_per_image(self.model, self.input_size, self.device)
-        budget = self.recipe.memory_budget_gb * 2**30
-        return micro_batch_size(self.batch_size, per_image, budget, fixed, self.distributed.world_size)
 
     def _initialize_from_data(self) -> None:
         """Models with a data-dependent first layer (``initialize_from_data``) get a sample, seen
@@ -391,7 +369,9 @@ class Trainer:
         self.scaler.step(self.optimizer)  # a plain step unless fp16 (then unscaled, skipped on overflow)
         self.scaler.update()
         self.step += 1
-        self._lookahead_step()
+        self.lookahead = advance_lookahead(
+            self.lookahead, self.model, self.step, self.total_steps, self.steps_per_epoch, self.recipe
+        )
         return loss
 
     def _forward_backward(
@@ -401,7 +381,9 @@ class Trainer:
         targets = self.data.train_labels[indices].to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.precision, enabled=self.precision != torch.float32):
             logits = self.training_model(inputs)
-        loss, objective = self.loss(logits, targets)
+        loss, objective = training_loss(
+            logits, targets, self.recipe.label_smoothing, self.recipe.loss_reduction
+        )
         is_sum = self.recipe.loss_reduction == "sum"
         if len(indices) != share_count and not is_sum:  # a micro-batch: its part of the share's mean
             objective = objective * (len(indices) / share_count)
@@ -416,43 +398,6 @@ class Trainer:
         member_mean = logits.detach() if logits.ndim == 2 else logits.detach().mean(0)
         running.add(loss * (1 if is_sum else len(targets)), member_mean, targets)
         return loss
-
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the loss to report, the loss to minimise).
-
-        An ensemble's ``(members, N, classes)`` logits: each member learns from its own loss, so
-        the objective is their sum (every member's gradient is its own); the report, their mean.
-        """
-        losses = torch.stack(
-            [
-                F.cross_entropy(
-                    member_logits.float(),
-                    targets,
-                    label_smoothing=self.recipe.label_smoothing,
-                    reduction=self.recipe.loss_reduction,
-                )
-                for member_logits in (logits if logits.ndim == 3 else logits[None])
-            ]
-        )
-        return losses.mean(), losses.sum()
-
-    def _lookahead_step(self) -> None:
-        recipe = self.recipe
-        if not recipe.lookahead or self.step % recipe.lookahead_every:
-            return
-        if self.step <= recipe.lookahead_start_epoch * self.steps_per_epoch:
-            return
-        if self.lookahead is None:
-            self.lookahead = Lookahead(self.model)
-            return
-        decay = lookahead_decay(
-            self.step,
-            self.total_steps,
-            recipe.lookahead_every,
-            recipe.lookahead_decay,
-            recipe.lookahead_power,
-        )
-        self.lookahead.update(self.model, decay)
 
     def _set_first_layer_bias_trainable(self, epoch: int) -> None:
         """The fast network's whitening bias learns for the first few epochs, then freezes."""
