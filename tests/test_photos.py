@@ -74,6 +74,19 @@ def test_a_mixed_size_photo_folder_trains_with_no_flags_and_evaluate_agrees(tmp_
     assert evaluated["accuracy"] == pytest.approx(report["evaluation"]["accuracy"])
 
 
+def test_another_model_takes_the_photo_recipe_without_its_fast_network_arguments(tmp_path, capsys):
+    # The photo recipe's stem_stride is the fast network's; --model resnet18 must not inherit it,
+    # while an argument the user sets for the chosen model is still checked.
+    write_photos(tmp_path / "photos", [(48, 48)] * 16)
+    arguments = ["--data", str(tmp_path / "photos"), "--model", "resnet18", "--epochs", "0.5"]
+    arguments += ["--set", "min_steps=0", "--out", str(tmp_path / "runs"), "--device", "cpu", "--quiet"]
+    assert main(["train", *arguments]) == 0
+    checkpoint = load_checkpoint(tmp_path / "runs" / "train" / "best.pt")
+    assert checkpoint.model_name == "resnet18" and "stem_stride" not in checkpoint.model_arguments
+    assert main(["train", *arguments, "--set", "model_arguments.stem_stride=2"]) != 0
+    assert "Unknown argument of model 'resnet18'. Received: stem_stride=2" in capsys.readouterr().err
+
+
 def test_prediction_decodes_exactly_as_training_stored_and_cropped():
     buffer = io.BytesIO()
     Image.fromarray(make_quadrant_images(1, size=16)[0][0]).resize((97, 61)).save(buffer, "PNG")

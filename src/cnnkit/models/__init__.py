@@ -4,6 +4,12 @@ from cnnkit.models import airbench as _airbench  # noqa: F401  (registers the fa
 from cnnkit.models import ensemble as _ensemble  # noqa: F401  (registers the fast ensemble)
 from cnnkit.models import resnet as _resnet  # noqa: F401  (registers resnet18 and resnet50)
 from cnnkit.models import tutorial as _tutorial  # noqa: F401  (registers the tutorial models)
-from cnnkit.models.registry import check_model_arguments, create_model, list_models, register_model
+from cnnkit.models.registry import (
+    check_model_arguments,
+    create_model,
+    list_models,
+    model_takes,
+    register_model,
+)
 
-__all__ = ["check_model_arguments", "create_model", "list_models", "register_model"]
+__all__ = ["check_model_arguments", "create_model", "list_models", "model_takes", "register_model"]

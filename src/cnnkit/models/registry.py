@@ -40,6 +40,16 @@ def list_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
+def model_takes(name: str, argument: str) -> bool:
+    """Whether the registered model ``name`` takes ``argument`` (False for an unknown model)."""
+    if name not in _BUILDERS:
+        return False
+    parameters = inspect.signature(_BUILDERS[name]).parameters
+    return argument in parameters or any(
+        parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()
+    )
+
+
 def check_model_arguments(name: str, **kwargs: Any) -> None:
     """Fail in one line, naming what is allowed, unless ``name`` is registered and takes ``kwargs``."""
     if name not in _BUILDERS:

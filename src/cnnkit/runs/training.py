@@ -37,7 +37,7 @@ from cnnkit.engine.device import configure_process, precision_name, precision_wa
 from cnnkit.engine.interrupt import stop_on_signals
 from cnnkit.engine.planning import plan_steps
 from cnnkit.engine.preprocess import Normalization
-from cnnkit.models import check_model_arguments
+from cnnkit.models import check_model_arguments, model_takes
 from cnnkit.recipes import DEFAULT_RECIPE, Recipe, load_recipe
 from cnnkit.runs.choices import default_recipe, plan_sizes
 from cnnkit.runs.folders import CONFIG_FILE, create_run_folder, write_config, write_report
@@ -144,7 +144,18 @@ def _resolve_recipe(
     chosen = load_recipe(recipe)
     if initial is not None:
         chosen = chosen.replace(model=initial.model_name, model_arguments=initial.model_arguments)
-    chosen = load_recipe(chosen, overrides)
+    base, chosen = chosen, load_recipe(chosen, overrides)
+    if chosen.model != base.model and "model_arguments" not in overrides:
+        # The recipe's model arguments were chosen for its own model (the photo recipe's
+        # stem_stride is the fast network's): another model keeps those it takes, and what the
+        # user set with --set model_arguments.KEY, which is checked below.
+        chosen = chosen.replace(
+            model_arguments={
+                key: value
+                for key, value in chosen.model_arguments.items()
+                if model_takes(chosen.model, key) or f"model_arguments.{key}" in overrides
+            }
+        )
     if initial is not None and chosen.model != initial.model_name:
         raise ValueError(
             f"{initial.source} holds a {initial.model_name} network. Received: --model {chosen.model}"
