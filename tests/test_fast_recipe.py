@@ -24,6 +24,25 @@ def smooth_images(count=64, size=16, seed=0):
     return images + 0.1 * torch.randn(count, 3, size, size, generator=generator)
 
 
+def test_whitening_from_chunks_and_slices_equals_whitening_from_the_whole_sample(monkeypatch):
+    # A large sample (5,000 photos at 128 px) is whitened a chunk and a slice at a time so its
+    # float64 patches are never held whole: the filters must be the whole sample's.
+    import cnnkit.models.airbench as airbench
+    from cnnkit.engine.preprocess import InputChunks
+
+    images = smooth_images(count=60, size=16)
+    pixels = (images.clamp(-2, 2) * 60 + 128).round().to(torch.uint8).permute(0, 2, 3, 1)
+    monkeypatch.setattr(airbench, "WHITENING_SLICE_BYTES", 8 * 12 * 15 * 15 * 7)  # 7 images a slice
+    chunks = InputChunks(pixels, nn.Identity(), chunk_bytes=4 * 16 * 16 * 3 * 25)  # 25 a chunk
+    assert [len(chunk) for chunk in chunks] == [25, 25, 10]
+    as_chunks = [chunk.permute(0, 3, 1, 2).float() for chunk in chunks]
+    sliced, reference = create_model("fast", image_size=16), create_model("fast", image_size=16)
+    sliced.initialize_from_data(as_chunks, epsilon=1e-6)
+    monkeypatch.setattr(airbench, "WHITENING_SLICE_BYTES", 2**40)
+    reference.initialize_from_data(torch.cat(as_chunks), epsilon=1e-6)
+    torch.testing.assert_close(sliced.whiten.weight, reference.whiten.weight, rtol=1e-4, atol=1e-5)
+
+
 def test_whitening_layer_decorrelates_training_patches():
     model = create_model("fast", image_size=16)
     images = smooth_images()

@@ -74,15 +74,17 @@ def test_a_mixed_size_photo_folder_trains_with_no_flags_and_evaluate_agrees(tmp_
     assert evaluated["accuracy"] == pytest.approx(report["evaluation"]["accuracy"])
 
 
-def test_another_model_takes_the_photo_recipe_without_its_fast_network_arguments(tmp_path, capsys):
-    # The photo recipe's stem_stride is the fast network's; --model resnet18 must not inherit it,
-    # while an argument the user sets for the chosen model is still checked.
+def test_another_model_on_photos_gets_an_adam_recipe_without_the_fast_networks_arguments(tmp_path, capsys):
+    # The photo recipe's Muon steps and stem_stride are the fast network's (a ResNet-18 diverged
+    # with them): --model resnet18 alone gets the Adam photo recipe, and an argument the user
+    # sets for the chosen model is still checked.
     write_photos(tmp_path / "photos", [(48, 48)] * 16)
     arguments = ["--data", str(tmp_path / "photos"), "--model", "resnet18", "--epochs", "0.5"]
     arguments += ["--set", "min_steps=0", "--out", str(tmp_path / "runs"), "--device", "cpu", "--quiet"]
     assert main(["train", *arguments]) == 0
     checkpoint = load_checkpoint(tmp_path / "runs" / "train" / "best.pt")
     assert checkpoint.model_name == "resnet18" and "stem_stride" not in checkpoint.model_arguments
+    assert checkpoint.recipe.name == "photo-adam" and checkpoint.recipe.optimizer == "adam"
     assert main(["train", *arguments, "--set", "model_arguments.stem_stride=2"]) != 0
     assert "Unknown argument of model 'resnet18'. Received: stem_stride=2" in capsys.readouterr().err
 
@@ -116,13 +118,34 @@ def test_the_patchify_stem_keeps_the_cost_near_the_32_px_one(size, limit):
         return total
 
     base = multiply_adds(create_model("fast", image_size=32), 32)
-    today = multiply_adds(create_model("fast", image_size=size), size)
-    patchify = create_model("fast", image_size=size, stem_stride="auto")
+    today = multiply_adds(create_model("fast", image_size=size, stem_stride=1), size)
+    patchify = create_model("fast", image_size=size)  # the default stem adapts to the size
+    assert create_model("fast").model_arguments["stem_stride"] == 1  # CIFAR's 32 px: airbench's own
     assert today / base > 3  # the full-resolution stem: ~4x at 64 px, ~16x at 128
     assert multiply_adds(patchify, size) / base <= limit
     parameters = sum(parameter.numel() for parameter in patchify.parameters())
     assert parameters < 1.02 * sum(parameter.numel() for parameter in create_model("fast").parameters())
     assert patchify.model_arguments["stem_stride"] == stem_stride_for(size) > 1  # stored resolved
+
+
+def test_a_checkpoint_from_before_the_adaptive_stem_loads_with_its_full_resolution_stem(tmp_path):
+    # Checkpoints written before the stem's default became "auto" hold no stem_stride; at 64 px
+    # their network had the full-resolution stem, and must be rebuilt with it.
+    from cnnkit.checkpoint import Checkpoint, save_checkpoint
+
+    network = create_model("fast", num_classes=2, image_size=64, stem_stride=1)
+    legacy = Checkpoint(
+        "fast", {"num_classes": 2, "image_size": 64}, ["a", "b"], 64, Normalization(), network.state_dict()
+    )
+    save_checkpoint(tmp_path / "old.pt", legacy)
+    assert load_checkpoint(tmp_path / "old.pt").model_arguments["stem_stride"] == 1
+    classifier = Classifier.load(tmp_path / "old.pt", device="cpu")
+    images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    network.eval()
+    inputs = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        expected = network(inputs).argmax(1)
+    assert classifier.predict(images).argmax(1).tolist() == expected.tolist()
 
 
 def test_random_crops_take_their_scale_and_aspect_and_the_centre_crop_is_exact():

@@ -118,6 +118,15 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
     return path
 
 
+def _with_legacy_defaults(model_name: str, arguments: dict) -> dict:
+    """A checkpoint's model arguments, completed with what its network was built with when a
+    default has changed since: the fast family's stem was full-resolution (stride 1) at every
+    input size before its default became "auto" (which differs above 48 px)."""
+    if model_name in ("fast", "fast-ensemble") and "stem_stride" not in arguments:
+        return {**arguments, "stem_stride": 1}
+    return arguments
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint written by ``save_checkpoint`` (any version); fails in one line on anything else."""
     path = Path(path)
@@ -144,7 +153,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise ValueError(f"{path} holds a recipe this cnnkit cannot read ({error})") from None
     return Checkpoint(
         model_name=contents["model_name"],
-        model_arguments=contents["model_arguments"],
+        model_arguments=_with_legacy_defaults(contents["model_name"], contents["model_arguments"]),
         class_names=list(contents["class_names"]),
         image_size=contents["image_size"],
         normalization=Normalization.from_dict(contents["normalization"]),

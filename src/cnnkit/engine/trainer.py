@@ -32,7 +32,7 @@ from cnnkit.engine.metrics import BATCH_SUMS, VALIDATION_PREFIX, RunningMetrics,
 from cnnkit.engine.optimization import build_optimizer, lr_multiplier, set_learning_rate
 from cnnkit.engine.planning import plan_micro_batch, plan_steps
 from cnnkit.engine.prefetch import prefetched
-from cnnkit.engine.preprocess import InputTransform, Normalization, center_crop_images
+from cnnkit.engine.preprocess import InputChunks, InputTransform, Normalization, center_crop_images
 from cnnkit.engine.training_state import EpochPosition, load_training_state, training_state
 from cnnkit.recipes import Recipe
 
@@ -155,7 +155,7 @@ class Trainer:
             return
         images = self.data.train_images
         sample = torch.randperm(len(images), generator=self.generator)[:INITIALIZATION_SAMPLE]
-        initialize(self.to_input(center_crop_images(images[sample], self.input_size)))
+        initialize(InputChunks(center_crop_images(images[sample], self.input_size), self.to_input))
 
     @property
     def completed_epochs(self) -> int:

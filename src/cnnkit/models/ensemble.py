@@ -28,6 +28,8 @@ class Ensemble(nn.Module):
         if len(members) < 1:
             raise ValueError(f"An ensemble needs at least one member. Received: members={len(members)}")
         self.members = nn.ModuleList(members)
+        # What the members' "auto" arguments became (their stem stride), for checkpoints.
+        self.resolved_arguments = dict(getattr(members[0], "resolved_arguments", {}))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         outputs = torch.stack([member(images) for member in self.members])

@@ -6,7 +6,14 @@ recipe or YAML file with overrides, ``recipe_to_yaml`` writes one back.
 
 from __future__ import annotations
 
-from cnnkit.recipes.catalog import DEFAULT_RECIPE, FINE_TUNE_RECIPE, PHOTO_RECIPE, get_recipe, list_recipes
+from cnnkit.recipes.catalog import (
+    DEFAULT_RECIPE,
+    FINE_TUNE_RECIPE,
+    PHOTO_OTHER_MODEL_RECIPE,
+    PHOTO_RECIPE,
+    get_recipe,
+    list_recipes,
+)
 from cnnkit.recipes.files import (
     apply_overrides,
     is_recipe_file,
@@ -20,6 +27,7 @@ from cnnkit.recipes.recipe import Recipe, field_names
 __all__ = [
     "DEFAULT_RECIPE",
     "FINE_TUNE_RECIPE",
+    "PHOTO_OTHER_MODEL_RECIPE",
     "PHOTO_RECIPE",
     "Recipe",
     "apply_overrides",

@@ -90,6 +90,12 @@ _FINETUNE = Recipe(
     normalization="standardize",
 )
 
+# Photos on a network of another family (a ResNet from scratch: `--model resnet18`): the photo
+# crops with Adam and a linear decay, nothing frozen. Muon's step sizes (the photo recipe's lr
+# 0.67) suit the fast network's filters; a ResNet-18 trained with them diverged (val_loss ~1e4 at
+# 128 px, lent H200, 2026-11-28).
+_PHOTO_ADAM = _FINETUNE.replace(name="photo-adam", epochs=16, freeze_epochs=0)
+
 _RECIPES: dict[str, Recipe] = {
     # The reference tutorial, exactly: Adam (Keras defaults), batch 32, 5 epochs, 20% validation.
     "tutorial": _TUTORIAL,
@@ -110,6 +116,7 @@ _RECIPES: dict[str, Recipe] = {
     ),
     "photo": _PHOTO,
     "finetune": _FINETUNE,
+    "photo-adam": _PHOTO_ADAM,
 }
 
 # What `cnnkit train` and `cnnkit.train` use when no recipe is named. (`Classifier.fit`, the
@@ -117,6 +124,7 @@ _RECIPES: dict[str, Recipe] = {
 DEFAULT_RECIPE = "fast"
 # ... unless the images are larger than 32 px (photos), or training starts from trained weights.
 PHOTO_RECIPE = "photo"
+PHOTO_OTHER_MODEL_RECIPE = "photo-adam"  # ... on a network outside the fast family
 FINE_TUNE_RECIPE = "finetune"
 
 

@@ -140,7 +140,7 @@ def _resolve_recipe(
     overrides applied, checked before any data is read; and the lines saying what was chosen."""
     note = None
     if recipe is None:
-        recipe, note = default_recipe(survey, initial)
+        recipe, note = default_recipe(survey, initial, overrides.get("model"))
     chosen = load_recipe(recipe)
     if initial is not None:
         chosen = chosen.replace(model=initial.model_name, model_arguments=initial.model_arguments)
