@@ -26,6 +26,7 @@ from cnnkit.data.skipped import (
     skipped_summary,
     strict_error,
 )
+from cnnkit.data.store import format_bytes
 
 if TYPE_CHECKING:
     from cnnkit.data.store import StoreWriter
@@ -239,7 +240,7 @@ def _report_decoded(
     source: ImageSource, splits: list[ImageData], skipped: list[SkippedFile], elapsed: float, workers: int
 ) -> None:
     count = sum(len(split) for split in splits)
-    size = _format_bytes(sum(split.images.numel() for split in splits))
+    size = format_bytes(sum(split.images.numel() for split in splits))
     print(
         f"Decoded {count:,} images ({size} as uint8) from {source.path} in "
         f"{elapsed:.1f}s ({workers} worker{'s' if workers > 1 else ''})",
@@ -247,16 +248,6 @@ def _report_decoded(
     )
     if skipped:
         print(skipped_summary(skipped, count + len(skipped)), file=sys.stderr)
-
-
-def _format_bytes(count: int) -> str:
-    if count < 2**10:
-        return f"{count} bytes"
-    if count < 2**20:
-        return f"{count / 2**10:.1f} KiB"
-    if count < 2**30:
-        return f"{count / 2**20:.1f} MiB"
-    return f"{count / 2**30:,.2f} GiB"
 
 
 def _by_path(file: SkippedFile) -> str:

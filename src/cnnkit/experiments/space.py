@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from cnnkit.recipes import Recipe, apply_overrides, get_recipe
+from cnnkit.recipes.files import read_yaml_file
 from cnnkit.recipes.recipe import check_field_name
 
 DISTRIBUTION_TYPES = ("float", "int", "categorical")
@@ -140,18 +141,7 @@ def default_space(recipe: Recipe) -> dict[str, Distribution]:
 def read_space_file(path: str | os.PathLike) -> dict[str, Distribution]:
     """The search space a YAML file describes (see the module's docstring); one-line errors."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"Search space file not found: {path}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not a text file: a search space is YAML.") from None
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ValueError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    values = read_yaml_file(path, "search space file")
     return parse_space(values, str(path))
 
 

@@ -98,19 +98,24 @@ def recipe_to_yaml(recipe: Recipe, comments: Iterable[str] = ()) -> str:
     return header + body
 
 
-def _read_mapping(path: Path) -> dict[str, Any]:
+def read_yaml_file(path: Path, kind: str) -> Any:
+    """The YAML in ``path``; one-line errors naming the file and ``kind`` ("recipe file", ...)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FileNotFoundError(f"Recipe file not found: {path}") from None
+        raise FileNotFoundError(f"{kind[0].upper()}{kind[1:]} not found: {path}") from None
     except UnicodeDecodeError:
-        raise ValueError(f"{path} is not a text file: a recipe file is YAML.") from None
+        raise ValueError(f"{path} is not a text file: a {kind} is YAML.") from None
     try:
-        values = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ValueError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    values = read_yaml_file(path, "recipe file")
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of recipe fields. Received: {type(values).__name__}")
     return {str(key): value for key, value in values.items()}
