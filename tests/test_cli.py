@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from cnnkit.checkpoint import load_checkpoint
 from cnnkit.cli import main
 from cnnkit.reports.training_curves import read_metrics_csv
 from tests.conftest import make_quadrant_images, write_image_folder
@@ -209,3 +210,17 @@ def test_a_runs_validation_and_test_folders_serve_as_named(tmp_path, capsys):
     assert "Validating on" in capsys.readouterr().err
     assert main(["evaluate", str(folder / "best.pt"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["split"] == "test"
+
+
+def test_a_named_model_outside_the_fast_family_gets_its_own_recipe(quadrant_folder, tmp_path, capsys):
+    # The default recipe's Muon steps are the fast network's: `--model tutorial` alone trains as
+    # the tutorial does, and says so; --recipe still wins.
+    arguments = ["train", "--data", str(quadrant_folder), "--model", "tutorial", "--epochs", "1"]
+    arguments += ["--out", str(tmp_path / "runs"), "--device", "cpu"]
+    assert main([*arguments, "--name", "own"]) == 0
+    assert "Training tutorial: the tutorial recipe (--recipe to change)." in capsys.readouterr().err
+    own = load_checkpoint(tmp_path / "runs" / "own" / "best.pt")
+    assert own.recipe.name == "tutorial" and own.recipe.optimizer == "adam" and own.model_name == "tutorial"
+    assert main([*arguments, "--recipe", "fast", "--name", "named", "--quiet"]) == 0
+    named = load_checkpoint(tmp_path / "runs" / "named" / "best.pt")
+    assert named.recipe.name == "fast" and named.model_name == "tutorial"

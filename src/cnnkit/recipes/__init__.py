@@ -9,7 +9,8 @@ from __future__ import annotations
 from cnnkit.recipes.catalog import (
     DEFAULT_RECIPE,
     FINE_TUNE_RECIPE,
-    PHOTO_OTHER_MODEL_RECIPE,
+    MODEL_RECIPES,
+    OTHER_MODEL_RECIPE,
     PHOTO_RECIPE,
     get_recipe,
     list_recipes,
@@ -27,7 +28,8 @@ from cnnkit.recipes.recipe import Recipe, field_names
 __all__ = [
     "DEFAULT_RECIPE",
     "FINE_TUNE_RECIPE",
-    "PHOTO_OTHER_MODEL_RECIPE",
+    "MODEL_RECIPES",
+    "OTHER_MODEL_RECIPE",
     "PHOTO_RECIPE",
     "Recipe",
     "apply_overrides",

@@ -90,8 +90,8 @@ _FINETUNE = Recipe(
     normalization="standardize",
 )
 
-# Photos on a network of another family (a ResNet from scratch: `--model resnet18`): the photo
-# crops with Adam and a linear decay, nothing frozen. Muon's step sizes (the photo recipe's lr
+# A network of another family (a ResNet from scratch: `--model resnet18`): the photo crops with
+# Adam and a linear decay, nothing frozen. Muon's step sizes (the photo recipe's lr
 # 0.67) suit the fast network's filters; a ResNet-18 trained with them diverged (val_loss ~1e4 at
 # 128 px, lent H200, 2026-11-28).
 _PHOTO_ADAM = _FINETUNE.replace(name="photo-adam", epochs=16, freeze_epochs=0)
@@ -124,7 +124,10 @@ _RECIPES: dict[str, Recipe] = {
 DEFAULT_RECIPE = "fast"
 # ... unless the images are larger than 32 px (photos), or training starts from trained weights.
 PHOTO_RECIPE = "photo"
-PHOTO_OTHER_MODEL_RECIPE = "photo-adam"  # ... on a network outside the fast family
+# A network outside the fast family named without a recipe (`--model resnet18`) gets the recipe
+# made for it, else Adam with the photo crops (Muon's step sizes are the fast network's).
+MODEL_RECIPES = {"tutorial": "tutorial", "tutorial-extra-conv": "tutorial"}
+OTHER_MODEL_RECIPE = "photo-adam"
 FINE_TUNE_RECIPE = "finetune"
 
 

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 from cnnkit.data.survey import SizeSurvey, choose_image_size
 from cnnkit.models import model_takes
-from cnnkit.recipes import DEFAULT_RECIPE, FINE_TUNE_RECIPE, PHOTO_OTHER_MODEL_RECIPE, PHOTO_RECIPE, Recipe
+from cnnkit.recipes import (
+    DEFAULT_RECIPE,
+    FINE_TUNE_RECIPE,
+    MODEL_RECIPES,
+    OTHER_MODEL_RECIPE,
+    PHOTO_RECIPE,
+    Recipe,
+)
 from cnnkit.runs.initialization import InitialWeights
 
 CIFAR_SIZE = 32
@@ -23,20 +30,18 @@ def default_recipe(
 ) -> tuple[str, str | None]:
     """The recipe to train with when none is named, and the line that says why (None: the default).
 
-    ``model`` is the network the user named (``--model``), if any."""
+    ``model`` is the network the user named (``--model``), if any: the default and photo recipes
+    are the fast network's (Muon's step sizes suit its filters; a ResNet-18 does not learn with
+    them), so another network gets the recipe made for it (``MODEL_RECIPES``) or Adam's."""
     if initial is not None:
         return (
             FINE_TUNE_RECIPE,
             f"Fine-tuning trained weights: the {FINE_TUNE_RECIPE} recipe (--recipe to change).",
         )
+    if model is not None and not model_takes(model, "stem_stride"):  # outside the fast family
+        recipe = MODEL_RECIPES.get(model, OTHER_MODEL_RECIPE)
+        return recipe, f"Training {model}: the {recipe} recipe (--recipe to change)."
     if survey is not None and survey.median > CIFAR_SIZE:
-        if model is not None and not model_takes(model, "stem_stride"):
-            # The photo recipe's Muon steps are the fast network's (its stem_stride marks it).
-            return (
-                PHOTO_OTHER_MODEL_RECIPE,
-                f"Images larger than {CIFAR_SIZE} px on {model}: the {PHOTO_OTHER_MODEL_RECIPE} recipe"
-                " (--recipe to change).",
-            )
         return (
             PHOTO_RECIPE,
             f"Images larger than {CIFAR_SIZE} px: the {PHOTO_RECIPE} recipe (--recipe to change).",
