@@ -36,6 +36,11 @@ def keep_freed_memory() -> bool:
     and unmapped every step, and touching new pages costs a page fault per 4 KiB: measured
     163,000 faults and 1,017 ms a step for the fast network, against none and 871 ms with this.
     The cost is that the process keeps its peak memory. A no-op off glibc.
+
+    Every thread then allocates from one arena: with several (glibc gives a thread that
+    allocates its own), memory that the batch-reading thread allocates and the main thread frees
+    was never reused, and evaluating 400,000 stored images at 64 px grew to 22 GiB; with one
+    arena, 40,000 images at 64 px peak at 1.7 GiB instead of 4.7 (docs/benchmarks.md).
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -43,8 +48,12 @@ def keep_freed_memory() -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # from glibc's malloc.h
+    return (
+        bool(libc.mallopt(m_mmap_max, 0))
+        and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+        and bool(libc.mallopt(m_arena_max, 1))
+    )
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -28,17 +28,22 @@ def predict_logits(
     images are read a batch ahead)."""
     was_training = model.training
     classifier = PixelClassifier(model, normalization, tta, precision).eval()
-    outputs = []
-    batches = (slice(start, start + batch_size) for start in range(0, len(images), batch_size))
+    # One output tensor, filled in place: a small tensor kept per batch would sit between the
+    # large ones that batches free, and the heap (which keeps freed memory: engine.device) grew.
+    logits = torch.empty(0, 0)
+    starts = range(0, len(images), batch_size)
     try:
+        batches = (slice(start, start + batch_size) for start in starts)
         with contextlib.closing(prefetched(images, batches)) as pixels:
-            for batch in pixels:
-                outputs.append(classifier(batch.to(device)).cpu())
+            for start, batch in zip(starts, pixels, strict=True):
+                output = classifier(batch.to(device))
+                if start == 0:
+                    logits = torch.empty(len(images), output.shape[1], dtype=torch.float32)
+                logits[start : start + len(output)] = output.float().cpu()
+                del output
     finally:
         model.train(was_training)
-    if not outputs:
-        return torch.empty(0, 0)
-    return torch.cat(outputs)
+    return logits
 
 
 def evaluate_tensors(
