@@ -133,16 +133,18 @@ def table(results: list[dict]) -> str:
     ]
     for result in results:
         cold, store, memory = result["cold"], result["store"], result.get("memory")
-        evaluated, evaluated_memory = result["evaluate_store"], result.get("evaluate_memory")
+        evaluated, evaluated_memory = result.get("evaluate_store"), result.get("evaluate_memory")
         per_steps = f"{store['ms_per_sample'] * BATCH:.1f} / " + (
             f"{memory['ms_per_sample'] * BATCH:.1f}" if memory else "-"
         )
         peaks = f"{cold['peak_mib']:,.0f} / {store['peak_mib']:,.0f} / " + (
             f"{memory['peak_mib']:,.0f} MiB" if memory else "- MiB"
         )
-        evaluation = f"{evaluated['wall_seconds']:.0f} s, {evaluated['peak_mib']:,.0f} / " + (
-            f"{evaluated_memory['peak_mib']:,.0f} MiB" if evaluated_memory else "- MiB"
-        )
+        evaluation = "-"
+        if evaluated:
+            evaluation = f"{evaluated['wall_seconds']:.0f} s, {evaluated['peak_mib']:,.0f} / " + (
+                f"{evaluated_memory['peak_mib']:,.0f} MiB" if evaluated_memory else "- MiB"
+            )
         lines.append(
             f"| {result['count']:,} | {result['size']} | {result['pixel_bytes'] / 2**30:.2f} GiB | "
             f"{cold['decode_seconds']:.0f} s | {result['store_bytes'] / 2**30:.2f} GiB | "
@@ -184,8 +186,9 @@ def plot(results: list[dict], count_size: int, size_count: int, path: Path) -> N
         memory = [(r[key], r["memory"]["peak_mib"]) for r in series if "memory" in r]
         if memory:
             axes[row, 2].plot(*zip(*memory, strict=True), "s--", label="train, in memory")
-        evaluated = [r["evaluate_store"]["peak_mib"] for r in series]
-        axes[row, 2].plot(x, evaluated, "v-.", label="evaluate every image, store")
+        evaluated = [(r[key], r["evaluate_store"]["peak_mib"]) for r in series if "evaluate_store" in r]
+        if evaluated:  # (results merged from older runs may lack it)
+            axes[row, 2].plot(*zip(*evaluated, strict=True), "v-.", label="evaluate every image, store")
         axes[row, 2].set_ylabel("peak resident memory (MiB)")
         for axis in axes[row]:
             axis.set_xlabel(label)
