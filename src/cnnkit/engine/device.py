@@ -38,9 +38,10 @@ def keep_freed_memory() -> bool:
     The cost is that the process keeps its peak memory. A no-op off glibc.
 
     Every thread then allocates from one arena: with several (glibc gives a thread that
-    allocates its own), memory that the batch-reading thread allocates and the main thread frees
-    was never reused, and evaluating 400,000 stored images at 64 px grew to 22 GiB; with one
-    arena, 40,000 images at 64 px peak at 1.7 GiB instead of 4.7 (docs/benchmarks.md).
+    allocates its own), memory that the batch-reading thread allocated and the main thread freed
+    was not reused, and evaluating 400,000 images at 64 px grew past 22 GiB. With one arena and
+    the logits in one tensor (``engine.evaluation``), 40,000 images peak at 1.7 GiB instead of
+    4.7 (docs/benchmarks.md).
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

@@ -53,14 +53,13 @@ _AIRBENCH94_MUON = _AIRBENCH94.replace(
     model_arguments={},  # the fast network's defaults are this variant's head
 )
 
-# Photos (images larger than 32 px): the fast recipe on the patchify-stem network, trained on
-# random-resized crops of images stored 1.15x the input size (Inception's scale 0.35-1 and
-# aspect 3/4-4/3, evaluated on the centre crop), mirror test-time augmentation, and at least
-# the 200 steps the recipe takes on CIFAR-10's 50,000 images however few the photos (a few
-# hundred at batch 24 would be 80 steps in 8 epochs).
+# Photos (images larger than 32 px): the fast recipe (its network has a patchify stem above
+# 48 px: stem_stride="auto", the default) trained on random-resized crops of images stored 1.15x
+# the input size (Inception's scale 0.35-1 and aspect 3/4-4/3, evaluated on the centre crop),
+# mirror test-time augmentation, and at least the 200 steps the recipe takes on CIFAR-10's 50,000
+# images however few the photos (a few hundred at batch 24 would be 80 steps in 8 epochs).
 _PHOTO = _AIRBENCH94_MUON.replace(
     name="photo",
-    model_arguments={"stem_stride": "auto"},
     translate=0,
     crop_scale=(0.35, 1.0),
     crop_ratio=(3 / 4, 4 / 3),
@@ -91,9 +90,9 @@ _FINETUNE = Recipe(
 )
 
 # A network of another family (a ResNet from scratch: `--model resnet18`): the photo crops with
-# Adam and a linear decay, nothing frozen. Muon's step sizes (the photo recipe's lr
-# 0.67) suit the fast network's filters; a ResNet-18 trained with them diverged (val_loss ~1e4 at
-# 128 px, lent H200, 2026-11-28).
+# Adam and a linear decay, nothing frozen. Muon's step sizes (the photo recipe's lr 0.67) suit the
+# fast network's filters; a ResNet-18 trained with them diverged at 128 px (lent H200) and stayed
+# at chance at 64 px (validation 0.250 against photo-adam's 0.713, AMD CPU, docs/benchmarks.md).
 _PHOTO_ADAM = _FINETUNE.replace(name="photo-adam", epochs=16, freeze_epochs=0)
 
 _RECIPES: dict[str, Recipe] = {
