@@ -37,16 +37,16 @@ def test_whitening_from_chunks_and_slices_equals_whitening_from_the_whole_sample
     assert [len(chunk) for chunk in chunks] == [25, 25, 10]
     as_chunks = [chunk.permute(0, 3, 1, 2).float() for chunk in chunks]
     sliced, reference = create_model("fast", image_size=16), create_model("fast", image_size=16)
-    sliced.initialize_from_data(as_chunks, epsilon=1e-6)
+    sliced.initialize_from_data(as_chunks)
     monkeypatch.setattr(airbench, "WHITENING_SLICE_BYTES", 2**40)
-    reference.initialize_from_data(torch.cat(as_chunks), epsilon=1e-6)
+    reference.initialize_from_data(torch.cat(as_chunks))
     torch.testing.assert_close(sliced.whiten.weight, reference.whiten.weight, rtol=1e-4, atol=1e-5)
 
 
 def test_whitening_layer_decorrelates_training_patches():
     model = create_model("fast", image_size=16)
     images = smooth_images()
-    model.initialize_from_data(images, epsilon=1e-6)
+    model.initialize_from_data(images)
     with torch.no_grad():
         outputs = nn.functional.conv2d(images, model.whiten.weight[:12])  # the 12 eigen-filters
     flat = outputs.permute(1, 0, 2, 3).reshape(12, -1)

@@ -8,8 +8,16 @@ from cnnkit.models.registry import (
     check_model_arguments,
     create_model,
     list_models,
+    minimum_image_size,
     model_takes,
     register_model,
 )
 
-__all__ = ["check_model_arguments", "create_model", "list_models", "model_takes", "register_model"]
+__all__ = [
+    "check_model_arguments",
+    "create_model",
+    "list_models",
+    "minimum_image_size",
+    "model_takes",
+    "register_model",
+]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnkit.models.airbench import fast
+from cnnkit.models.airbench import MINIMUM_IMAGE_SIZE, fast
 from cnnkit.models.registry import register_model
 
 
@@ -46,7 +46,7 @@ class Ensemble(nn.Module):
                 member.set_first_layer_bias_trainable(trainable)
 
 
-@register_model
+@register_model(checks={"members": ("an integer >= 1", lambda members: members >= 1)}, forwards_to="fast")
 def fast_ensemble(
     num_classes: int = 10, image_size: int = 32, members: int = 2, **fast_arguments
 ) -> Ensemble:
@@ -55,3 +55,6 @@ def fast_ensemble(
     if not isinstance(members, int) or members < 1:
         raise ValueError(f"members must be an integer >= 1. Received: members={members!r}")
     return Ensemble([fast(num_classes, image_size, **fast_arguments) for _ in range(members)])
+
+
+fast_ensemble.minimum_image_size = MINIMUM_IMAGE_SIZE

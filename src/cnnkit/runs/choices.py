@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cnnkit.data.survey import SizeSurvey, choose_image_size
-from cnnkit.models import model_takes
+from cnnkit.models import minimum_image_size, model_takes
 from cnnkit.recipes import (
     DEFAULT_RECIPE,
     FINE_TUNE_RECIPE,
@@ -60,7 +60,8 @@ class SizePlan:
 
 def plan_sizes(recipe: Recipe, survey: SizeSurvey | None, initial: InitialWeights | None) -> SizePlan:
     """The recipe's ``image_size``; else, from trained weights, the size they were trained at;
-    else the survey's choice (``choose_image_size``); stored ``image_size / eval_crop``."""
+    else the survey's choice (``choose_image_size``), raised to the model's minimum (small images
+    are upsampled); stored ``image_size / eval_crop``."""
     note = None
     size = recipe.image_size
     if size is None and initial is not None and initial.image_size is not None:
@@ -75,4 +76,11 @@ def plan_sizes(recipe: Recipe, survey: SizeSurvey | None, initial: InitialWeight
             )
     if size is None:
         return SizePlan(None, None, note)
+    minimum = minimum_image_size(recipe.model)
+    if recipe.image_size is None and size < minimum:
+        note = (
+            f"Images of {size} px are smaller than the {recipe.model} network takes: "
+            f"upsampled to {minimum} px (--img-size to choose another size)."
+        )
+        size = minimum
     return SizePlan(size, recipe.stored_size(size), note)
