@@ -7,6 +7,7 @@ recipe once, as a typed ``Recipe``, and its metrics grouped by the data they wer
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 import zipfile
@@ -90,7 +91,12 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
-    """Write ``checkpoint`` atomically: the previous file survives any failure mid-write."""
+    """Write ``checkpoint`` atomically: the previous file survives any failure mid-write.
+
+    A checkpoint with a NaN or infinite weight or metric is refused (``FloatingPointError``): a
+    diverged model is never saved as a result, and the file it would replace is kept.
+    """
+    _check_finite(path, checkpoint)
     contents = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -121,10 +127,12 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
 def _with_legacy_defaults(model_name: str, arguments: dict) -> dict:
     """A checkpoint's model arguments, completed with what its network was built with when a
     default has changed since: the fast family's stem was full-resolution (stride 1) at every
-    input size before its default became "auto" (which differs above 48 px)."""
-    if model_name in ("fast", "fast-ensemble") and "stem_stride" not in arguments:
-        return {**arguments, "stem_stride": 1}
-    return arguments
+    input size before its default became "auto" (which differs above 48 px), and its BatchNorm's
+    eps was airbench's 1e-12 before it became 1e-3."""
+    if model_name not in ("fast", "fast-ensemble"):
+        return arguments
+    legacy = {"stem_stride": 1, "batchnorm_eps": 1e-12}
+    return {**{key: value for key, value in legacy.items() if key not in arguments}, **arguments}
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -199,6 +207,30 @@ def _why_unreadable(path: Path) -> str:
         "it holds objects other than tensors and plain containers, which cnnkit refuses to load "
         "because they could run code"
     )
+
+
+def _check_finite(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
+    broken = [
+        name
+        for name, tensor in checkpoint.state_dict.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    broken += [
+        f"metric {name}"
+        for name, value in _flat_items(checkpoint.metrics)
+        if isinstance(value, float) and not math.isfinite(value)
+    ]
+    if broken:
+        shown = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+        raise FloatingPointError(f"Refusing to write {path}: non-finite values in {shown}.")
+
+
+def _flat_items(values: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if not isinstance(values, dict):
+        return [(prefix, values)]
+    return [
+        item for key, value in values.items() for item in _flat_items(value, f"{prefix}.{key}".lstrip("."))
+    ]
 
 
 def to_plain(value: Any) -> Any:

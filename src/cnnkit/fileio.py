@@ -1,14 +1,17 @@
-"""Atomic file writes: a crash or a full disk mid-write leaves the previous file intact."""
+"""Atomic file writes: a crash or a full disk mid-write leaves the previous file intact; JSON text
+that is always valid JSON."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 def _current_umask() -> int:
@@ -78,3 +81,20 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[IO], None]) -> 
 def _remove_quietly(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (in dicts, lists, tuples) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(item) for item in value]
+    return value
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """``json.dumps`` that writes valid JSON whatever it is given: NaN and infinities (which
+    ``json.dumps`` writes as the non-JSON ``NaN`` and ``Infinity``) become null."""
+    return json.dumps(finite_or_none(value), allow_nan=False, **options)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
+
+from cnnkit.fileio import json_text
 
 
 def add_parser(commands: Any) -> None:
@@ -32,7 +33,7 @@ def _compare(arguments: argparse.Namespace) -> int:
 
     comparison = compare_runs(arguments.runs, out=arguments.out)
     if arguments.json:
-        print(json.dumps(comparison.to_dict()))
+        print(json_text(comparison.to_dict()))
         return 0
     print(comparison.table)
     differing = ", ".join(comparison.differing_fields) or "none: the same settings"

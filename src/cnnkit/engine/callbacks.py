@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from cnnkit.engine.divergence import Retry
     from cnnkit.engine.trainer import Trainer
 
 
@@ -81,6 +82,9 @@ class Callback:
     def on_epoch_end(self, state: EpochEnd) -> None: ...
 
     def on_train_end(self, trainer: Trainer) -> None: ...
+
+    def on_retry(self, retry: Retry) -> None:
+        """The run diverged and trains again from its last good state at a lower learning rate."""
 
     def on_interrupt(self, trainer: Trainer) -> Path | None:
         """A stop was requested (Ctrl-C, SIGTERM): save what must survive; return where, if anywhere."""

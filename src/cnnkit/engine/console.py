@@ -50,6 +50,13 @@ class ConsoleLogger(Callback):
         if self.bar is not None:
             self.bar.update(state.step - self.bar.count, **state.metrics)
 
+    def on_retry(self, retry) -> None:
+        self._close_bar()
+        self.stream.write(
+            f"{retry.reason} Training epoch {retry.epoch} again from step {retry.step + 1} "
+            f"at {retry.learning_rate_scale:g}x the learning rate.\n"
+        )
+
     def on_epoch_end(self, state: EpochEnd) -> None:
         self._close_bar()
         self.stream.write(format_epoch_line(state.epoch, state.epochs, state.metrics) + "\n")

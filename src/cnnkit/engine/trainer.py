@@ -23,6 +23,15 @@ from cnnkit.engine import distributed
 from cnnkit.engine.augment import Augmenter, crops_for
 from cnnkit.engine.best import BestModel
 from cnnkit.engine.callbacks import CallbackList, EpochBegin, EpochEnd, History, Progress
+from cnnkit.engine.divergence import (
+    RETRY_LEARNING_RATE_SCALE,
+    Retry,
+    TrainingDiverged,
+    advice,
+    non_finite_metric,
+    non_finite_tensor,
+    snapshot,
+)
 from cnnkit.engine.evaluation import evaluate_tensors
 from cnnkit.engine.fine_tuning import HeadFirst
 from cnnkit.engine.interrupt import StopRequest, TrainingInterrupted
@@ -128,6 +137,8 @@ class Trainer:
             model, data, recipe, self.batch_size, self.input_size, device, self.distributed.world_size
         )
         self.step = 0
+        # Lowered once when a diverged run is retried (engine.divergence); kept across --resume.
+        self.learning_rate_scale = 1.0
         self.history = History()
         self.position: EpochPosition | None = None  # None between epochs
         self.augmenter = Augmenter(
@@ -174,8 +185,13 @@ class Trainer:
             epoch = self.completed_epochs + 1
             if self.position is None:
                 self.position = self._begin_epoch(epoch)
-            self.train_steps(listeners, stop_request)
-            metrics = self._end_epoch()
+            good = snapshot(self.state_dict())  # where a diverged epoch is trained again from
+            try:
+                self.train_steps(listeners, stop_request)
+                metrics = self._end_epoch()
+            except TrainingDiverged as diverged:
+                self._retry_or_stop(good, diverged, listeners)
+                continue
             improved = self.best.update(epoch, metrics, self.model)
             self.history.best_epoch = self.best.epoch
             state = EpochEnd(epoch, self.epochs, metrics, self.history, self, improved, self.best.should_stop)
@@ -186,6 +202,33 @@ class Trainer:
             distributed.check_ranks_agree(self.model, self.device)
         listeners.call("on_train_end", self)
         return self.history
+
+    def _retry_or_stop(self, good: dict, diverged: TrainingDiverged, listeners: CallbackList) -> None:
+        """The first divergence: back to ``good`` at a lower learning rate, saying so; the second:
+        stop with a message that names what to try."""
+        if self.learning_rate_scale < 1.0:
+            raise TrainingDiverged(
+                f"{diverged} It diverged again at {self.learning_rate_scale:g}x the learning rate. "
+                + advice(self.recipe.learning_rate)
+            ) from None
+        self.lookahead = None  # the state below brings back its own
+        self.load_state_dict(good)
+        self.learning_rate_scale = RETRY_LEARNING_RATE_SCALE
+        position = self.position
+        where = (position.epoch, position.step) if position else (self.completed_epochs + 1, 0)
+        listeners.call("on_retry", Retry(str(diverged), *where, self.learning_rate_scale))
+
+    def _check_finite(self, loss: torch.Tensor | None, where: str) -> None:
+        """Raise ``TrainingDiverged`` when the loss or any weight is not finite (every rank alike)."""
+        problem = None
+        if loss is not None and not bool(torch.isfinite(loss)):
+            problem = f"Loss became {loss.item()} {where}."
+        elif (name := non_finite_tensor(self.model)) is not None:
+            problem = f"The weights became non-finite ({name}) {where}."
+        if self.distributed.enabled and distributed.any_rank(problem is not None, self.device):
+            problem = problem or f"Another process's loss or weights became non-finite {where}."
+        if problem is not None:
+            raise TrainingDiverged(problem)
 
     def _sum_over_ranks(self, position: EpochPosition) -> None:
         """Turn this rank's running sums of an epoch into the whole job's."""
@@ -227,6 +270,11 @@ class Trainer:
             self._sum_over_ranks(position)
         started = time.perf_counter()
         validation = self.validate()
+        broken = non_finite_metric(validation) or non_finite_metric(mean_values(position.sums, position.seen))
+        if broken is not None:
+            raise TrainingDiverged(
+                f"{broken} became non-finite at the end of epoch {position.epoch}/{self.epochs}."
+            )
         metrics = {
             "epoch": position.epoch,
             "seconds": position.train_seconds + time.perf_counter() - started,
@@ -288,13 +336,11 @@ class Trainer:
         with contextlib.closing(prefetched(self.data.train_images, shares)) as pixels:
             for step, batch, images in zip(range(position.step, steps), batches, pixels, strict=False):
                 loss = self.train_step(batch, position.flips[batch], running, images)
-                # Reading the loss forces a device sync: free on the CPU, so every step there; on a
-                # GPU only at the progress updates, which sync anyway.
+                # Reading the loss and weights forces a device sync: cheap on the CPU, so every step
+                # there; on a GPU at the progress updates, which sync anyway, and the epoch's last step.
                 sync_point = step % PROGRESS_EVERY == 0 or step == steps - 1
-                if (self.device.type == "cpu" or sync_point) and not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"Loss became {loss.item()} at epoch {position.epoch}/{self.epochs}, step {step + 1}."
-                    )
+                if self.device.type == "cpu" or sync_point:
+                    self._check_finite(loss, f"at epoch {position.epoch}/{self.epochs}, step {step + 1}")
                 position.step = step + 1
                 if reports_progress and sync_point:
                     listeners.call("on_progress", Progress(position.epoch, position.step, running.values()))
@@ -351,6 +397,7 @@ class Trainer:
             pixels = self.data.train_images[batch]
         epoch = self.completed_epochs + 1
         multiplier = lr_multiplier(self.step, self.total_steps, self.recipe) * self.head_first.lr_scale(epoch)
+        multiplier *= self.learning_rate_scale
         set_learning_rate(self.optimizer, multiplier)
         self.optimizer.zero_grad(set_to_none=True)
         starts = range(0, len(batch), self.micro_batch_size)

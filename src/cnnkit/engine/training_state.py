@@ -60,6 +60,7 @@ def training_state(trainer: Any) -> dict[str, Any]:
         "lookahead": None if trainer.lookahead is None else dict(trainer.lookahead.average),
         **trainer.best.state_dict(),
         "grad_scaler": trainer.scaler.state_dict(),
+        "learning_rate_scale": trainer.learning_rate_scale,  # lowered by a divergence's retry
         "batch_size": trainer.batch_size,
         "total_steps": trainer.total_steps,
         "data_fingerprint": data_fingerprint(trainer.data),
@@ -85,6 +86,7 @@ def load_training_state(trainer: Any, state: dict[str, Any]) -> None:
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.step = training["step"]
+    trainer.learning_rate_scale = training.get("learning_rate_scale", 1.0)  # none before retries
     trainer.best.should_stop = training["stop_training"]
     trainer.history.rows = [dict(row) for row in training["history"]]
     position = training["position"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnkit.experiments.tables import align_columns, format_value
-from cnnkit.fileio import atomic_write_bytes, atomic_write_text
+from cnnkit.fileio import atomic_write_bytes, atomic_write_text, json_text
 from cnnkit.reports.training_curves import read_metrics_csv
 from cnnkit.runs.folders import CONFIG_FILE, REPORT_FILE, create_run_folder, read_run_config
 
@@ -104,7 +104,7 @@ def compare_runs(
         "json": comparison.folder / COMPARISON_JSON,
     }
     plot_comparison(comparison.files["plot"], runs)
-    text = json.dumps(comparison.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    text = json_text(comparison.to_dict(), indent=2, ensure_ascii=False) + "\n"
     atomic_write_text(comparison.files["json"], text)
     return comparison
 

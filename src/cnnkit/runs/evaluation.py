@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from cnnkit.checkpoint import Checkpoint, load_checkpoint, to_plain
 from cnnkit.data import ImageData, load_dataset
 from cnnkit.engine.device import configure_process
 from cnnkit.engine.evaluation import predict_logits
-from cnnkit.fileio import atomic_write_text
+from cnnkit.fileio import atomic_write_text, json_text
 from cnnkit.reports.classification import (
     ClassificationReport,
     classification_report,
@@ -114,7 +113,7 @@ def write_evaluation_report(
     plot_misclassified(files["misclassified"], images, report.misclassified, report.misclassified_count)
     contents = {**result, "report_folder": str(folder), "files": files}
     atomic_write_text(
-        files["report_json"], json.dumps(to_plain(contents), indent=2, ensure_ascii=False) + "\n"
+        files["report_json"], json_text(to_plain(contents), indent=2, ensure_ascii=False) + "\n"
     )
     return files
 

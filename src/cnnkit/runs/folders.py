@@ -6,7 +6,6 @@ helpers without loading the trainer.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any
 import yaml
 
 from cnnkit.checkpoint import to_plain
-from cnnkit.fileio import atomic_write_text
+from cnnkit.fileio import atomic_write_text, json_text
 from cnnkit.recipes import Recipe
 
 CONFIG_FILE = "config.yaml"
@@ -50,7 +49,7 @@ def write_config(folder: Path, config: dict[str, Any]) -> None:
 
 
 def write_report(folder: Path, report: dict[str, Any]) -> None:
-    atomic_write_text(folder / REPORT_FILE, json.dumps(to_plain(report), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(folder / REPORT_FILE, json_text(to_plain(report), indent=2, ensure_ascii=False) + "\n")
 
 
 @dataclass(frozen=True)

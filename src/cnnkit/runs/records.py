@@ -16,6 +16,7 @@ from cnnkit.data import DataSplits
 from cnnkit.engine.callbacks import History
 from cnnkit.engine.device import precision_name
 from cnnkit.recipes import Recipe
+from cnnkit.reports.chance import chance_verdict
 from cnnkit.reports.splits import metrics_by_split
 from cnnkit.runs.splits import report_split, split_roles
 
@@ -50,7 +51,24 @@ def final_report(run: Any, history: History, seconds: float) -> dict[str, Any]:
         if split_name == "test":
             best.metrics["test"] = metrics
             save_checkpoint(best_path, best)
+    report.update(learning_check(run.val_data, history, report.get("evaluation"), evaluation_data))
     return report
+
+
+def learning_check(val_data, history: History, evaluation: dict | None, evaluation_data) -> dict[str, Any]:
+    """``{"learned": bool, "chance": verdict}`` (see ``reports.chance``): the best validation
+    accuracy of any epoch against the validation split's largest class; without validation, the
+    final evaluation's. Empty when nothing held out was scored."""
+    accuracies = [row["val_accuracy"] for row in history.rows if "val_accuracy" in row]
+    if val_data is not None and len(val_data) and accuracies:
+        split, accuracy, labels = "validation", max(accuracies), val_data.labels
+    elif evaluation is not None and "accuracy" in evaluation:
+        split, accuracy, labels = evaluation["split"], evaluation["accuracy"], evaluation_data.labels
+    else:
+        return {}
+    counts = torch.bincount(torch.as_tensor(labels).flatten().long()).tolist()
+    verdict = {"split": split, **chance_verdict(accuracy, [count for count in counts if count])}
+    return {"learned": verdict["learned"], "chance": verdict}
 
 
 def named_by_split(row: dict[str, float]) -> dict[str, Any]:

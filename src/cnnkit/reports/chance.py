@@ -1,0 +1,45 @@
+"""Did a model learn anything? Its accuracy against always answering the largest class."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+# How many standard errors of the largest class's share an accuracy must clear to count as
+# learned: two (a one-sided test at about 2.3 %), so that luck on a small validation set is not
+# taken for learning, and a run that did learn is rarely called a failure.
+STANDARD_ERRORS = 2.0
+
+
+def chance_verdict(accuracy: float, class_counts: Sequence[int]) -> dict[str, Any]:
+    """Whether ``accuracy``, measured on images whose labels have ``class_counts``, is clearly above
+    what always answering the largest class scores on them.
+
+    Within ``STANDARD_ERRORS`` binomial standard errors of that share (and at least one image
+    above it) is "within noise": ``learned`` is False.
+    """
+    total = int(sum(class_counts))
+    if total <= 0:
+        raise ValueError(
+            f"class_counts must hold at least one image. Received: class_counts={list(class_counts)}"
+        )
+    largest = max(class_counts) / total
+    margin = max(STANDARD_ERRORS * math.sqrt(largest * (1 - largest) / total), 1 / total)
+    return {
+        "learned": bool(accuracy > largest + margin),
+        "accuracy": float(accuracy),
+        "largest_class_share": largest,
+        "noise_margin": margin,
+        "images": total,
+    }
+
+
+def describe_failure(verdict: dict[str, Any], split: str) -> str:
+    """The plain line for a model that learned nothing."""
+    return (
+        f"This model learned nothing: its best {split} accuracy ({verdict['accuracy']:.4f}) is within noise "
+        f"(±{verdict['noise_margin']:.4f}) of always answering the largest class "
+        f"({verdict['largest_class_share']:.4f} of {verdict['images']} images). Do not use its checkpoints "
+        "as a result; try more epochs, --recipe tutorial, or check that the labels match the images."
+    )
