@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -14,6 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from PIL import Image
 
 from cnnkit.api import Classifier
 from cnnkit.checkpoint import load_checkpoint
@@ -135,7 +137,7 @@ def test_a_failed_verification_writes_nothing_and_says_by_how_much(checkpoints, 
     output = tmp_path / "model.onnx"
     output.write_bytes(b"the user's previous file")
     with pytest.raises(ExportVerificationError, match=r"differ by up to 0\.01.*nothing was written"):
-        export_onnx(checkpoints["tutorial"], output, exporter="torchscript")
+        export_onnx(checkpoints["tutorial"], output, exporter="torchscript", force=True)
     assert output.read_bytes() == b"the user's previous file"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model.onnx"]  # no temporary file left
     code = main(["export", str(checkpoints["tutorial"]), "--output", str(tmp_path / "new.onnx")])
@@ -151,6 +153,78 @@ def test_cli_export_writes_beside_the_checkpoint_and_prints_where(checkpoints, t
     assert OnnxClassifier(tmp_path / "best.onnx").class_names == CLASS_NAMES
     assert main(["export", str(checkpoint), "--output", str(tmp_path / "best.pt")]) == 1
     assert "must end in .onnx" in capsys.readouterr().err  # and so never over the checkpoint
+
+
+def test_export_replaces_another_onnx_only_when_forced_and_its_own_always(checkpoints, tmp_path, capsys):
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(checkpoints["tutorial"].read_bytes())
+    other = tmp_path / "other.onnx"
+    other.write_bytes(b"another model")
+    export = ["export", str(checkpoint), "--exporter", "torchscript"]
+    assert main([*export, "--output", str(other)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        f"cnnkit: error: {other} is an existing ONNX model: cnnkit will not replace it. "
+        "Choose another output, or pass --force (force=True) to replace it."
+    )
+    assert other.read_bytes() == b"another model"
+    for _ in range(2):  # the checkpoint's own best.onnx: exporting again refreshes it
+        assert main(export) == 0
+    assert main([*export, "--output", str(tmp_path / "best.onnx")]) == 0  # named, it is the same file
+    assert main([*export, "--output", str(other), "--force"]) == 0
+    assert OnnxClassifier(other).class_names == CLASS_NAMES
+
+
+def _with_metadata(source: Path, folder: Path, key: str, value: str | None) -> Path:
+    """A copy of the exported model ``source`` with metadata ``key`` set to ``value`` (None: removed)."""
+    model = onnx.load(source)
+    kept = [(entry.key, entry.value) for entry in model.metadata_props if entry.key != key]
+    del model.metadata_props[:]
+    for name, text in [*kept, *([(key, value)] if value is not None else [])]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = name, text
+    path = folder / "damaged.onnx"
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (
+            "class_names",
+            '"notalist"',
+            "'class_names' must be a list of two or more distinct strings. Received: class_names='notalist'",
+        ),
+        ("class_names", '["a", 1]', "'class_names' must be a list"),
+        ("class_names", '["a", "b", "c"]', "'class_names' (3 names) does not match the graph"),
+        ("class_names", "[" * 100_000, "'class_names' is not valid JSON. Received: class_names='[[[["),
+        ("class_names", None, "cnnkit metadata lacks 'class_names'"),
+        ("image_size", '"16"', "'image_size' must be an integer >= 1. Received: image_size='16'"),
+        ("image_size", "12", "'image_size' (12) does not match the graph"),
+        ("resize_size", "8", "'resize_size' must be >= image_size (16). Received: resize_size=8"),
+        ("input_format", "float-nchw-rgb", "'image_size' (16) does not match the graph"),
+        ("input_format", "bgr", "'input_format' must be 'uint8-nhwc-rgb' or 'float-nchw-rgb'"),
+        ("tta", "true", "'tta' must be 0, 1 or 2. Received: tta=True"),
+        ("metrics", "[1, 2]", "'metrics' must be a mapping of metrics"),
+        ("normalization", "null", "'normalization' must be a mapping. Received: normalization=None"),
+        ("format_version", "one", "'format_version' is not valid JSON"),
+        ("format_version", "0", "'format_version' must be an integer >= 1"),
+        ("format_version", "2", "was exported by a newer cnnkit"),
+    ],
+)
+def test_onnx_metadata_of_the_wrong_shape_is_one_line_naming_file_and_field(
+    exported, tmp_path, capsys, key, value, message
+):
+    path = _with_metadata(exported["tutorial"][1].path, tmp_path, key, value)
+    with pytest.raises(ValueError, match=re.escape(message)) as raised:
+        OnnxClassifier(path)
+    assert str(raised.value).startswith(str(path)) and len(str(raised.value)) < 400
+    image = tmp_path / "image.png"
+    Image.fromarray(make_quadrant_images(1, SIZE)[0][0]).save(image)
+    assert main(["predict", str(path), str(image)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"cnnkit: error: {path}") and message in error and "\n" not in error
 
 
 def test_verification_uses_the_given_images_else_the_run_data_else_synthetic(checkpoints, tmp_path):

@@ -8,9 +8,11 @@ import pickle
 import shutil
 import struct
 import sys
+import time
 import tracemalloc
 import zipfile
 import zlib
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from cnnkit.checkpoint import load_checkpoint
 from cnnkit.cli import main
 from cnnkit.data import load_dataset
 from cnnkit.inference.batch_prediction import predict_paths
+from cnnkit.messages import short_repr, shorten
 from tests.conftest import CLASS_NAMES, make_quadrant_images, write_image_folder
 
 
@@ -87,6 +90,45 @@ def test_predict_never_replaces_the_model_or_an_input(run, tmp_path, capsys):
     assert results.read_text().count("\n") == 1 + 4  # header, one row per class
 
 
+def test_an_output_never_replaces_what_a_run_wrote_unless_forced(run, tmp_path, capsys):
+    source, data = run
+    folder = shutil.copytree(source, tmp_path / "run")  # --force below must not spoil the shared run
+    image = str(next((data / "test" / CLASS_NAMES[0]).iterdir()))
+    predict = ["predict", str(source / "best.pt"), image, "--format", "json", "--output"]
+    for name in ("report.json", "metrics.csv", "config.yaml", "last.pt", "skipped.txt"):
+        before = (folder / name).read_bytes() if (folder / name).exists() else None
+        assert main([*predict, str(folder / name)]) == 1
+        line = one_error_line(capsys)
+        assert f"{name} of the run folder {folder}: cnnkit will not replace it" in line and "--force" in line
+        assert ((folder / name).read_bytes() if (folder / name).exists() else None) == before
+    evaluation = tmp_path / "evaluation"  # an evaluation report's files are protected the same way
+    assert main(["evaluate", str(folder / "best.pt"), "--data", str(data), "--out", str(evaluation)]) == 0
+    capsys.readouterr()
+    assert main([*predict, str(evaluation / "per_class.csv")]) == 1
+    assert "per_class.csv of the evaluation report" in one_error_line(capsys)
+    own = folder / "predictions.json"  # a file of the user's own in the run folder stays theirs
+    for _ in range(2):
+        assert main([*predict, str(own)]) == 0
+    assert main([*predict, str(folder / "report.json"), "--force"]) == 0
+    assert json.loads((folder / "report.json").read_text())[0]["path"] == image
+
+
+def test_the_protected_names_are_the_files_cnnkit_writes(run):
+    from cnnkit.experiments import compare, study, tune
+    from cnnkit.runs import folders
+    from cnnkit.runs.evaluation import REPORT_FILES
+    from cnnkit.runs.outputs import FOLDER_KINDS
+
+    folder, _ = run
+    marker, names = FOLDER_KINDS["run folder"]
+    assert marker == folders.CONFIG_FILE and {folders.CONFIG_FILE, folders.REPORT_FILE} <= names
+    assert {path.name for path in folder.iterdir() if path.is_file()} <= names
+    assert FOLDER_KINDS["evaluation report"][1] == set(REPORT_FILES.values())
+    tune_files = {study.STUDY_FILE, tune.TRIALS_FILE, tune.BEST_RECIPE_FILE, tune.HISTORY_PLOT}
+    assert FOLDER_KINDS["tuning study"][1] == {*tune_files, tune.IMPORTANCE_PLOT}
+    assert FOLDER_KINDS["comparison"][1] == {compare.COMPARISON_JSON, compare.COMPARISON_PLOT}
+
+
 # --- hostile input: bounded memory and time -----------------------------------------------------
 
 
@@ -124,6 +166,19 @@ def test_a_zip_bomb_is_refused_from_its_declared_size_in_bounded_memory(run, tmp
     ]
 
 
+def mark_encrypted(archive: Path, name: str) -> None:
+    """Set the "encrypted" flag of member ``name``: zipfile then refuses it as a real encrypted one."""
+    content = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as reader:
+        member = reader.getinfo(name)
+    content[member.header_offset + 6] |= 0x01  # in the local header...
+    central = content.index(b"PK\x01\x02")  # the central directory: find the member's entry
+    while content[central + 46 : central + 46 + len(name)] != name.encode():
+        central = content.index(b"PK\x01\x02", central + 4)
+    content[central + 8] |= 0x01  # ...and in the central directory
+    archive.write_bytes(bytes(content))
+
+
 def test_encrypted_and_corrupt_zip_members_are_error_entries(run, tmp_path, capsys):
     folder, _ = run
     archive = tmp_path / "mixed.zip"
@@ -131,22 +186,32 @@ def test_encrypted_and_corrupt_zip_members_are_error_entries(run, tmp_path, caps
         writer.writestr("a_good.png", png(10), compress_type=zipfile.ZIP_STORED)
         writer.writestr("b_locked.png", png(20), compress_type=zipfile.ZIP_STORED)
         writer.writestr("c_broken.png", png(30) * 40, compress_type=zipfile.ZIP_DEFLATED)
+    mark_encrypted(archive, "b_locked.png")
     content = bytearray(archive.read_bytes())
     with zipfile.ZipFile(archive) as reader:
-        locked, broken = reader.getinfo("b_locked.png"), reader.getinfo("c_broken.png")
-    content[locked.header_offset + 6] |= 0x01  # "encrypted", in the local header...
-    central = content.index(b"PK\x01\x02")  # the central directory: find the member's entry
-    while content[central + 46 : central + 46 + len("b_locked.png")] != b"b_locked.png":
-        central = content.index(b"PK\x01\x02", central + 4)
-    content[central + 8] |= 0x01  # ...and in the central directory
+        broken = reader.getinfo("c_broken.png")
     data_start = broken.header_offset + 30 + len("c_broken.png")
     content[data_start : data_start + 8] = b"\xff" * 8  # deflate data that cannot inflate
     archive.write_bytes(bytes(content))
     assert main(["predict", str(folder / "best.pt"), str(archive), "--format", "json"]) == 1
     results = json.loads(capsys.readouterr().out)
     assert "predictions" in results[0]
-    assert results[1]["error"].startswith("cannot read (RuntimeError:") and "encrypted" in results[1]["error"]
+    assert results[1]["error"] == "member 'b_locked.png' is encrypted; cnnkit reads unencrypted zips only"
     assert results[2]["error"].startswith("cannot read (")
+
+
+def test_training_on_an_encrypted_zip_says_which_member_is_encrypted(tmp_path, capsys):
+    archive = tmp_path / "locked.zip"
+    with zipfile.ZipFile(archive, "w") as writer:
+        for index in range(4):
+            writer.writestr(f"{'cat' if index % 2 else 'dog'}/{index}.png", png(index * 60))
+    mark_encrypted(archive, "dog/2.png")
+    arguments = ["--recipe", "tutorial", "--epochs", "1", "--out", str(tmp_path / "runs"), "--quiet"]
+    assert main(["train", "--data", str(archive), *arguments, "--device", "cpu"]) == 1
+    assert one_error_line(capsys) == (
+        f"cnnkit: error: {archive}: member 'dog/2.png' is encrypted; cnnkit reads unencrypted zips only"
+    )
+    assert not (tmp_path / "runs").exists()  # refused before a run folder was made
 
 
 def test_the_service_bounds_pixels_per_request_and_keeps_errors_short(tmp_path):
@@ -342,3 +407,56 @@ def test_config_keeps_unicode_and_records_the_batch_actually_used(tmp_path):
     # 128 training images: batch 2000 becomes 12, so that an epoch still has 10 steps.
     assert plan == {"batch_size": 12, "steps_per_epoch": 10, "epochs": 1, "total_steps": 10}  # drop_last
     assert np.isfinite(yaml.safe_load(text)["recipe"]["learning_rate"])
+
+
+# --- errors that echo a value stay short --------------------------------------------------------
+
+
+def alias_bomb(levels: int) -> str:
+    """A YAML flow mapping whose last key, ``z`` (anchor ``&z``), holds 9**levels strings through
+    shared aliases: a few hundred bytes of YAML, loaded in microseconds, whose repr is huge."""
+    names = "abcdefghijklmnopqrstuvwxy"[:levels]
+    parts = [f"{names[0]}: &{names[0]} [{', '.join(['xxxxxxxxx'] * 9)}]"]
+    parts += [f"{name}: &{name} [{', '.join([f'*{below}'] * 9)}]" for below, name in pairwise(names)]
+    return "{" + ", ".join([*parts, f"z: &z [{', '.join([f'*{names[-1]}'] * 9)}]"]) + "}"
+
+
+def test_a_yaml_alias_bomb_is_one_short_line_in_no_time(tmp_path, capsys):
+    # Nine levels made a 351 MB message (minutes, 15 GB); seven (4.8 million strings, a 62 MB repr)
+    # show the cut as well, and cost a regression a second rather than a machine's memory.
+    recipe = tmp_path / "bomb.yaml"
+    recipe.write_text(f"base: tutorial\nmodel_arguments:\n  unused: {alias_bomb(6)}\nepochs: *z\n")
+    arguments = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--device", "cpu"]
+    for bomb in (["--recipe", str(recipe)], ["--recipe", "tutorial", "--set", f"translate={alias_bomb(6)}"]):
+        started = time.perf_counter()
+        assert main(["train", *bomb, *arguments]) == 1
+        line = one_error_line(capsys)
+        assert time.perf_counter() - started < 5
+        assert "must be" in line and "Received: " in line and line.endswith("(cut at 200 characters)")
+        assert len(line) < 400
+
+
+def test_short_repr_is_repr_until_the_limit_and_costs_only_the_limit():
+    values = [5, -1.5, "it's", b"x", None, True, [], (), (1,), {}, set(), frozenset({2}), {"a": [1, (2, 3)]}]
+    assert [short_repr(value) for value in values] == [repr(value) for value in values]
+    looped: list = [1]
+    looped.append(looped)
+    assert short_repr(looped) == repr(looped)
+    assert short_repr("y" * 1000, limit=10) == "'yyyyyyyyy… (cut at 10 characters)"
+    bomb = yaml.safe_load(alias_bomb(6))  # 4.8 million strings: its repr takes ~0.5 s and 62 MB
+    started = time.perf_counter()
+    assert len(short_repr(bomb)) < 250 and time.perf_counter() - started < 0.05
+    assert shorten("z" * 600) == "z" * 500 + "… (100 characters cut)" and shorten("short") == "short"
+
+
+def test_any_error_line_is_cut_to_500_characters(monkeypatch, tmp_path, capsys):
+    from cnnkit.cli import use
+
+    def failing(arguments):
+        raise ValueError("a message quoting a whole file: " + "q" * 100_000)
+
+    monkeypatch.setattr(use, "_predict", failing)
+    assert main(["predict", str(tmp_path / "model.pt"), "image.png"]) == 1
+    line = one_error_line(capsys)
+    cut = "… (99532 characters cut)"
+    assert line.endswith("q" + cut) and len(line) == len("cnnkit: error: ") + 500 + len(cut)

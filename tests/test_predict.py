@@ -15,11 +15,13 @@ from cnnkit.api import Classifier
 from cnnkit.cli import main
 from cnnkit.data import decode_image
 from cnnkit.inference.batch_prediction import (
+    check_output_path,
     expand_inputs,
     format_predictions,
     predict_files,
     predict_paths,
     write_predictions,
+    write_predictions_file,
 )
 from cnnkit.inference.batch_prediction import predict_files as predict_files_from_workflows
 from tests.conftest import CLASS_NAMES, make_quadrant_images
@@ -269,3 +271,18 @@ def test_a_damaged_zip_member_is_an_error_entry(checkpoint, tmp_path):
         (f"{archive}/good.png", False),
     ]
     assert results[0].error.startswith("cannot read (BadZipFile: Bad CRC-32")
+
+
+def test_force_lets_an_output_replace_any_file_but_the_model_and_the_inputs(tree, checkpoint, tmp_path):
+    image = tree / "photos" / "3.bmp"
+    notes = tmp_path / "notes.md"
+    notes.write_text("mine")
+    with pytest.raises(ValueError, match=r"exists and is not a results file.*--force"):
+        check_output_path(notes, checkpoint, [image])
+    check_output_path(notes, checkpoint, [image], force=True)
+    for kept, what in ((checkpoint, "the model"), (image, "an input")):
+        with pytest.raises(ValueError, match=f"--output would overwrite {what}"):
+            check_output_path(kept, checkpoint, [image], force=True)
+    results = predict_paths(checkpoint, [image], device="cpu")
+    assert write_predictions_file(notes, results, "csv").count == 1
+    assert notes.read_text().startswith("path,rank,class")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from cnnkit.cli.common import add_runtime_arguments
+from cnnkit.fileio import json_text
 
 
 def add_parsers(commands: Any) -> None:
@@ -44,6 +44,12 @@ def add_parsers(commands: Any) -> None:
     )
     predict.add_argument("--output", metavar="FILE", help="write the results to FILE instead of stdout")
     predict.add_argument(
+        "--force",
+        action="store_true",
+        help="let --output replace a file a run wrote (report.json, metrics.csv, ...) or any file "
+        "but the model and the inputs",
+    )
+    predict.add_argument(
         "--batch-size", type=int, default=256, help="images decoded and classified at once (default: 256)"
     )
     add_runtime_arguments(predict)
@@ -64,7 +70,7 @@ def _evaluate(arguments: argparse.Namespace) -> int:
         precision=arguments.precision or "auto",
         out=arguments.out,
     )
-    print(json.dumps(result) if arguments.json else format_evaluation(result))
+    print(json_text(result) if arguments.json else format_evaluation(result))
     return 0
 
 
@@ -77,7 +83,7 @@ def _predict(arguments: argparse.Namespace) -> int:
     )
 
     if arguments.output:  # before any work: an output that would replace a file is refused
-        check_output_path(arguments.output, arguments.checkpoint, arguments.images)
+        check_output_path(arguments.output, arguments.checkpoint, arguments.images, arguments.force)
     results = predict_paths(
         arguments.checkpoint,
         arguments.images,
@@ -102,6 +108,11 @@ def _add_export_parser(commands) -> None:
     export.add_argument("checkpoint")
     export.add_argument("--format", choices=["onnx"], default="onnx")
     export.add_argument("--output", metavar="FILE", help="default: the checkpoint's path with .onnx")
+    export.add_argument(
+        "--force",
+        action="store_true",
+        help="let --output replace an existing .onnx (the default output is replaced without it)",
+    )
     export.add_argument(
         "--input",
         choices=["uint8", "float"],
@@ -133,6 +144,7 @@ def _export(arguments: argparse.Namespace) -> int:
         tta=arguments.tta,
         verify_data=arguments.verify_data,
         exporter=arguments.exporter,
+        force=arguments.force,
     )
     print(
         f"Exported {arguments.checkpoint} to {result.path} ({result.size_bytes / 2**20:.1f} MiB, "

@@ -13,8 +13,11 @@ import zipfile
 import zlib
 
 MAX_FILE_BYTES = 64 * 2**20
-# What reading one zip member can raise: damaged data, a bad CRC, encryption (RuntimeError),
-# a compression method this Python lacks (NotImplementedError), a name the archive lacks (KeyError).
+# Bit 0 of a zip member's general-purpose flags: the member is encrypted (PKWARE APPNOTE 4.4.4).
+_ENCRYPTED_FLAG = 0x1
+# What reading one zip member can raise: damaged data, a bad CRC, encryption (EncryptedMemberError;
+# zipfile's own RuntimeError where a member is opened without read_member), a compression method
+# this Python lacks (NotImplementedError), a name the archive lacks (KeyError).
 READ_ERRORS = (
     OSError,
     KeyError,
@@ -31,9 +34,25 @@ class FileTooLargeError(ValueError):
     """A file (or zip member) larger than the cap; the message is the short reason."""
 
 
+class EncryptedMemberError(ValueError):
+    """A zip member that is encrypted; the message is the short reason, naming the member."""
+
+
+def is_encrypted(info: zipfile.ZipInfo) -> bool:
+    """Whether zip member ``info`` is encrypted (zipfile would ask for a password to read it)."""
+    return bool(info.flag_bits & _ENCRYPTED_FLAG)
+
+
+def encrypted_reason(name: str) -> str:
+    """The one reason an encrypted member is refused, the same wherever a zip is read."""
+    return f"member {name!r} is encrypted; cnnkit reads unencrypted zips only"
+
+
 def read_member(archive: zipfile.ZipFile, name: str, limit: int = MAX_FILE_BYTES) -> bytes:
     """The bytes of member ``name``, refused if it declares or inflates to more than ``limit``."""
     info = archive.getinfo(name)
+    if is_encrypted(info):  # checked up front: zipfile's own message asks for a password
+        raise EncryptedMemberError(encrypted_reason(name))
     _check_size(info.file_size, limit)
     with archive.open(info) as member:
         return _read_capped(member, info.file_size, limit)
@@ -48,8 +67,8 @@ def read_file(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> bytes:
 
 
 def describe_read_error(error: BaseException) -> str:
-    """One short line for a failed read, e.g. ``cannot read (RuntimeError: ... encrypted ...)``."""
-    if isinstance(error, FileTooLargeError):
+    """One short line for a failed read, e.g. ``cannot read (BadZipFile: Bad CRC-32 ...)``."""
+    if isinstance(error, FileTooLargeError | EncryptedMemberError):
         return str(error)
     detail = getattr(error, "strerror", None) or error
     return f"cannot read ({type(error).__name__}: {detail})"

@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from cnnkit.data.bounded_read import READ_ERRORS, describe_read_error, read_file, read_member
+from cnnkit.data.bounded_read import (
+    READ_ERRORS,
+    describe_read_error,
+    encrypted_reason,
+    is_encrypted,
+    read_file,
+    read_member,
+)
 from cnnkit.data.cache import hash_listing
 from cnnkit.data.decode import is_image_name
 from cnnkit.data.errors import DataError, ImageDecodeError
@@ -182,6 +189,10 @@ def list_zip(path: Path) -> Listing:
             elif info.is_dir():
                 continue
             elif is_image_name(name):
+                if is_encrypted(info):
+                    # Refused whole, up front: each image failing alone would end as "no usable
+                    # image" in a class, and an archive is encrypted as a whole, not by member.
+                    raise DataError(f"{path}: {encrypted_reason(name)}")
                 images.append(name)
             else:
                 skipped.setdefault(name, SkippedFile(name, not_image_reason(name)))

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from cnnkit.messages import short_repr
 from cnnkit.recipes import Recipe, apply_overrides, get_recipe
 from cnnkit.recipes.files import read_yaml_file
 from cnnkit.recipes.recipe import check_field_name
@@ -196,11 +197,13 @@ def _parse_distribution(key: str, value: Any, where: str) -> Distribution:
     if not isinstance(value, Mapping):
         raise ValueError(
             f"{where} must be a distribution like {{type: float, low: 1.0e-4, high: 1.0e-2, log: true}}. "
-            f"Received: {value!r}"
+            f"Received: {short_repr(value)}"
         )
     kind = value.get("type")
     if kind not in DISTRIBUTION_TYPES:
-        raise ValueError(f"{where}: type must be float, int or categorical. Received: type={kind!r}")
+        raise ValueError(
+            f"{where}: type must be float, int or categorical. Received: type={short_repr(kind)}"
+        )
     unknown = [str(name) for name in value if name not in _SETTINGS[kind]]
     if unknown:
         takes = ", ".join(_SETTINGS[kind])
@@ -234,10 +237,14 @@ def _check_key(key: str, where: str) -> None:
 
 def _categorical(choices: Any, where: str) -> Distribution:
     if not isinstance(choices, list | tuple) or not choices:
-        raise ValueError(f"{where}: choices must be a non-empty list. Received: choices={choices!r}")
+        raise ValueError(
+            f"{where}: choices must be a non-empty list. Received: choices={short_repr(choices)}"
+        )
     labels = [choice_label(choice) for choice in choices]
     if len(set(map(repr, labels))) != len(labels):
-        raise ValueError(f"{where}: choices must differ from each other. Received: choices={choices!r}")
+        raise ValueError(
+            f"{where}: choices must differ from each other. Received: choices={short_repr(choices)}"
+        )
     return Distribution("categorical", choices=tuple(choices))
 
 
@@ -245,7 +252,7 @@ def _range(kind: str, value: Mapping, where: str) -> Distribution:
     low, high = (_number(value.get(name), name, kind, where) for name in ("low", "high"))
     log = value.get("log", False)
     if not isinstance(log, bool):
-        raise ValueError(f"{where}: log must be true or false. Received: log={log!r}")
+        raise ValueError(f"{where}: log must be true or false. Received: log={short_repr(log)}")
     step = None if value.get("step") is None else _number(value["step"], "step", kind, where)
     if low >= high:
         raise ValueError(f"{where}: low must be below high. Received: low={low}, high={high}")
@@ -264,11 +271,11 @@ def _number(value: Any, name: str, kind: str, where: str) -> float | int:
     if value is None:
         raise ValueError(f"{where}: the {kind} distribution needs {name}.")
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{where}: {name} must be a number. Received: {name}={value!r}")
+        raise ValueError(f"{where}: {name} must be a number. Received: {name}={short_repr(value)}")
     if kind == "int":
         if not float(value).is_integer():
             raise ValueError(
-                f"{where}: {name} of an int distribution must be whole. Received: {name}={value!r}"
+                f"{where}: {name} of an int distribution must be whole. Received: {name}={short_repr(value)}"
             )
         return int(value)
     return float(value)

@@ -51,6 +51,7 @@ from cnnkit.inference.onnx_runtime import (
     encode_metadata,
 )
 from cnnkit.inference.predictor import ONNX_SUFFIX
+from cnnkit.runs.outputs import check_output_file
 
 INPUT_FORMATS = {"uint8": UINT8_NHWC, "float": FLOAT_NCHW}
 EXPORTERS = ("dynamo", "torchscript")
@@ -101,6 +102,7 @@ def export_onnx(
     tolerance: float = DEFAULT_TOLERANCE,
     opset: int = DEFAULT_OPSET,
     exporter: str = "dynamo",
+    force: bool = False,
 ) -> ExportResult:
     """Export the checkpoint at ``checkpoint_path`` to ONNX, verify it, then write it atomically.
 
@@ -117,8 +119,12 @@ def export_onnx(
         tolerance: largest absolute difference of probabilities allowed between ONNX Runtime
             and PyTorch (float32, CPU).
         opset: the ONNX opset; ``exporter``: ``"dynamo"`` (torch.export) or ``"torchscript"``.
+        force: replace an existing ``output`` (another ``.onnx``) all the same; the default
+            output, the checkpoint's own ``.onnx``, is replaced without it.
 
     Raises:
+        ValueError: ``output`` is an existing ``.onnx`` other than the default one, or a file a
+            run folder holds (see ``runs.outputs.check_output_file``), and ``force`` is not set.
         ExportVerificationError: the outputs differ by more than ``tolerance``; nothing is written
             and an existing ``output`` is left as it was.
     """
@@ -133,6 +139,11 @@ def export_onnx(
         raise ValueError(f"The output's name must end in .onnx. Received: output={str(output)!r}")
     if output.resolve() == Path(checkpoint_path).resolve():
         raise ValueError(f"The ONNX file would overwrite the checkpoint. Received: output={str(output)!r}")
+    # The checkpoint's own .onnx is refreshed without --force: it is this checkpoint's export by
+    # name, and exporting again (after --resume improved best.pt, or with other options) is the
+    # way to update it; what re-running cannot bring back, another model's .onnx, needs force.
+    if output.resolve() != default_output_path(checkpoint_path).resolve():
+        check_output_file(output, force)
     checkpoint = load_checkpoint(checkpoint_path)
     network = checkpoint.build_model(checkpoint_path).eval()
     level = checkpoint.tta if tta else 0

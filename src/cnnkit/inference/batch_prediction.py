@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import textwrap
 from collections.abc import Iterable, Iterator
@@ -20,9 +19,10 @@ import numpy as np
 
 from cnnkit.data.bounded_read import READ_ERRORS, describe_read_error
 from cnnkit.data.decode import decode_image
-from cnnkit.fileio import atomic_open
+from cnnkit.fileio import atomic_open, json_text
 from cnnkit.inference.image_inputs import InputItem, ItemReader, PathArgument, expand_inputs
 from cnnkit.inference.predictor import Predictor, load_predictor
+from cnnkit.runs.outputs import check_output_file
 
 FORMATS = ("table", "json", "csv")
 # An existing file predictions may replace: a text of results, never a model, image or archive.
@@ -213,11 +213,15 @@ def format_predictions(results: Iterable[PredictionResult], format: str = "table
     return buffer.getvalue()
 
 
-def check_output_path(output: PathArgument, model: PathArgument, inputs: Iterable[PathArgument] = ()) -> None:
+def check_output_path(
+    output: PathArgument, model: PathArgument, inputs: Iterable[PathArgument] = (), force: bool = False
+) -> None:
     """Refuse, in one line, an ``output`` that would replace the model, an input, or another file.
 
-    Only a file of results (``RESULT_FILE_SUFFIXES``) is ever replaced: a run's second
-    ``--output predictions.csv`` overwrites its first, but never ``best.pt`` or ``cat.jpg``.
+    Only a file of results (``RESULT_FILE_SUFFIXES``) is replaced: a run's second ``--output
+    predictions.csv`` overwrites its first, but never ``best.pt``, ``cat.jpg`` or a file a run
+    folder holds (its ``report.json``, ``metrics.csv``: see ``runs.outputs.check_output_file``).
+    ``force`` replaces those all the same; never the model or an input, which are being read.
     """
     target = os.path.realpath(output)
     protected = {os.path.realpath(model): "the model"}
@@ -229,10 +233,11 @@ def check_output_path(output: PathArgument, model: PathArgument, inputs: Iterabl
         )
     if os.path.isdir(target):
         raise ValueError(f"--output names a folder; give a file. Received: output={os.fspath(output)!r}")
-    if os.path.exists(target) and not target.lower().endswith(RESULT_FILE_SUFFIXES):
+    check_output_file(output, force)
+    if not force and os.path.exists(target) and not target.lower().endswith(RESULT_FILE_SUFFIXES):
         raise ValueError(
             f"{os.fspath(output)} exists and is not a results file ({', '.join(RESULT_FILE_SUFFIXES)}): "
-            "cnnkit predict will not replace it; choose another --output"
+            "cnnkit predict will not replace it; choose another --output, or pass --force to replace it"
         )
 
 
@@ -271,7 +276,7 @@ def _write_json(results: Iterable[PredictionResult], file: TextIO) -> None:
     # Item by item, so that a long run's results appear (and leave memory) as they come.
     opening = "[\n"
     for result in results:
-        file.write(opening + textwrap.indent(json.dumps(result.to_dict(), indent=2), "  "))
+        file.write(opening + textwrap.indent(json_text(result.to_dict(), indent=2), "  "))
         opening = ",\n"
     file.write("[]\n" if opening == "[\n" else "\n]\n")
 

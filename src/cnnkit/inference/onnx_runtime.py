@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit.data.pixels import check_pixels
+from cnnkit.messages import short_repr
 from cnnkit.reports.splits import metrics_by_split
 
 FORMAT = "cnnkit-onnx"
@@ -59,12 +60,83 @@ METADATA_KEYS = (
 )
 
 
-def decode_metadata(properties: dict[str, str]) -> dict[str, Any]:
-    """``metadata_props`` (all strings) -> values: JSON keys parsed, ``format_version`` an int."""
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_str_mapping(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(key, str) for key in value)
+
+
+def _is_metrics(value: Any) -> bool:
+    # Grouped ({"validation": {"accuracy": 0.9}}) or, in older files, flat ({"val_accuracy": 0.9}).
+    return _is_str_mapping(value) and all(
+        inner is None or _is_str_mapping(inner) or _is_number(inner) for inner in value.values()
+    )
+
+
+def _is_class_names(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) >= 2
+        and all(isinstance(name, str) for name in value)
+        and len(set(value)) == len(value)
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# What each metadata field read back must be: (what is allowed, the check). The strings that are
+# only shown (model_name, recipe, cnnkit_version, exporter, opset) are strings by construction.
+METADATA_CHECKS: dict[str, tuple[str, Any]] = {
+    "format_version": ("an integer >= 1", lambda value: _is_int(value, 1)),
+    "class_names": ("a list of two or more distinct strings", _is_class_names),
+    "image_size": ("an integer >= 1", lambda value: _is_int(value, 1)),
+    "resize_size": ("an integer >= 1", lambda value: _is_int(value, 1)),
+    "input_format": (" or ".join(repr(name) for name in INPUT_FORMATS), lambda value: value in INPUT_FORMATS),
+    "tta": ("0, 1 or 2", lambda value: _is_int(value, 0) and value <= 2),
+    "epoch": ("an integer >= 0", lambda value: _is_int(value, 0)),
+    "normalization": ("a mapping", _is_str_mapping),
+    "model_arguments": ("a mapping", _is_str_mapping),
+    "metrics": ("a mapping of metrics (numbers), by split or flat", _is_metrics),
+}
+# Written by every cnnkit export; resize_size, tta, metrics and the rest may be absent from older files.
+REQUIRED_METADATA = ("format_version", "class_names", "image_size", "input_format")
+
+
+def decode_metadata(properties: dict[str, str], source: str = "the ONNX file") -> dict[str, Any]:
+    """``metadata_props`` (all strings) -> values: JSON keys parsed, ``format_version`` an int.
+
+    Every value ``OnnxClassifier`` (and the service) reads is checked (``METADATA_CHECKS``): a
+    field of the wrong shape fails in one line naming ``source`` and the field, never later as a
+    traceback or, worse, as class names spelt out letter by letter from a string.
+    """
     metadata: dict[str, Any] = dict(properties)
     for key in (*JSON_KEYS, "format_version"):
         if key in metadata:
-            metadata[key] = json.loads(metadata[key])
+            try:
+                metadata[key] = json.loads(metadata[key])
+            except (ValueError, RecursionError):  # not JSON, a number too long, nesting too deep
+                raise ValueError(
+                    f"{source}: cnnkit metadata field '{key}' is not valid JSON. "
+                    f"Received: {key}={short_repr(metadata[key])}"
+                ) from None
+    for key, (allowed, check) in METADATA_CHECKS.items():
+        if key in metadata and not check(metadata[key]):
+            raise ValueError(
+                f"{source}: cnnkit metadata field '{key}' must be {allowed}. "
+                f"Received: {key}={short_repr(metadata[key])}"
+            )
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ValueError(f"{source}: cnnkit metadata lacks {', '.join(repr(key) for key in missing)}.")
+    if "resize_size" in metadata and metadata["resize_size"] < metadata["image_size"]:
+        raise ValueError(
+            f"{source}: cnnkit metadata field 'resize_size' must be >= image_size "
+            f"({metadata['image_size']}). Received: resize_size={metadata['resize_size']}"
+        )
     return metadata
 
 
@@ -103,15 +175,7 @@ class OnnxClassifier:
             raise ValueError(
                 f"Cannot read {path} as an ONNX model ({type(error).__name__}: {error})"
             ) from None
-        properties = self.session.get_modelmeta().custom_metadata_map
-        if properties.get("format") != FORMAT:
-            raise ValueError(f"{path} is not an ONNX model exported by cnnkit (no '{FORMAT}' metadata).")
-        self.metadata = decode_metadata(properties)
-        if self.metadata["format_version"] > FORMAT_VERSION:
-            raise ValueError(
-                f"{path} was exported by a newer cnnkit ({self.metadata.get('cnnkit_version')}). "
-                "Upgrade cnnkit to read it."
-            )
+        self.metadata = _read_metadata(self.session, path)
         # Grouped by split (train, validation, test); files of older versions held them flat.
         self.metadata["metrics"] = metrics_by_split(self.metadata.get("metrics", {}))
         self.metadata.update(source="onnx", path=str(path))
@@ -155,6 +219,46 @@ class OnnxClassifier:
         else:
             inputs = np.ascontiguousarray(images)
         return self.session.run([PROBABILITIES], {INPUT_NAME: inputs})[0]
+
+
+def _read_metadata(session: Any, path: Path) -> dict[str, Any]:
+    """The checked metadata of the model ``session`` runs, which must agree with its graph."""
+    properties = session.get_modelmeta().custom_metadata_map
+    if properties.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an ONNX model exported by cnnkit (no '{FORMAT}' metadata).")
+    # Before any field is checked: a newer cnnkit may write fields this one reads otherwise.
+    try:
+        version = int(properties.get("format_version", "0"))
+    except ValueError:
+        version = 0  # not a number: decode_metadata names the field
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} was exported by a newer cnnkit ({short_repr(properties.get('cnnkit_version'))}). "
+            "Upgrade cnnkit to read it."
+        )
+    metadata = decode_metadata(properties, str(path))
+    # The graph's own sizes, where it states them: a mismatch would fail (or misname classes) later.
+    inputs, outputs = session.get_inputs(), {output.name: output for output in session.get_outputs()}
+    if [item.name for item in inputs] != [INPUT_NAME] or PROBABILITIES not in outputs:
+        raise ValueError(f"{path}: the graph lacks the input '{INPUT_NAME}' or the output '{PROBABILITIES}'.")
+    size = metadata["image_size"]
+    expected = (size, size, 3) if metadata["input_format"] == UINT8_NHWC else (3, size, size)
+    _check_graph_size(path, "image_size", size, list(inputs[0].shape)[1:], list(expected))
+    classes = len(metadata["class_names"])
+    _check_graph_size(path, "class_names", classes, list(outputs[PROBABILITIES].shape)[1:], [classes])
+    return metadata
+
+
+def _check_graph_size(path: Path, key: str, value: int, graph: list, expected: list) -> None:
+    # Symbolic dimensions (strings, None) say nothing; a number must match.
+    if len(graph) != len(expected) or any(
+        isinstance(have, int) and have != want for have, want in zip(graph, expected, strict=True)
+    ):
+        what = f"{value} names" if key == "class_names" else value
+        raise ValueError(
+            f"{path}: cnnkit metadata field '{key}' ({what}) does not match the graph, whose "
+            f"{'output' if key == 'class_names' else 'input'} shape is {['N', *graph]}."
+        )
 
 
 def _import_onnxruntime() -> Any:
