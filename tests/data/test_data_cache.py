@@ -97,7 +97,9 @@ def test_corrupt_cache_is_rebuilt(tmp_path, isolated_home, capsys):
     meta = store / "meta.json"
     meta.write_bytes(meta.read_bytes()[:20])
     second = load_dataset(tmp_path / "d", progress=False)
-    assert "Ignoring unreadable data store" in capsys.readouterr().err
+    assert f"The data store at {store} is damaged (meta.json is not valid JSON); rebuilding it." in (
+        capsys.readouterr().err
+    )
     assert torch.equal(first.train.images, second.train.images)
     assert open_store(store) is not None  # rewritten whole
 

@@ -1,4 +1,4 @@
-"""The command line: ``cnnkit train|evaluate|predict|export|serve|summary|models``.
+"""The command line: ``cnnkit train|evaluate|predict|export|serve|summary|models|cache``.
 
 Each command module adds its parser and handler; handlers only parse and call the library.
 """

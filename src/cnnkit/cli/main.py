@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cnnkit import __version__
-from cnnkit.cli import compare, info, train, tune, use
+from cnnkit.cli import cache, compare, info, train, tune, use
 from cnnkit.engine.interrupt import TrainingInterrupted
+from cnnkit.messages import shorten
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_parser(commands)
     tune.add_parser(commands)
     info.add_parsers(commands)
+    cache.add_parser(commands)
     return parser
 
 
@@ -47,16 +49,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\ncnnkit: interrupted", file=sys.stderr)
         return 130
     except ImportError as error:  # an optional extra that isn't installed; the message says which
-        print(f"cnnkit: error: {error}", file=sys.stderr)
+        print(f"cnnkit: error: {_one_line(error)}", file=sys.stderr)
         return 1
     except (ValueError, OSError, FloatingPointError) as error:
         # One clear line for the user; a traceback is for bugs, not for bad input.
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"cnnkit: error: {message}", file=sys.stderr)
+        print(f"cnnkit: error: {_one_line(error)}", file=sys.stderr)
         return 1
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's first line, cut to 500 characters (``shorten``): a message that echoes a huge
+    value (a file's content, a YAML alias bomb) must not flood the terminal or a CI log."""
+    text = str(error).strip()
+    return shorten(text.splitlines()[0]) if text else type(error).__name__
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A library's warning as one line, without the source file and line it came from."""
     text = " ".join(str(message).split())
-    print(f"cnnkit: warning: {text[:300]}", file=sys.stderr)
+    print(f"cnnkit: warning: {shorten(text, 300)}", file=sys.stderr)

@@ -30,18 +30,21 @@ def hash_file(path: Path) -> str:
         return hashlib.file_digest(file, lambda: hashlib.blake2b(digest_size=_DIGEST_BYTES)).hexdigest()
 
 
-def remembered_hash_file(path: Path, cache_dir: Path) -> str:
+def remembered_hash_file(path: Path, cache_dir: Path, refresh: bool = False) -> str:
     """``hash_file(path)``, remembered in ``cache_dir/hashes`` for this very file.
 
     Hashing a 400,000-image zip reads 400 MB (over a second); a later load of the unchanged file
     reads the digest back instead. "Unchanged" is the same path, size, modification time (in
     nanoseconds), inode and device: any write to the file changes its modification time.
+    ``refresh``: hash the bytes again whatever is remembered (and remember the new digest).
     """
     status = Path(path).stat()
     facts = (Path(path).resolve(), status.st_size, status.st_mtime_ns, status.st_ino, status.st_dev)
     identity = "\0".join(str(fact) for fact in facts)
     memo = cache_dir / "hashes" / hashlib.blake2b(identity.encode(), digest_size=16).hexdigest()
     try:
+        if refresh:
+            raise FileNotFoundError(memo)  # as if nothing were remembered
         remembered = memo.read_text(encoding="ascii").strip()
         if len(remembered) == 2 * _DIGEST_BYTES and all(c in "0123456789abcdef" for c in remembered):
             return remembered

@@ -58,6 +58,7 @@ def load_dataset(
     workers: int | None = None,
     strict: bool = False,
     in_memory: bool | None = None,
+    refresh_cache: bool = False,
 ) -> DataSplits:
     """Load a data set, decoding it once into a store on disk and reading the store afterwards.
 
@@ -79,6 +80,10 @@ def load_dataset(
         in_memory: hold the images in memory as one tensor (True), or leave them in the store
             and read them as they are indexed (False, ``StoredImages``); None (the default)
             decides by size: stores up to 256 MiB (``CNNKIT_IN_MEMORY_MB``) are read whole.
+        refresh_cache: decode the source again into a new store even when one exists (and hash
+            a zip's bytes again). A folder's store is keyed by its files' names, sizes and
+            modification times, not their bytes: a file rewritten with the same size and time
+            is not noticed until the store is refreshed. A damaged store is rebuilt anyway.
 
     Raises:
         DataError: missing or unsupported source, corrupt archive, a class folder without a
@@ -92,13 +97,14 @@ def load_dataset(
         )
     workers = resolve_workers(workers)
     home = Path(cache_dir).expanduser() if cache_dir is not None else cnnkit_home()
-    loader = _SourceLoader(home / "cache", image_size, workers, progress, strict, in_memory)
+    loader = _SourceLoader(home / "cache", image_size, workers, progress, strict, in_memory, refresh_cache)
     if source is None or source == CIFAR10_NAME:
         md5 = expected_cifar10_md5()
         archive = download_cifar10(home, md5=md5, progress=progress)
         # download_cifar10 verified the md5, which identifies the content: no second hash.
-        splits = loader.cifar10(f"md5:{md5}", lambda: read_cifar10_archive(archive))
-        return DataSplits(*splits, f"{CIFAR10_NAME} ({archive})")
+        description = f"{CIFAR10_NAME} ({archive})"
+        splits = loader.cifar10(f"md5:{md5}", lambda: read_cifar10_archive(archive), description)
+        return DataSplits(*splits, description)
     if not isinstance(source, str | os.PathLike):
         raise ValueError(f"source must be a string, a path or None. Received: source={source!r}")
     path = Path(source).expanduser()
@@ -120,6 +126,7 @@ class _SourceLoader:
         progress: bool,
         strict: bool,
         in_memory: bool | None = None,
+        refresh: bool = False,
     ):
         self.cache_dir = cache_dir
         self.image_size = image_size
@@ -127,6 +134,7 @@ class _SourceLoader:
         self.progress = progress
         self.strict = strict
         self.in_memory = in_memory
+        self.refresh = refresh
 
     def cached(
         self,
@@ -134,11 +142,15 @@ class _SourceLoader:
         content_hash: str,
         image_size: int | None,
         build: Callable[[StoreWriter | None], CachedSplits],
+        source: str,
     ) -> CachedSplits:
-        """The stored splits for this content and size, built by ``build(writer)`` the first time."""
+        """The stored splits for this content and size, built by ``build(writer)`` the first time
+        (or again, when refreshing); ``source`` describes the data for ``cnnkit cache list``."""
         path = store_path(self.cache_dir, kind, content_hash, image_size)
         started = time.perf_counter()
-        splits, existed = load_or_build(path, build, self.progress, self.in_memory)
+        splits, existed = load_or_build(
+            path, build, self.progress, self.in_memory, source, image_size, self.refresh
+        )
         if self.progress and existed:
             count = splits.image_count
             elapsed = time.perf_counter() - started
@@ -153,12 +165,12 @@ class _SourceLoader:
                 print(skipped_summary(splits.skipped, count + len(splits.skipped)), file=sys.stderr)
         return splits
 
-    def cifar10(self, content_hash: str, read: Callable[[], Splits]) -> Splits:
+    def cifar10(self, content_hash: str, read: Callable[[], Splits], source: str) -> Splits:
         """Store and (unless the size is the native 32) resize CIFAR-10 splits."""
         size = self.image_size
         if size in (None, _CIFAR10_SIDE):
             # Both mean "as stored": they share one store. The writer stores what read() returns.
-            splits = self.cached("cifar10", content_hash, None, lambda writer: CachedSplits(*read()))
+            splits = self.cached("cifar10", content_hash, None, lambda writer: CachedSplits(*read()), source)
             return splits.train, splits.test
 
         def read_resized(writer: StoreWriter | None) -> CachedSplits:
@@ -168,7 +180,7 @@ class _SourceLoader:
                 _resize(test, size, self.progress) if test is not None else None,
             )
 
-        splits = self.cached("cifar10", content_hash, size, read_resized)
+        splits = self.cached("cifar10", content_hash, size, read_resized, source)
         return splits.train, splits.test
 
     def images(self, kind: str, path: Path, content_hash: str, scan: Callable[[], ImageSource]) -> DataSplits:
@@ -180,7 +192,8 @@ class _SourceLoader:
                 decoded.train, decoded.test, decoded.skipped, decoded.validation, decoded.folders
             )
 
-        splits = self.cached(kind, content_hash, self.image_size, build)
+        description = f"image {kind} ({path})"
+        splits = self.cached(kind, content_hash, self.image_size, build, description)
         skipped = displayed(kind, path, splits.skipped)
         # A strict load that decodes raises before anything is stored; one that finds a store
         # written without strict must refuse the same files.
@@ -188,7 +201,6 @@ class _SourceLoader:
         if problem is not None:
             raise strict_error(problem)
         folders = displayed_folders(kind, path, splits.folders)
-        description = f"image {kind} ({path})"
         return DataSplits(splits.train, splits.test, description, skipped, splits.validation, folders)
 
 
@@ -201,8 +213,9 @@ def _load_folder(loader: _SourceLoader, path: Path) -> DataSplits:
             if (cifar_folder / name).is_file()
             for status in [(cifar_folder / name).stat()]
         ]
-        splits = loader.cifar10(hash_listing(listing), lambda: read_cifar10_folder(cifar_folder))
-        return DataSplits(*splits, f"{CIFAR10_NAME} ({cifar_folder})")
+        description = f"{CIFAR10_NAME} ({cifar_folder})"
+        splits = loader.cifar10(hash_listing(listing), lambda: read_cifar10_folder(cifar_folder), description)
+        return DataSplits(*splits, description)
     source, listing_hash = scan_folder(path)
     return loader.images(FOLDER, path, listing_hash, lambda: source)
 
@@ -211,13 +224,13 @@ def _load_file(loader: _SourceLoader, path: Path) -> DataSplits:
     name = path.name.lower()
     if name.endswith(".zip"):
         # Hash before listing: on a store hit the zip's directory never needs reading.
-        content_hash = remembered_hash_file(path, loader.cache_dir)
+        content_hash = remembered_hash_file(path, loader.cache_dir, refresh=loader.refresh)
         return loader.images(ZIP, path, content_hash, lambda: scan_zip(path))
     if name.endswith(_ARCHIVE_SUFFIXES):
-        splits = loader.cifar10(
-            remembered_hash_file(path, loader.cache_dir), lambda: read_cifar10_archive(path)
-        )
-        return DataSplits(*splits, f"{CIFAR10_NAME} ({path})")
+        description = f"{CIFAR10_NAME} ({path})"
+        content_hash = remembered_hash_file(path, loader.cache_dir, refresh=loader.refresh)
+        splits = loader.cifar10(content_hash, lambda: read_cifar10_archive(path), description)
+        return DataSplits(*splits, description)
     raise DataError(f"Unsupported data file {path}; expected {_ALLOWED_SOURCES}")
 
 

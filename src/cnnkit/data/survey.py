@@ -50,25 +50,29 @@ class SizeSurvey:
         return self.uniform is not None and self.uniform[0] == self.uniform[1]
 
 
-def survey_image_sizes(source: str | os.PathLike, sample: int = SAMPLE) -> SizeSurvey | None:
+def survey_image_sizes(
+    source: str | os.PathLike, sample: int = SAMPLE, refresh: bool = False
+) -> SizeSurvey | None:
     """The sizes of up to ``sample`` training images of the folder or zip ``source``, spread evenly.
 
     None for sources without image files (the CIFAR-10 archive: 32 x 32 throughout) and when no
-    header could be read (then decoding reports each file).
+    header could be read (then decoding reports each file). ``refresh``: hash a zip's bytes again
+    rather than trust the digest remembered for it (``load_dataset``'s ``refresh_cache``).
     """
     path = Path(source).expanduser()
     if path.is_dir():
         return _survey(FOLDER, path, list_folder(path), sample)
     if path.is_file() and path.suffix.lower() == ".zip":
-        return _remembered_zip_survey(path, sample)
+        return _remembered_zip_survey(path, sample, refresh)
     return None
 
 
-def _remembered_zip_survey(path: Path, sample: int) -> SizeSurvey | None:
+def _remembered_zip_survey(path: Path, sample: int, refresh: bool = False) -> SizeSurvey | None:
     """A zip's survey, remembered in the cache by the zip's content: listing a 400,000-member zip
     takes seconds, which a second run on it should not spend before reading its store."""
     cache = cnnkit_home() / "cache"
-    memo = cache / "surveys" / f"{remembered_hash_file(path, cache)}-{sample}-v{_SURVEY_VERSION}.json"
+    digest = remembered_hash_file(path, cache, refresh)
+    memo = cache / "surveys" / f"{digest}-{sample}-v{_SURVEY_VERSION}.json"
     with contextlib.suppress(OSError, ValueError, TypeError):
         values = json.loads(memo.read_text(encoding="utf-8"))
         if values is None:
