@@ -171,6 +171,7 @@ class Classifier:
         """
         from cnnkit.engine.trainer import TrainingData, fit  # the trainer loads only to train
 
+        recipe.check_input_size(self.image_size)  # before any step, not in the first one
         self.recipe, self.tta = recipe, recipe.tta
         data = TrainingData(train.images, train.labels)
         if val is not None:

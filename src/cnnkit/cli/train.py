@@ -87,6 +87,12 @@ def add_parser(commands: Any) -> None:
     train.add_argument(
         "--strict", action="store_true", help="stop on the first unusable file instead of skipping it"
     )
+    train.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="decode the data again into a new store (a folder's store is keyed by file names, sizes "
+        "and times: a file rewritten with the same ones is not noticed); see `cnnkit cache`",
+    )
     add_runtime_arguments(train)
     train.add_argument("--out", default="runs", help="folder holding run folders (default: runs)")
     train.add_argument("--name", help="run folder name (default: train, train2, ...)")
@@ -134,6 +140,7 @@ def _train_or_resume(arguments: argparse.Namespace) -> int:
         flag_of = {field: flag for flag, (field, _, _) in RECIPE_FLAGS.items()}
         given = ["--" + name for name in _NEW_RUN_FLAGS if getattr(arguments, name)]
         given += [flag_of.get(field, f"--set {field}") for field in overrides]
+        given += ["--no-cache"] if arguments.no_cache else []
         if given:
             raise ValueError(f"--resume continues the run as it was configured. Received: {', '.join(given)}")
         result = resume(
@@ -158,6 +165,7 @@ def _train_or_resume(arguments: argparse.Namespace) -> int:
         name=arguments.name,
         verbose=not arguments.quiet,
         strict=strict,
+        refresh_cache=arguments.no_cache,
         overrides=overrides,
         init=init,
         pretrained=arguments.pretrained,
@@ -178,6 +186,11 @@ def _print_result(result: Any) -> int:
         )
     print(f"Trained in {report['train_seconds']:.1f}s; best epoch {report['best_epoch']}.")
     print(f"Run folder: {result.run_folder}")
+    if report.get("learned") is False:
+        from cnnkit.reports.chance import describe_failure
+
+        print(describe_failure(report["chance"], report["chance"]["split"]))
+        return 0
     best = shlex.quote(str(result.run_folder / "best.pt"))
     print(f"Where it fails, class by class: {_cnnkit_command()} evaluate {best}")
     return 0

@@ -76,6 +76,8 @@ def run(arguments: argparse.Namespace) -> int:
         settings = new_study_settings(
             arguments.data or "cifar10", arguments.recipe, arguments.space, overrides
         )
+        if settings.fixed_note:
+            print(settings.fixed_note, file=sys.stderr)
         comments = (f"Search space for the {settings.recipe.name} recipe: save, edit, pass with --space.",)
         print(space_to_yaml(settings.space, comments), end="")
         return 0

@@ -64,6 +64,18 @@ def plan_steps(count: int, recipe: Recipe, world_size: int = 1) -> StepPlan:
     return StepPlan(batch_size, steps_per_epoch, math.ceil(epochs), math.ceil(steps_per_epoch * epochs))
 
 
+def min_steps_note(count: int, recipe: Recipe, plan: StepPlan) -> str | None:
+    """The line saying that ``recipe.min_steps`` lengthens training on ``count`` images (None
+    when it does not): a run much longer than the recipe's epochs must not be a surprise."""
+    epochs = recipe.min_steps / plan.steps_per_epoch
+    if epochs <= recipe.epochs:
+        return None
+    return (
+        f"min_steps={recipe.min_steps} lengthens {recipe.epochs:g} epochs to {round(epochs, 1):g} on "
+        f"{count} images; --set min_steps=0 to turn it off."
+    )
+
+
 def activation_bytes_per_image(model: nn.Module, input_size: int, device: torch.device) -> int:
     """Bytes one image's training step holds at its peak, estimated from one probe forward pass:
     the float32 outputs of every leaf module, times ``ACTIVATION_COPIES``."""

@@ -39,6 +39,15 @@ class StudySettings:
     recipe: Recipe  # the base recipe (with --set applied); trials change the space's fields
     space: dict[str, Distribution]
     seed: int
+    # Fields of the space that --set fixed, so not searched (a new study's; not recorded).
+    fixed: tuple[str, ...] = ()
+
+    @property
+    def fixed_note(self) -> str | None:
+        """The line saying which fields of the space --set fixed (None: none)."""
+        if not self.fixed:
+            return None
+        return f"Not searching {', '.join(self.fixed)}: fixed by --set."
 
     @property
     def maximize(self) -> bool:
@@ -101,16 +110,31 @@ def new_study_settings(
         from cnnkit.runs.choices import default_recipe
 
         recipe, _ = default_recipe(survey_image_sizes(data), None)
-    base = load_recipe(recipe, overrides or {})
+    overrides = overrides or {}
+    base = load_recipe(recipe, overrides)
     if space is None:
         chosen, source = default_space(base), f"the {base.name} recipe's default space"
     elif isinstance(space, Mapping):
         chosen, source = space_from_mapping(space), "the search space"
     else:
         chosen, source = read_space_file(space), str(space)
+    # What --set fixes is what every trial trains with: the space does not vary it.
+    fixed = tuple(key for key in chosen if any(_overlap(key, name) for name in overrides))
+    chosen = {key: value for key, value in chosen.items() if key not in fixed}
+    if not chosen:
+        raise ValueError(
+            f"Nothing left to search: --set fixes every field of {source}. Received: --set "
+            + ", ".join(f"{key}={value!r}" for key, value in overrides.items())
+        )
     check_space(chosen, base, source)
     location = "cifar10" if str(data) == "cifar10" else os.path.abspath(data)
-    return StudySettings(location, base, chosen, seed)
+    return StudySettings(location, base, chosen, seed, fixed)
+
+
+def _overlap(key: str, name: str) -> bool:
+    """Whether space ``key`` and --set ``name`` touch one field (``model_arguments`` and
+    ``model_arguments.widths`` do)."""
+    return key == name or key.startswith(name + ".") or name.startswith(key + ".")
 
 
 def create_study(

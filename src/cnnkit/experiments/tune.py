@@ -127,6 +127,8 @@ def tune(
             study, settings, folder = load_study(optuna, resume)
         else:
             settings = new_study_settings(data or "cifar10", recipe, space, overrides, seed or 0)
+            if settings.fixed_note:
+                stream.write(settings.fixed_note + "\n")
             study, folder = create_study(optuna, settings, out, name)
         study.sampler = optuna.samplers.TPESampler(
             # Offset by the trials so far: a resumed study does not replay its first random draws.

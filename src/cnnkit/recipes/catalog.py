@@ -36,7 +36,8 @@ _AIRBENCH94 = Recipe(
 )
 
 # airbench94's Muon variant (2024): 8 epochs at batch 2000 reach what airbench94 reaches in 9.9,
-# with Muon on the filters, SGD on biases and head, a linear decay and no lookahead.
+# with Muon on the filters, SGD on biases and head, a linear decay and no lookahead. It keeps
+# airbench94's lr_start / lr_peak / lr_end, inert under the linear schedule (see TRIANGLE_FIELDS).
 _AIRBENCH94_MUON = _AIRBENCH94.replace(
     name="airbench94-muon",
     epochs=8,

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from cnnkit.messages import short_repr
 from cnnkit.recipes.catalog import DEFAULT_RECIPE, get_recipe
 from cnnkit.recipes.recipe import Recipe, check_field_name
 
@@ -37,7 +38,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     key, separator, value = text.partition("=")
     key = key.strip()
     if not separator or not key:
-        raise ValueError(f"--set takes FIELD=VALUE (e.g. label_smoothing=0.1). Received: {text!r}")
+        raise ValueError(f"--set takes FIELD=VALUE (e.g. label_smoothing=0.1). Received: {short_repr(text)}")
     check_field_name(key.split(".", 1)[0])
     if "." not in key and key in _STRING_FIELDS:
         return key, value
@@ -45,8 +46,14 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 
 def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
-    """``recipe`` with ``overrides`` applied; ``"model_arguments.widths"`` merges one argument."""
+    """``recipe`` with ``overrides`` applied; ``"model_arguments.widths"`` merges one argument.
+
+    An ``epochs`` set here without ``min_steps`` turns ``min_steps`` off: it lengthens a recipe's
+    own epochs on small data, never a number the user asked for (``--epochs 0.3`` trains 0.3).
+    """
     changes: dict[str, Any] = {}
+    if "epochs" in overrides and "min_steps" not in overrides:
+        changes["min_steps"] = 0
     for key, value in overrides.items():
         name, _, inner = key.partition(".")
         check_field_name(name)
@@ -55,7 +62,7 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
             continue
         current = changes.get(name, getattr(recipe, name))
         if not isinstance(current, dict):
-            raise ValueError(f"Only a mapping field takes dotted keys. Received: {key}={value!r}")
+            raise ValueError(f"Only a mapping field takes dotted keys. Received: {key}={short_repr(value)}")
         changes[name] = _with_nested(current, inner.split("."), value)
     return recipe.replace(**changes)
 
@@ -83,7 +90,7 @@ def read_recipe_file(path: str | os.PathLike) -> Recipe:
         raise ValueError(f"{path} is a run's config, not a recipe: pass it with --config.")
     base = values.pop(BASE_KEY, DEFAULT_RECIPE)
     if not isinstance(base, str):
-        raise ValueError(f"{path}: base must be a recipe name. Received: base={base!r}")
+        raise ValueError(f"{path}: base must be a recipe name. Received: base={short_repr(base)}")
     values.setdefault("name", path.stem)
     try:
         return apply_overrides(get_recipe(base), values)
@@ -125,7 +132,9 @@ def _yaml_value(text: str, key: str) -> Any:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
-        raise ValueError(f"Cannot read the value of {key} as YAML. Received: {key}={text!r}") from None
+        raise ValueError(
+            f"Cannot read the value of {key} as YAML. Received: {key}={short_repr(text)}"
+        ) from None
     if isinstance(value, str):
         try:  # YAML 1.1 reads 1e-3 (no dot) as a string
             return float(value)
@@ -140,7 +149,7 @@ def _with_nested(mapping: dict, keys: list[str], value: Any) -> dict:
     if rest:
         inner = updated.get(head, {})
         if not isinstance(inner, dict):
-            raise ValueError(f"{head} is not a mapping. Received: {head}={inner!r}")
+            raise ValueError(f"{head} is not a mapping. Received: {head}={short_repr(inner)}")
         updated[head] = _with_nested(inner, rest, value)
     else:
         updated[head] = value

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from cnnkit.messages import short_repr
 
 # Older cnnkit versions called these fields otherwise; checkpoints and run folders they wrote
 # still load.
@@ -104,18 +107,36 @@ class Recipe:
         """A copy with ``changes`` applied; unknown names and invalid values fail with a clear message."""
         for name in changes:
             check_field_name(name)
-        return dataclasses.replace(self, **changes)
+        replaced = dataclasses.replace(self, **changes)
+        _check_schedule_shape(self, replaced, changes)
+        return replaced
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field outside its allowed values."""
         for name, (allowed, ok) in _range_checks(self).items():
             if not ok:
-                raise ValueError(f"{name} must be {allowed}. Received: {name}={getattr(self, name)!r}")
+                raise ValueError(
+                    f"{name} must be {allowed}. Received: {name}={short_repr(getattr(self, name))}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as plain values (lists for tuples), in declaration order."""
         values = dataclasses.asdict(self)
         return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+
+    def check_input_size(self, input_size: int) -> None:
+        """Fail in one line when an augmentation does not fit the model's ``input_size`` (known
+        only once the data is: the recipe alone bounds them by ``image_size`` when it has one)."""
+        for name in ("translate", "cutout"):
+            value = getattr(self, name)
+            # Reflect padding needs a shift below the side; a cutout square wider than the image
+            # would blank every image.
+            limit_ok = value < input_size if name == "translate" else value <= input_size
+            if not limit_ok:
+                bound = "below" if name == "translate" else "at most"
+                raise ValueError(
+                    f"{name} must be {bound} the input size ({input_size} px). Received: {name}={value}"
+                )
 
     def stored_size(self, image_size: int) -> int:
         """The side images are stored (and prediction resizes them) at for training at ``image_size``."""
@@ -156,7 +177,7 @@ def check_field_name(name: str) -> None:
         if close
         else f"Fields: {', '.join(names)}."
     )
-    raise ValueError(f"Unknown recipe field. Received: {name!r}. {hint}")
+    raise ValueError(f"Unknown recipe field. Received: {short_repr(name)}. {hint}")
 
 
 def coerce_field(name: str, value: Any) -> Any:
@@ -177,7 +198,7 @@ def coerce_field(name: str, value: Any) -> Any:
     except (TypeError, ValueError):
         allowed = _TYPE_NAMES.get(kind, getattr(kind, "__name__", str(kind)))
         raise ValueError(
-            f"{name} must be {allowed}{' or null' if optional else ''}. Received: {name}={value!r}"
+            f"{name} must be {allowed}{' or null' if optional else ''}. Received: {name}={short_repr(value)}"
         ) from None
 
 
@@ -185,7 +206,8 @@ def _coerce(kind: Any, value: Any) -> Any:
     if isinstance(value, bool) and kind is not bool:
         raise TypeError
     if kind is float:
-        if not isinstance(value, int | float):
+        # NaN and infinities mean nothing in any field (epochs=.inf would train forever).
+        if not isinstance(value, int | float) or not math.isfinite(value):
             raise TypeError
         return float(value)
     if kind is int:
@@ -206,12 +228,12 @@ def _coerce(kind: Any, value: Any) -> Any:
 
 
 _TYPE_NAMES = {
-    float: "a number",
+    float: "a finite number",
     int: "an integer",
     bool: "true or false",
     str: "a string",
     dict: "a mapping",
-    tuple: "a pair of numbers",
+    tuple: "a pair of finite numbers",
 }
 
 
@@ -220,8 +242,11 @@ def _required(item: dataclasses.Field) -> bool:
 
 
 def _range_checks(recipe: Recipe) -> dict[str, tuple[str, bool]]:
-    """Each constrained field: (what it allows, whether its value is allowed)."""
+    """Each constrained field: (what it allows, whether its value is allowed). Floats are finite
+    already (``coerce_field``); every number here has a range outside which it means nothing."""
+    size = recipe.image_size
     return {
+        "name": ("a non-empty string", bool(recipe.name.strip())),
         "epochs": ("> 0", recipe.epochs > 0),
         "batch_size": ("an integer >= 1", recipe.batch_size >= 1),
         "learning_rate": ("> 0", recipe.learning_rate > 0),
@@ -237,14 +262,32 @@ def _range_checks(recipe: Recipe) -> dict[str, tuple[str, bool]]:
             "'constant', 'linear' or 'triangle'",
             recipe.lr_schedule in ("constant", "linear", "triangle"),
         ),
+        # Multipliers of the learning rate around the triangle's peak of 1 (see the field).
+        "lr_start": ("in [0, 1]", 0 <= recipe.lr_start <= 1),
         "lr_peak": ("in [0, 1]", 0 <= recipe.lr_peak <= 1),
+        "lr_end": ("in [0, 1]", 0 <= recipe.lr_end <= 1),
         "label_smoothing": ("in [0, 1)", 0 <= recipe.label_smoothing < 1),
         "loss_reduction": ("'mean' or 'sum'", recipe.loss_reduction in ("mean", "sum")),
         "flip": ("'none', 'random' or 'alternating'", recipe.flip in ("none", "random", "alternating")),
-        "translate": (">= 0", recipe.translate >= 0),
-        "cutout": (">= 0", recipe.cutout >= 0),
+        # Bounded by the input size too, once it is known (``check_input_size``).
+        "translate": (
+            ">= 0 and below image_size",
+            recipe.translate >= 0 and (size is None or recipe.translate < size),
+        ),
+        "cutout": (
+            ">= 0 and at most image_size",
+            recipe.cutout >= 0 and (size is None or recipe.cutout <= size),
+        ),
+        "crop_scale": (
+            "two numbers 0 < low <= high <= 1",
+            0 < recipe.crop_scale[0] <= recipe.crop_scale[1] <= 1,
+        ),
+        "crop_ratio": ("two numbers 0 < low <= high", 0 < recipe.crop_ratio[0] <= recipe.crop_ratio[1]),
+        "eval_crop": ("in (0, 1]", 0 < recipe.eval_crop <= 1),
         "lookahead_every": (">= 1", recipe.lookahead_every >= 1),
         "lookahead_start_epoch": (">= 0", recipe.lookahead_start_epoch >= 0),
+        "lookahead_decay": ("in [0, 1]", 0 <= recipe.lookahead_decay <= 1),
+        "lookahead_power": (">= 0", recipe.lookahead_power >= 0),
         "first_layer_bias_epochs": (">= 0", recipe.first_layer_bias_epochs >= 0),
         "tta": ("0, 1 or 2", recipe.tta in (0, 1, 2)),
         "validation_split": ("in [0, 1)", 0 <= recipe.validation_split < 1),
@@ -252,21 +295,39 @@ def _range_checks(recipe: Recipe) -> dict[str, tuple[str, bool]]:
             "'scale' or 'standardize'",
             recipe.normalization in ("scale", "standardize"),
         ),
-        "image_size": ("null or an integer >= 4", recipe.image_size is None or recipe.image_size >= 4),
+        "image_size": ("null or an integer >= 4", size is None or size >= 4),
         "eval_batch_size": ("an integer >= 1", recipe.eval_batch_size >= 1),
         "monitor": ("'val_accuracy' or 'val_loss'", recipe.monitor in ("val_accuracy", "val_loss")),
         "patience": (">= 0", recipe.patience >= 0),
-        "crop_scale": (
-            "two numbers 0 < low <= high <= 1",
-            0 < recipe.crop_scale[0] <= recipe.crop_scale[1] <= 1,
-        ),
-        "crop_ratio": ("two numbers 0 < low <= high", 0 < recipe.crop_ratio[0] <= recipe.crop_ratio[1]),
-        "eval_crop": ("in (0, 1]", 0 < recipe.eval_crop <= 1),
         "min_steps": (">= 0", recipe.min_steps >= 0),
         "memory_budget_gb": ("> 0", recipe.memory_budget_gb > 0),
         "freeze_epochs": (">= 0", recipe.freeze_epochs >= 0),
         "fine_tune_lr_scale": ("> 0", recipe.fine_tune_lr_scale > 0),
+        # numpy's generators (the split) take seeds in [0, 2**32); torch's, 64 bits.
+        "seed": ("an integer in [0, 2**32)", 0 <= recipe.seed < 2**32),
     }
 
 
+# The triangle schedule's shape. The linear and constant schedules ignore these fields, yet the
+# named linear recipes carry airbench94's triangle values from the recipe they derive from (their
+# published lineage; old run folders and best.yaml files hold them too), so a value alone says
+# nothing: what is refused is a user *setting* one (--set, a recipe file, a search space,
+# ``replace``) to a value that would change the triangle while the schedule is another. Setting
+# it to its neutral default (where the triangle is flat) or to what it already was is no change.
+TRIANGLE_FIELDS = ("lr_start", "lr_peak", "lr_end")
+
+
+def _check_schedule_shape(before: Recipe, after: Recipe, changes: dict[str, Any]) -> None:
+    if after.lr_schedule == "triangle":
+        return
+    for name in TRIANGLE_FIELDS:
+        value = getattr(after, name)
+        if name in changes and value not in (getattr(before, name), _DEFAULTS[name]):
+            raise ValueError(
+                f"{name} is used by the triangle schedule only. "
+                f"Received: {name}={value!r} with lr_schedule={after.lr_schedule!r}"
+            )
+
+
 _TYPE_HINTS = typing.get_type_hints(Recipe)
+_DEFAULTS = {item.name: item.default for item in dataclasses.fields(Recipe)}

@@ -79,6 +79,7 @@ def apply_initial_weights(classifier: Classifier, initial: InitialWeights) -> st
     if same_classes:
         weights = initial.state_dict
     else:
+        _check_trunk_complete(network, initial, head)
         weights = dict(network.state_dict())  # the new head, as initialised
         weights.update({name: tensor for name, tensor in initial.state_dict.items() if not _in(name, head)})
     load_weights(network, weights, initial.source)
@@ -87,6 +88,27 @@ def apply_initial_weights(classifier: Classifier, initial: InitialWeights) -> st
         "trunk and head" if same_classes else f"trunk; a new head for {len(classifier.class_names)} classes"
     )
     return f"Starting from {initial.source}: {kept}."
+
+
+def _check_trunk_complete(network: torch.nn.Module, initial: InitialWeights, head: str) -> None:
+    """Fail in one line when ``initial`` lacks tensors of the network's trunk: the network's own
+    random ones would fill the gaps, and the run would start mostly untrained while saying it
+    started from the file. The head is replaced for new classes, so it may be missing.
+
+    BatchNorm's ``num_batches_tracked`` counters are no weights (files saved before PyTorch 0.4.1
+    have none; PyTorch's own loading tolerates their absence), so they are not required.
+    """
+    missing = [
+        name
+        for name in network.state_dict()
+        if name not in initial.state_dict and not _in(name, head) and not name.endswith("num_batches_tracked")
+    ]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ValueError(
+            f"{initial.source} lacks {len(missing)} tensors of the {network.model_name} network "
+            f"(only its head, {head}, is replaced for new classes): {shown}."
+        )
 
 
 def _in(name: str, module: str) -> bool:

@@ -35,7 +35,7 @@ from cnnkit.engine.callbacks import History
 from cnnkit.engine.console import ConsoleLogger
 from cnnkit.engine.device import configure_process, precision_name, precision_warning, resolve_device
 from cnnkit.engine.interrupt import stop_on_signals
-from cnnkit.engine.planning import plan_steps
+from cnnkit.engine.planning import min_steps_note, plan_steps
 from cnnkit.engine.preprocess import Normalization
 from cnnkit.models import check_model_arguments, model_takes
 from cnnkit.recipes import DEFAULT_RECIPE, Recipe, load_recipe
@@ -67,6 +67,7 @@ def train(
     verbose: bool = True,
     stream: TextIO | None = None,
     strict: bool = False,
+    refresh_cache: bool = False,
     overrides: Mapping[str, Any] | None = None,
     init: str | os.PathLike | None = None,
     pretrained: str | os.PathLike | bool | None = None,
@@ -84,7 +85,10 @@ def train(
     pruning hook, see ``cnnkit.engine.callbacks``).
     The final evaluation uses the data's test split, or the validation split where there is none.
     Files that are not usable images are skipped and listed in the run's ``skipped.txt``;
-    ``strict`` makes the first of them an error instead. ``verbose`` prints progress to ``stream``.
+    ``strict`` makes the first of them an error instead. ``refresh_cache`` decodes the data again
+    into a new store rather than read the one kept for it (a folder's store is keyed by its files'
+    names, sizes and times, so a file rewritten with the same ones is not noticed otherwise).
+    ``verbose`` prints progress to ``stream``.
     """
     stream = stream or sys.stdout
     overrides = dict(overrides or {})
@@ -92,16 +96,20 @@ def train(
     configure_process()
     job, device = distributed.initialize(device)  # under torchrun rank 0 alone prints and writes
     verbose = verbose and job.is_main
-    survey = survey_image_sizes(data)
+    survey = survey_image_sizes(data, refresh=refresh_cache)
     requested = overrides.get("model") or (load_recipe(recipe).model if recipe is not None else None)
     initial = initial_weights(init, pretrained, requested, progress=verbose)
     recipe, notes = _resolve_recipe(recipe, overrides, survey, initial)
     sizes = plan_sizes(recipe, survey, initial)
+    if sizes.input_size is not None:
+        recipe.check_input_size(sizes.input_size)  # before the data is read
     if verbose:
         for line in (*notes, sizes.note):
             if line:
                 print(line, file=sys.stderr)
-    splits = load_dataset(data, image_size=sizes.stored_size, progress=verbose, strict=strict)
+    splits = load_dataset(
+        data, image_size=sizes.stored_size, progress=verbose, strict=strict, refresh_cache=refresh_cache
+    )
     check_trainable(splits.train, splits.source)
     train_data, val_data = training_splits(splits, recipe)
     if verbose:
@@ -114,7 +122,11 @@ def train(
     folder = _create_shared_run_folder(out, name, job)
     config = run_config(data, splits, recipe, classifier, train_data, val_data, strict)
     # What the recipe's batch and epochs come to on this data (a small set gets a smaller batch).
-    config["training_plan"] = dataclasses.asdict(plan_steps(len(train_data), recipe, job.world_size))
+    plan = plan_steps(len(train_data), recipe, job.world_size)
+    config["training_plan"] = dataclasses.asdict(plan)
+    lengthened = min_steps_note(len(train_data), recipe, plan)
+    if verbose and lengthened:
+        print(lengthened, file=sys.stderr)
     config["init"] = initial.source if initial is not None else None
     if job.is_main:
         write_config(folder, config)
