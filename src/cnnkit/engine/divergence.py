@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnkit.engine import distributed
+
 # The learning rate of the retry, relative to the recipe's. A diverging first step is usually a
 # step size too large for the data (a flat image's gradients), and a quarter is a large enough cut
 # to matter while keeping most of the schedule's progress.
@@ -75,6 +77,37 @@ def non_finite_metric(metrics: Mapping[str, float]) -> str | None:
 def snapshot(state: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of a trainer's ``state_dict()``: the live tensors go on training."""
     return copy.deepcopy(state)
+
+
+def check_finite(trainer: Any, loss: torch.Tensor | None, where: str) -> None:
+    """Raise ``TrainingDiverged`` when ``loss`` or any weight of ``trainer``'s model is not finite;
+    under torchrun every rank raises when any does, so that all take the same path."""
+    problem = None
+    if loss is not None and not bool(torch.isfinite(loss)):
+        problem = f"Loss became {loss.item()} {where}."
+    elif (name := non_finite_tensor(trainer.model)) is not None:
+        problem = f"The weights became non-finite ({name}) {where}."
+    if trainer.distributed.enabled and distributed.any_rank(problem is not None, trainer.device):
+        problem = problem or f"Another process's loss or weights became non-finite {where}."
+    if problem is not None:
+        raise TrainingDiverged(problem)
+
+
+def retry_or_stop(trainer: Any, good: dict[str, Any], diverged: TrainingDiverged, listeners: Any) -> None:
+    """The first divergence: ``trainer`` back to ``good`` (its ``state_dict()`` snapshot) at
+    ``RETRY_LEARNING_RATE_SCALE`` times the learning rate, told to ``on_retry``; the second: stop
+    with a message that names what to try."""
+    if trainer.learning_rate_scale < 1.0:
+        raise TrainingDiverged(
+            f"{diverged} It diverged again at {trainer.learning_rate_scale:g}x the learning rate. "
+            + advice(trainer.recipe.learning_rate)
+        ) from None
+    trainer.lookahead = None  # the state below brings back its own
+    trainer.load_state_dict(good)
+    trainer.learning_rate_scale = RETRY_LEARNING_RATE_SCALE
+    position = trainer.position
+    where = (position.epoch, position.step) if position else (trainer.completed_epochs + 1, 0)
+    listeners.call("on_retry", Retry(str(diverged), *where, trainer.learning_rate_scale))
 
 
 def advice(learning_rate: float) -> str:

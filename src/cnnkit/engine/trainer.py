@@ -24,19 +24,17 @@ from cnnkit.engine.augment import Augmenter, crops_for
 from cnnkit.engine.best import BestModel
 from cnnkit.engine.callbacks import CallbackList, EpochBegin, EpochEnd, History, Progress
 from cnnkit.engine.divergence import (
-    RETRY_LEARNING_RATE_SCALE,
-    Retry,
     TrainingDiverged,
-    advice,
+    check_finite,
     non_finite_metric,
-    non_finite_tensor,
+    retry_or_stop,
     snapshot,
 )
 from cnnkit.engine.evaluation import evaluate_tensors
 from cnnkit.engine.fine_tuning import HeadFirst
 from cnnkit.engine.interrupt import StopRequest, TrainingInterrupted
 from cnnkit.engine.lookahead import Lookahead, advance_lookahead
-from cnnkit.engine.losses import training_loss
+from cnnkit.engine.losses import class_balance, training_loss
 from cnnkit.engine.metrics import BATCH_SUMS, VALIDATION_PREFIX, RunningMetrics, mean_values
 from cnnkit.engine.optimization import build_optimizer, lr_multiplier, set_learning_rate
 from cnnkit.engine.planning import plan_micro_batch, plan_steps
@@ -139,6 +137,8 @@ class Trainer:
         self.step = 0
         # Lowered once when a diverged run is retried (engine.divergence); kept across --resume.
         self.learning_rate_scale = 1.0
+        # (class weights, logit shift) of the recipe's imbalance settings, set at the first step.
+        self.class_balance: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
         self.history = History()
         self.position: EpochPosition | None = None  # None between epochs
         self.augmenter = Augmenter(
@@ -190,7 +190,7 @@ class Trainer:
                 self.train_steps(listeners, stop_request)
                 metrics = self._end_epoch()
             except TrainingDiverged as diverged:
-                self._retry_or_stop(good, diverged, listeners)
+                retry_or_stop(self, good, diverged, listeners)
                 continue
             improved = self.best.update(epoch, metrics, self.model)
             self.history.best_epoch = self.best.epoch
@@ -202,33 +202,6 @@ class Trainer:
             distributed.check_ranks_agree(self.model, self.device)
         listeners.call("on_train_end", self)
         return self.history
-
-    def _retry_or_stop(self, good: dict, diverged: TrainingDiverged, listeners: CallbackList) -> None:
-        """The first divergence: back to ``good`` at a lower learning rate, saying so; the second:
-        stop with a message that names what to try."""
-        if self.learning_rate_scale < 1.0:
-            raise TrainingDiverged(
-                f"{diverged} It diverged again at {self.learning_rate_scale:g}x the learning rate. "
-                + advice(self.recipe.learning_rate)
-            ) from None
-        self.lookahead = None  # the state below brings back its own
-        self.load_state_dict(good)
-        self.learning_rate_scale = RETRY_LEARNING_RATE_SCALE
-        position = self.position
-        where = (position.epoch, position.step) if position else (self.completed_epochs + 1, 0)
-        listeners.call("on_retry", Retry(str(diverged), *where, self.learning_rate_scale))
-
-    def _check_finite(self, loss: torch.Tensor | None, where: str) -> None:
-        """Raise ``TrainingDiverged`` when the loss or any weight is not finite (every rank alike)."""
-        problem = None
-        if loss is not None and not bool(torch.isfinite(loss)):
-            problem = f"Loss became {loss.item()} {where}."
-        elif (name := non_finite_tensor(self.model)) is not None:
-            problem = f"The weights became non-finite ({name}) {where}."
-        if self.distributed.enabled and distributed.any_rank(problem is not None, self.device):
-            problem = problem or f"Another process's loss or weights became non-finite {where}."
-        if problem is not None:
-            raise TrainingDiverged(problem)
 
     def _sum_over_ranks(self, position: EpochPosition) -> None:
         """Turn this rank's running sums of an epoch into the whole job's."""
@@ -340,7 +313,7 @@ class Trainer:
                 # there; on a GPU at the progress updates, which sync anyway, and the epoch's last step.
                 sync_point = step % PROGRESS_EVERY == 0 or step == steps - 1
                 if self.device.type == "cpu" or sync_point:
-                    self._check_finite(loss, f"at epoch {position.epoch}/{self.epochs}, step {step + 1}")
+                    check_finite(self, loss, f"at epoch {position.epoch}/{self.epochs}, step {step + 1}")
                 position.step = step + 1
                 if reports_progress and sync_point:
                     listeners.call("on_progress", Progress(position.epoch, position.step, running.values()))
@@ -428,8 +401,12 @@ class Trainer:
         targets = self.data.train_labels[indices].to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.precision, enabled=self.precision != torch.float32):
             logits = self.training_model(inputs)
+        if self.class_balance is None:  # the number of classes is the logits' last dimension
+            self.class_balance = class_balance(
+                self.data.train_labels, logits.shape[-1], self.recipe, self.device
+            )
         loss, objective = training_loss(
-            logits, targets, self.recipe.label_smoothing, self.recipe.loss_reduction
+            logits, targets, self.recipe.label_smoothing, self.recipe.loss_reduction, *self.class_balance
         )
         is_sum = self.recipe.loss_reduction == "sum"
         if len(indices) != share_count and not is_sum:  # a micro-batch: its part of the share's mean

@@ -51,6 +51,13 @@ class Recipe:
     lr_peak: float = 0.0
     lr_end: float = 1.0
     label_smoothing: float = 0.0
+    # Imbalanced classes. "balanced": each class's loss weighted by n / (classes * its count), as
+    # scikit-learn's and Keras's class_weight="balanced"; "none": every image alike.
+    class_weights: str = "none"
+    # Logit-adjusted loss (Menon et al., ICLR 2021): training adds tau * log(class prior) to the
+    # logits, so the model learns margins against the frequent classes; prediction uses the plain
+    # logits. tau = 1 is the paper's; 0: off.
+    logit_adjustment: float = 0.0
     loss_reduction: str = "mean"  # "sum" makes the step size independent of the batch size
     drop_last: bool = False  # drop the last partial batch of each epoch
     # "none", "random" (each epoch), "alternating" (random in epoch 0, then every other epoch)
@@ -267,6 +274,8 @@ def _range_checks(recipe: Recipe) -> dict[str, tuple[str, bool]]:
         "lr_peak": ("in [0, 1]", 0 <= recipe.lr_peak <= 1),
         "lr_end": ("in [0, 1]", 0 <= recipe.lr_end <= 1),
         "label_smoothing": ("in [0, 1)", 0 <= recipe.label_smoothing < 1),
+        "class_weights": ("'none' or 'balanced'", recipe.class_weights in ("none", "balanced")),
+        "logit_adjustment": ("in [0, 4]", 0 <= recipe.logit_adjustment <= 4),
         "loss_reduction": ("'mean' or 'sum'", recipe.loss_reduction in ("mean", "sum")),
         "flip": ("'none', 'random' or 'alternating'", recipe.flip in ("none", "random", "alternating")),
         # Bounded by the input size too, once it is known (``check_input_size``).

@@ -52,6 +52,9 @@ def final_report(run: Any, history: History, seconds: float) -> dict[str, Any]:
             best.metrics["test"] = metrics
             save_checkpoint(best_path, best)
     report.update(learning_check(run.val_data, history, report.get("evaluation"), evaluation_data))
+    for key in ("class_counts", "imbalance_ratio"):  # the training split's, from the config
+        if key in run.config:
+            report[key] = run.config[key]
     return report
 
 

@@ -29,6 +29,7 @@ from cnnkit.data import (
     skipped_summary,
     write_skipped_list,
 )
+from cnnkit.data.balance import class_balance_summary, imbalance_note
 from cnnkit.data.survey import SizeSurvey, survey_image_sizes
 from cnnkit.engine import distributed
 from cnnkit.engine.callbacks import History
@@ -128,6 +129,11 @@ def train(
     if verbose and lengthened:
         print(lengthened, file=sys.stderr)
     config["init"] = initial.source if initial is not None else None
+    balance = class_balance_summary(train_data.labels, train_data.class_names)
+    config.update(balance)  # class_counts, imbalance_ratio: also in report.json
+    note = imbalance_note(balance)
+    if verbose and note:
+        print(note, file=sys.stderr)
     if job.is_main:
         write_config(folder, config)
         _report_skipped(folder, splits, verbose)

@@ -1,0 +1,110 @@
+"""Long-tailed CIFAR-10 (issue 20): plain training against class weights and logit adjustment.
+
+Builds CIFAR-10-LT, the standard long-tailed benchmark (Cao et al., NeurIPS 2019), from
+``../shared/data/cifar10-jpeg-train.zip``: imbalance ratio 100, class c (in label order) keeps
+``int(5000 * 100 ** (-c / 9))`` of its images (12,406 in all); and a balanced test folder of 1,000
+images a class that the long-tailed set did not use. Files are the zip's own JPEG bytes. Then
+trains ``cnnkit train --data DIR`` with no flag, and with each imbalance setting, and prints the
+test accuracy (on a balanced set this is the balanced accuracy), the worst class's and the time.
+
+    python benchmarks/imbalance.py [--out /tmp/cifar10-lt] [--variants plain balanced logit-adjusted]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from cnnkit.reports.classification import read_per_class_csv
+
+DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-train.zip"
+RATIO, TEST_PER_CLASS = 100, 1000
+VARIANTS = {
+    "plain": [],
+    "balanced": ["--set", "class_weights=balanced"],
+    "logit-adjusted": ["--set", "logit_adjustment=1"],
+}
+
+
+def long_tail_counts(classes: int = 10, largest: int = 5000, ratio: float = RATIO) -> list[int]:
+    """Images kept per class: 5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50 (12,406)."""
+    return [int(largest * ratio ** (-c / (classes - 1))) for c in range(classes)]
+
+
+def build(source: Path, out: Path, seed: int = 0) -> Path:
+    """``out/train/<class>/`` long-tailed and ``out/test/<class>/`` balanced, disjoint."""
+    if (out / "test").exists():
+        return out
+    generator = np.random.default_rng(seed)
+    with zipfile.ZipFile(source) as archive:
+        names = sorted(name for name in archive.namelist() if name.endswith(".jpg"))
+        classes = sorted({name.split("/")[-2] for name in names})
+        for label, (name, keep) in enumerate(zip(classes, long_tail_counts(len(classes)), strict=True)):
+            members = generator.permutation([member for member in names if member.split("/")[-2] == name])
+            for split, chosen in (
+                ("test", members[:TEST_PER_CLASS]),
+                ("train", members[TEST_PER_CLASS:][:keep]),
+            ):
+                folder = out / split / f"{label}-{name}"
+                folder.mkdir(parents=True, exist_ok=True)
+                for member in chosen:
+                    (folder / Path(member).name).write_bytes(archive.read(member))
+    return out
+
+
+def train_variant(data: Path, runs: Path, variant: str) -> dict:
+    command = [sys.executable, "-m", "cnnkit", "train", "--data", str(data), "--out", str(runs)]
+    command += ["--name", variant, "--quiet", *VARIANTS[variant]]
+    started = time.perf_counter()
+    finished = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if finished.returncode:
+        return {"variant": variant, "error": finished.stderr.strip().splitlines()[-1], "seconds": seconds}
+    report = json.loads((runs / variant / "report.json").read_text())
+    evaluation = runs / f"{variant}-evaluation"
+    evaluate = [sys.executable, "-m", "cnnkit", "evaluate", str(runs / variant / "best.pt")]
+    subprocess.run(
+        [*evaluate, "--data", str(data / "test"), "--out", str(evaluation)], capture_output=True, check=True
+    )
+    rows = read_per_class_csv(evaluation / "per_class.csv")
+    worst = min(row["recall"] for row in rows if not str(row["class"]).endswith(" avg"))
+    return {
+        "variant": variant,
+        "test_accuracy": report["evaluation"]["accuracy"],
+        "worst_class_recall": worst,
+        "seconds": seconds,
+        "train_seconds": report["train_seconds"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/cifar10-lt"))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    options = parser.parse_args()
+    data = build(options.source, options.out / "data")
+    counts = long_tail_counts()
+    print(f"CPU: {platform.machine()}; CIFAR-10-LT: {sum(counts):,} images {counts}")
+    print(f"test: {TEST_PER_CLASS} images a class, none of them in the long-tailed set")
+    print("| variant | test accuracy (balanced) | worst class recall | whole run (s) | training (s) |")
+    print("|---|---|---|---|---|")
+    for variant in options.variants:
+        row = train_variant(data, options.out / "runs", variant)
+        if "error" in row:
+            print(f"| {variant} | {row['error']} | | {row['seconds']:.0f} | |", flush=True)
+            continue
+        figures = f"{row['test_accuracy']:.4f} | {row['worst_class_recall']:.3f}"
+        print(f"| {variant} | {figures} | {row['seconds']:.0f} | {row['train_seconds']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""How imbalanced a data set's classes are, said where it matters (issue 20)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+# Above this ratio of the largest class to the smallest, loading names the smallest classes and
+# the settings that counter the imbalance.
+IMBALANCE_NOTE_RATIO = 3.0
+
+
+def class_balance_summary(labels: Sequence[int] | Any, class_names: Sequence[str]) -> dict[str, Any]:
+    """``{"class_counts": {name: count}, "imbalance_ratio": largest / smallest}`` of integer
+    ``labels`` (a sequence, numpy array or tensor); the ratio is None when a class has no image."""
+    counts = [0] * len(class_names)
+    for label in (int(value) for value in labels):
+        if not 0 <= label < len(class_names):
+            raise ValueError(f"Labels must be in [0, {len(class_names)}). Received: label={label}")
+        counts[label] += 1
+    smallest, largest = min(counts), max(counts)
+    return {
+        "class_counts": dict(zip(class_names, counts, strict=True)),
+        "imbalance_ratio": round(largest / smallest, 2) if smallest else None,
+    }
+
+
+def imbalance_note(summary: dict[str, Any], shown: int = 3) -> str | None:
+    """The line for data whose imbalance ratio passes ``IMBALANCE_NOTE_RATIO`` (None below it)."""
+    ratio = summary["imbalance_ratio"]
+    if ratio is not None and ratio <= IMBALANCE_NOTE_RATIO:
+        return None
+    counts = summary["class_counts"]
+    smallest = sorted(counts, key=lambda name: counts[name])[:shown]
+    named = ", ".join(f"{name} ({counts[name]:,})" for name in smallest)
+    largest = max(counts, key=lambda name: counts[name])
+    ratio_text = f"{ratio:g}" if ratio is not None else "unbounded: a class has no training image"
+    return (
+        f"Classes are imbalanced: {largest} has {counts[largest]:,} training images, the smallest "
+        f"{named}; ratio {ratio_text}. To counter it: --set class_weights=balanced or "
+        "--set logit_adjustment=1."
+    )
