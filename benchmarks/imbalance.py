@@ -31,6 +31,7 @@ VARIANTS = {
     "plain": [],
     "balanced": ["--set", "class_weights=balanced"],
     "logit-adjusted": ["--set", "logit_adjustment=1"],
+    "logit-adjusted-0.5": ["--set", "logit_adjustment=0.5"],
 }
 
 
@@ -89,7 +90,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--out", type=Path, default=Path("/tmp/cifar10-lt"))
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=["plain", "balanced", "logit-adjusted"]
+    )
     options = parser.parse_args()
     data = build(options.source, options.out / "data")
     counts = long_tail_counts()
