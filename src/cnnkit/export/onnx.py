@@ -134,16 +134,7 @@ def export_onnx(
         raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}. Received: exporter={exporter!r}")
     if verify_count < 1:
         raise ValueError(f"verify_count must be >= 1. Received: verify_count={verify_count}")
-    output = Path(output) if output is not None else default_output_path(checkpoint_path)
-    if output.suffix.lower() != ONNX_SUFFIX:  # how load_predictor (and cnnkit predict) tells the kinds apart
-        raise ValueError(f"The output's name must end in .onnx. Received: output={str(output)!r}")
-    if output.resolve() == Path(checkpoint_path).resolve():
-        raise ValueError(f"The ONNX file would overwrite the checkpoint. Received: output={str(output)!r}")
-    # The checkpoint's own .onnx is refreshed without --force: it is this checkpoint's export by
-    # name, and exporting again (after --resume improved best.pt, or with other options) is the
-    # way to update it; what re-running cannot bring back, another model's .onnx, needs force.
-    if output.resolve() != default_output_path(checkpoint_path).resolve():
-        check_output_file(output, force)
+    output = _checked_output(checkpoint_path, output, force)
     checkpoint = load_checkpoint(checkpoint_path)
     network = checkpoint.build_model(checkpoint_path).eval()
     level = checkpoint.tta if tta else 0
@@ -180,6 +171,24 @@ def export_onnx(
         max_difference=difference,
         tolerance=tolerance,
     )
+
+
+def _checked_output(
+    checkpoint_path: str | os.PathLike, output: str | os.PathLike | None, force: bool
+) -> Path:
+    """The ONNX file to write: ``output``, or the checkpoint's own ``.onnx``; refused in one line
+    when it is not a ``.onnx`` name, is the checkpoint, or is a file that must not be replaced."""
+    output = Path(output) if output is not None else default_output_path(checkpoint_path)
+    if output.suffix.lower() != ONNX_SUFFIX:  # how load_predictor (and cnnkit predict) tells the kinds apart
+        raise ValueError(f"The output's name must end in .onnx. Received: output={str(output)!r}")
+    if output.resolve() == Path(checkpoint_path).resolve():
+        raise ValueError(f"The ONNX file would overwrite the checkpoint. Received: output={str(output)!r}")
+    # The checkpoint's own .onnx is refreshed without --force: it is this checkpoint's export by
+    # name, and exporting again (after --resume improved best.pt, or with other options) is the
+    # way to update it; what re-running cannot bring back, another model's .onnx, needs force.
+    if output.resolve() != default_output_path(checkpoint_path).resolve():
+        check_output_file(output, force)
+    return output
 
 
 def _export(module: nn.Module, image_size: int, pixel_format: str, opset: int, exporter: str) -> Any:

@@ -122,18 +122,8 @@ def train(
             print(line, file=sys.stderr)
     folder = _create_shared_run_folder(out, name, job)
     config = run_config(data, splits, recipe, classifier, train_data, val_data, strict)
-    # What the recipe's batch and epochs come to on this data (a small set gets a smaller batch).
-    plan = plan_steps(len(train_data), recipe, job.world_size)
-    config["training_plan"] = dataclasses.asdict(plan)
-    lengthened = min_steps_note(len(train_data), recipe, plan)
-    if verbose and lengthened:
-        print(lengthened, file=sys.stderr)
     config["init"] = initial.source if initial is not None else None
-    balance = class_balance_summary(train_data.labels, train_data.class_names)
-    config.update(balance)  # class_counts, imbalance_ratio: also in report.json
-    note = imbalance_note(balance)
-    if verbose and note:
-        print(note, file=sys.stderr)
+    _plan_on_data(config, recipe, train_data, job.world_size, verbose)
     if job.is_main:
         write_config(folder, config)
         _report_skipped(folder, splits, verbose)
@@ -320,6 +310,21 @@ def _train_in_folder(
     report = final_report(run, history, time.perf_counter() - started)
     write_report(folder, report)
     return TrainResult(folder, history, report, classifier)
+
+
+def _plan_on_data(
+    config: dict, recipe: Recipe, train_data: ImageData, world_size: int, verbose: bool
+) -> None:
+    """Record in ``config`` what the recipe's batch and epochs come to on this data (a small set gets
+    a smaller batch, min_steps may lengthen it) and how balanced its classes are; say what surprises."""
+    plan = plan_steps(len(train_data), recipe, world_size)
+    config["training_plan"] = dataclasses.asdict(plan)
+    balance = class_balance_summary(train_data.labels, train_data.class_names)
+    config.update(balance)  # class_counts, imbalance_ratio: also in report.json
+    notes = (min_steps_note(len(train_data), recipe, plan), imbalance_note(balance))
+    for note in notes if verbose else ():
+        if note:
+            print(note, file=sys.stderr)
 
 
 def _note_setup(
