@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import subprocess
 import sys
 import time
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from machine import cpu_description
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-train.zip"
 SIDE = 32
@@ -117,35 +118,37 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, generator, fill=None, out
         draw.polygon(points, fill=fill, outline=outline, width=width)
 
 
-def outlines_on_white(count: int = 300, seed: int = 0) -> Kind:
-    """Five shapes as thin black outlines on white (drawings, diagrams)."""
-    shapes = ["circle", "triangle", "square", "star", "hexagon"]
+def _shape_kind(shapes: list[str], count: int, seed: int, draw_one) -> Kind:
+    """Images of ``shapes`` in turn, each drawn by ``draw_one(shape, generator)`` -> uint8 array."""
     generator = np.random.default_rng(seed)
     labels = np.arange(count) % len(shapes)
-    images = []
-    for label in labels:
+    return np.stack([draw_one(shapes[label], generator) for label in labels]), labels, shapes
+
+
+def outlines_on_white(count: int = 300, seed: int = 0) -> Kind:
+    """Five shapes as thin black outlines on white (drawings, diagrams)."""
+
+    def draw_one(shape: str, generator: np.random.Generator) -> np.ndarray:
         canvas = Image.new("L", (SIDE, SIDE), 255)
-        _draw_shape(
-            ImageDraw.Draw(canvas), shapes[label], generator, outline=0, width=int(generator.integers(1, 3))
-        )
-        images.append(np.asarray(canvas))
-    return np.stack(images), labels, shapes
+        width = int(generator.integers(1, 3))
+        _draw_shape(ImageDraw.Draw(canvas), shape, generator, outline=0, width=width)
+        return np.asarray(canvas)
+
+    return _shape_kind(["circle", "triangle", "square", "star", "hexagon"], count, seed, draw_one)
 
 
 def icons(count: int = 360, seed: int = 0) -> Kind:
     """Filled shapes in a flat random colour on a flat random background: the class is the shape."""
-    shapes = ["circle", "triangle", "square", "star", "pentagon", "hexagon"]
-    generator = np.random.default_rng(seed)
-    labels = np.arange(count) % len(shapes)
-    images = []
-    for label in labels:
+
+    def draw_one(shape: str, generator: np.random.Generator) -> np.ndarray:
         background, foreground = generator.integers(0, 256, size=(2, 3))
         while np.abs(background - foreground).sum() < 150:  # the shape must show
             foreground = generator.integers(0, 256, size=3)
         canvas = Image.new("RGB", (SIDE, SIDE), tuple(int(v) for v in background))
-        _draw_shape(ImageDraw.Draw(canvas), shapes[label], generator, fill=tuple(int(v) for v in foreground))
-        images.append(np.asarray(canvas))
-    return np.stack(images), labels, shapes
+        _draw_shape(ImageDraw.Draw(canvas), shape, generator, fill=tuple(int(v) for v in foreground))
+        return np.asarray(canvas)
+
+    return _shape_kind(["circle", "triangle", "square", "star", "pentagon", "hexagon"], count, seed, draw_one)
 
 
 def grayscale_dark(count: int = 400, seed: int = 0) -> Kind:
@@ -260,7 +263,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPE_FLAGS), default=list(RECIPE_FLAGS))
     parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args()
-    print(f"CPU: {platform.processor() or platform.machine()} ({_cpu_name()}); seed {options.seed}")
+    print(f"CPU: {cpu_description()}; seed {options.seed}")
     rows = []
     for name in options.kinds:
         kind = KINDS[name](seed=options.seed)
@@ -276,13 +279,6 @@ def main() -> None:
         rows.append(row)
     print()
     print(_table(rows, options.recipes))
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def _table(rows: list[dict], recipes: list[str]) -> str:

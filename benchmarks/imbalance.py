@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnkit.reports.classification import read_per_class_csv
+from machine import cpu_description
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-train.zip"
 RATIO, TEST_PER_CLASS = 100, 1000
@@ -96,7 +96,7 @@ def main() -> None:
     options = parser.parse_args()
     data = build(options.source, options.out / "data")
     counts = long_tail_counts()
-    print(f"CPU: {platform.machine()}; CIFAR-10-LT: {sum(counts):,} images {counts}")
+    print(f"CPU: {cpu_description()}; CIFAR-10-LT: {sum(counts):,} images {counts}")
     print(f"test: {TEST_PER_CLASS} images a class, none of them in the long-tailed set")
     print("| variant | test accuracy (balanced) | worst class recall | whole run (s) | training (s) |")
     print("|---|---|---|---|---|")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -35,6 +34,7 @@ from cnnkit.engine.preprocess import InputTransform, Normalization
 from cnnkit.export.onnx import export_onnx
 from cnnkit.inference.onnx_runtime import OnnxClassifier
 from cnnkit.recipes import get_recipe
+from machine import cpu_description
 
 IMAGE_SIZE = 32
 CLASSES = [f"class{index}" for index in range(10)]
@@ -114,7 +114,7 @@ def main() -> None:
     arguments = parser.parse_args()
     threads = configure_threads(arguments.threads)
     print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"{cpu_description()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
         f"({threads} threads), onnxruntime {onnxruntime.__version__}; load average before: "
         f"{os.getloadavg()[0]:.2f}"
     )

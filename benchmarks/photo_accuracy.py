@@ -17,7 +17,6 @@ about real photos, only how variants compare on one kind of data.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -26,6 +25,7 @@ from typing import Any
 from cnnkit.engine.device import configure_process
 from cnnkit.recipes import parse_assignment
 from cnnkit.runs.training import train
+from machine import cpu_description
 
 
 def parse_variant(text: str) -> tuple[str, str, dict[str, Any], str | None]:
@@ -67,10 +67,7 @@ def main() -> None:
     arguments = parser.parse_args()
     threads = configure_process()
     shared = dict(parse_assignment(text) for text in arguments.set)
-    print(
-        f"{platform.processor() or platform.machine()}, {threads} threads; "
-        f"data {arguments.data}; shared {shared}"
-    )
+    print(f"{cpu_description()}, {threads} threads; data {arguments.data}; shared {shared}")
     print("| variant | seed | size | last-epoch val. acc. | best.pt test acc. (TTA) | seconds |")
     print("|---|---|---|---|---|---|")
     summary = {}

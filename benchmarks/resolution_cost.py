@@ -14,7 +14,6 @@ plus parameters and the first layer's output size. Same process, same machine: c
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
@@ -25,6 +24,7 @@ from cnnkit.engine.preprocess import Normalization
 from cnnkit.engine.trainer import Trainer, TrainingData
 from cnnkit.models import create_model
 from cnnkit.recipes import get_recipe
+from machine import cpu_description
 
 NETWORKS = {"full resolution (stem_stride=1)": 1, "patchify stem (stem_stride=auto)": "auto"}
 
@@ -65,7 +65,7 @@ def main() -> None:
     threads = configure_process()
     precision = resolve_precision(arguments.precision, torch.device("cpu"))
     print(
-        f"{platform.processor() or platform.machine()}, {threads} threads, torch {torch.__version__}, "
+        f"{cpu_description()}, {threads} threads, torch {torch.__version__}, "
         f"{precision_name(precision)}; ms per image of a whole training step"
     )
     print(f"batch {arguments.batch}")

@@ -189,7 +189,7 @@ def _print_result(result: Any) -> int:
     if report.get("learned") is False:
         from cnnkit.reports.chance import describe_failure
 
-        print(describe_failure(report["chance"], report["chance"]["split"]))
+        print(describe_failure(report["chance"]))
         return 0
     best = shlex.quote(str(result.run_folder / "best.pt"))
     print(f"Where it fails, class by class: {_cnnkit_command()} evaluate {best}")

@@ -17,7 +17,7 @@ from typing import IO
 
 from cnnkit.data.cache import cnnkit_home
 from cnnkit.data.errors import DataError, DownloadError
-from cnnkit.fileio import atomic_open, atomic_write_text
+from cnnkit.fileio import atomic_open, atomic_write_text, json_text
 from cnnkit.progress import ProgressBar
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -170,7 +170,7 @@ def _stamp(checksum: _Checksum, status: os.stat_result) -> dict[str, str | int]:
 def _write_stamp(destination: Path, checksum: _Checksum) -> None:
     stamp = _stamp(checksum, destination.stat())
     with contextlib.suppress(OSError):  # only an optimisation: next time, verify by hashing
-        atomic_write_text(_stamp_path(destination), json.dumps(stamp))
+        atomic_write_text(_stamp_path(destination), json_text(stamp))
 
 
 def download_cifar10(

@@ -33,7 +33,6 @@ import contextlib
 import errno
 import hashlib
 import io
-import json
 import os
 import secrets
 import shutil
@@ -71,7 +70,7 @@ from cnnkit.data.store_format import (
 )
 from cnnkit.data.store_writer import HEADER_BYTES, SplitOutput, StoreWriter
 from cnnkit.data.stored_images import ImageFile, StoredImages
-from cnnkit.fileio import DiskFullError, atomic_write_text
+from cnnkit.fileio import DiskFullError, atomic_write_text, json_text
 
 # Re-exported: the writer's classes and the version are reached through this module.
 __all__ = [
@@ -353,7 +352,7 @@ def _read_pixels(folder: Path, file: ImageFile, meta: StoreMeta, in_memory: bool
     if stamp not in (meta.stamp, read_verified_stamp(folder)):
         check_file_chunks(path, file.offset, checksums["images"], checksums["chunk_bytes"])
         with contextlib.suppress(OSError):  # a read-only cache checks again next time
-            atomic_write_text(folder / VERIFIED_FILE, json.dumps(stamp) + "\n")
+            atomic_write_text(folder / VERIFIED_FILE, json_text(stamp) + "\n")
     return None
 
 

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cnnkit.fileio import json_text
+
 # Bump when decoding (resize policy, colour handling) or the layout changes, so that stores
 # written by older code are never mistaken for current ones. 1-4 were single .npz files; 5: the
 # store folder; 6: checksums (and the source, image size and build time) in meta.json. The version
@@ -64,7 +66,7 @@ class StoreMeta:
     stamp: list[int]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False) + "\n"
+        return json_text(asdict(self), ensure_ascii=False) + "\n"
 
 
 def read_meta(folder: Path) -> StoreMeta:

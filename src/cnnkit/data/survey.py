@@ -19,7 +19,7 @@ from cnnkit.data.cache import cnnkit_home, remembered_hash_file
 from cnnkit.data.decode import open_header
 from cnnkit.data.layout import resolve_layout
 from cnnkit.data.readers import FOLDER, ZIP, Listing, list_folder, list_zip, open_reader
-from cnnkit.fileio import atomic_write_text
+from cnnkit.fileio import atomic_write_text, json_text
 
 SAMPLE = 1000
 HEADER_BYTES = 256 * 1024  # JPEG's size comes after EXIF (at most 64 KiB) and its thumbnail
@@ -81,7 +81,7 @@ def _remembered_zip_survey(path: Path, sample: int, refresh: bool = False) -> Si
         return SizeSurvey(**values, uniform=tuple(uniform) if uniform else None)
     survey = _survey(ZIP, path, list_zip(path), sample)
     with contextlib.suppress(OSError):
-        atomic_write_text(memo, json.dumps(dataclasses.asdict(survey) if survey else None))
+        atomic_write_text(memo, json_text(dataclasses.asdict(survey) if survey else None))
     return survey
 
 

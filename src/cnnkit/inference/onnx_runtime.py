@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit.data.pixels import check_pixels
+from cnnkit.fileio import json_text
 from cnnkit.messages import short_repr
 from cnnkit.reports.splits import metrics_by_split
 
@@ -143,7 +144,7 @@ def decode_metadata(properties: dict[str, str], source: str = "the ONNX file") -
 def encode_metadata(metadata: dict[str, Any]) -> dict[str, str]:
     """The inverse of ``decode_metadata``: every value as the string ``metadata_props`` holds."""
     return {
-        key: json.dumps(value) if key in JSON_KEYS or not isinstance(value, str) else value
+        key: json_text(value) if key in JSON_KEYS or not isinstance(value, str) else value
         for key, value in metadata.items()
     }
 

@@ -35,10 +35,11 @@ def chance_verdict(accuracy: float, class_counts: Sequence[int]) -> dict[str, An
     }
 
 
-def describe_failure(verdict: dict[str, Any], split: str) -> str:
-    """The plain line for a model that learned nothing."""
+def describe_failure(verdict: dict[str, Any]) -> str:
+    """The plain line for a model that learned nothing (``verdict`` with its ``split``)."""
     return (
-        f"This model learned nothing: its best {split} accuracy ({verdict['accuracy']:.4f}) is within noise "
+        f"This model learned nothing: its best {verdict['split']} accuracy ({verdict['accuracy']:.4f}) "
+        "is within noise "
         f"(±{verdict['noise_margin']:.4f}) of always answering the largest class "
         f"({verdict['largest_class_share']:.4f} of {verdict['images']} images). Do not use its checkpoints "
         "as a result; try more epochs, --recipe tutorial, or check that the labels match the images."
