@@ -29,11 +29,11 @@ import onnxruntime
 import torch
 
 from cnnkit.api import Classifier
-from cnnkit.engine.device import configure_threads
-from cnnkit.engine.preprocess import InputTransform, Normalization
 from cnnkit.export.onnx import export_onnx
 from cnnkit.inference.onnx_runtime import OnnxClassifier
 from cnnkit.recipes import get_recipe
+from cnnkit.runtime.device import configure_threads
+from cnnkit.runtime.normalization import InputTransform, Normalization
 from machine import cpu_description
 
 IMAGE_SIZE = 32

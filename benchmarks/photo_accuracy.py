@@ -22,9 +22,9 @@ import tempfile
 import time
 from typing import Any
 
-from cnnkit.engine.device import configure_process
 from cnnkit.recipes import parse_assignment
 from cnnkit.runs.training import train
+from cnnkit.runtime.device import configure_process
 from machine import cpu_description
 
 

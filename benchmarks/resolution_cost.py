@@ -18,12 +18,12 @@ import time
 
 import torch
 
-from cnnkit.engine.device import configure_process, precision_name, resolve_precision
-from cnnkit.engine.metrics import RunningMetrics
-from cnnkit.engine.preprocess import Normalization
-from cnnkit.engine.trainer import Trainer, TrainingData
+from cnnkit.engine.job import TrainingData, TrainingJob
+from cnnkit.engine.trainer import Trainer
 from cnnkit.models import create_model
 from cnnkit.recipes import get_recipe
+from cnnkit.runtime.device import configure_process, precision_name, resolve_precision
+from cnnkit.runtime.normalization import Normalization
 from machine import cpu_description
 
 NETWORKS = {"full resolution (stem_stride=1)": 1, "patchify stem (stem_stride=auto)": "auto"}
@@ -39,9 +39,10 @@ def milliseconds_per_image(
     recipe = get_recipe("fast").replace(batch_size=count, epochs=1)
     model = create_model("fast", num_classes=10, image_size=size, stem_stride=stem_stride)
     device = torch.device("cpu")
-    trainer = Trainer(model, TrainingData(images, labels), recipe, Normalization(), device, precision)
+    job = TrainingJob(model, TrainingData(images, labels), recipe, Normalization(), device, precision)
+    trainer = Trainer(job)
     order, flips = torch.arange(count), torch.zeros(count, dtype=torch.bool)
-    running = RunningMetrics(device)
+    running = trainer.metric_set()
     trainer.model.train()
     trainer.train_step(order, flips, running)  # warm-up: oneDNN picks its kernels
     started = time.perf_counter()

@@ -20,9 +20,9 @@ import torch
 
 from cnnkit.api import Classifier
 from cnnkit.data import load_dataset, split_train_val
-from cnnkit.engine.device import configure_process
-from cnnkit.engine.preprocess import Normalization
 from cnnkit.recipes import Recipe, load_recipe, parse_assignment
+from cnnkit.runtime.device import configure_process
+from cnnkit.runtime.normalization import Normalization
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-train.zip"
 
@@ -40,7 +40,7 @@ def run_once(data, recipe: Recipe, seed: int, device: str) -> dict[str, float]:
         **recipe.model_arguments,
     )
     started = time.perf_counter()
-    classifier.fit_data(train, val, recipe)
+    classifier.fit_job(classifier.training_job(train, val, recipe))
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     result = classifier.evaluate(val.images, val.labels)  # with the recipe's TTA

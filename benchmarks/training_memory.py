@@ -20,10 +20,10 @@ import sys
 
 CHILD = """
 import json, resource, sys, time, torch
-from cnnkit.engine.device import configure_process
-from cnnkit.engine.metrics import RunningMetrics
-from cnnkit.engine.preprocess import Normalization
-from cnnkit.engine.trainer import Trainer, TrainingData
+from cnnkit.runtime.device import configure_process
+from cnnkit.engine.job import TrainingData, TrainingJob
+from cnnkit.runtime.normalization import Normalization
+from cnnkit.engine.trainer import Trainer
 from cnnkit.models import create_model
 from cnnkit.recipes import get_recipe
 size, budget, batch = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
@@ -36,11 +36,11 @@ images = torch.randint(0, 256, (count, stored, stored, 3), dtype=torch.uint8, ge
 labels = torch.arange(count) % 10
 model = create_model("fast", num_classes=10, image_size=size, stem_stride="auto")
 data = TrainingData(images, labels)
-trainer = Trainer(model, data, recipe, Normalization(), torch.device("cpu"), torch.float32, size)
+trainer = Trainer(TrainingJob(model, data, recipe, Normalization(), torch.device("cpu"), input_size=size))
 order, flips = torch.randperm(count)[:batch], torch.zeros(batch, dtype=torch.bool)
 started = time.perf_counter()
 for _ in range(2):
-    trainer.train_step(order, flips, RunningMetrics(torch.device("cpu")))
+    trainer.train_step(order, flips, trainer.metric_set())
 seconds = (time.perf_counter() - started) / 2
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 result = {"peak": peak, "micro": trainer.micro_batch_size, "data": images.numel(), "seconds": seconds}

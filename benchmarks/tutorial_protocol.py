@@ -19,8 +19,8 @@ import torch
 
 from cnnkit.api import Classifier
 from cnnkit.data import load_dataset, split_train_val
-from cnnkit.engine.device import configure_process
 from cnnkit.recipes import get_recipe
+from cnnkit.runtime.device import configure_process
 
 KERAS_SECONDS = 85.6
 KERAS_VAL_ACCURACY = 0.687

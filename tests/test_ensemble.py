@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from cnnkit.api import Classifier
-from cnnkit.engine.losses import training_loss
 from cnnkit.models import create_model
 from cnnkit.recipes import get_recipe
+from cnnkit.tasks import SINGLE_LABEL
 from tests.conftest import CLASS_NAMES
 from tests.test_fast_recipe import make_color_images
 
@@ -33,7 +33,7 @@ def test_each_member_gets_exactly_the_gradient_it_would_get_alone():
     recipe = get_recipe("fast")
     inputs = torch.randn(8, 3, 16, 16).contiguous(memory_format=torch.channels_last)
     targets = torch.randint(0, 4, (8,))
-    report, objective = training_loss(
+    report, objective = SINGLE_LABEL.loss(
         ensemble(inputs), targets, recipe.label_smoothing, recipe.loss_reduction
     )
     objective.backward()

@@ -8,11 +8,11 @@ from torch import nn
 
 from cnnkit.api import Classifier
 from cnnkit.engine.augment import Augmenter, cutout, translate
-from cnnkit.engine.inference import tta_logits
 from cnnkit.engine.lookahead import Lookahead
 from cnnkit.engine.optimization import build_optimizer, lr_multiplier
 from cnnkit.models import create_model
 from cnnkit.recipes import get_recipe
+from cnnkit.runtime.pixel_classifier import tta_logits
 from tests.conftest import CLASS_NAMES
 
 
@@ -28,7 +28,7 @@ def test_whitening_from_chunks_and_slices_equals_whitening_from_the_whole_sample
     # A large sample (5,000 photos at 128 px) is whitened a chunk and a slice at a time so its
     # float64 patches are never held whole: the filters must be the whole sample's.
     import cnnkit.models.airbench as airbench
-    from cnnkit.engine.preprocess import InputChunks
+    from cnnkit.runtime.normalization import InputChunks
 
     images = smooth_images(count=60, size=16)
     pixels = (images.clamp(-2, 2) * 60 + 128).round().to(torch.uint8).permute(0, 2, 3, 1)
@@ -264,15 +264,16 @@ def test_little_data_with_the_default_batch_size_trains_without_blowing_up():
 
 
 def test_small_data_gets_at_least_ten_steps_an_epoch_with_a_summed_loss():
-    from cnnkit.engine.preprocess import Normalization
-    from cnnkit.engine.trainer import Trainer, TrainingData
+    from cnnkit.engine.job import TrainingData, TrainingJob
+    from cnnkit.engine.trainer import Trainer
+    from cnnkit.runtime.normalization import Normalization
 
     images, labels = make_color_images(400)
     data = TrainingData(images, labels)
 
     def trainer(recipe):
         model = create_model(recipe.model, num_classes=4, image_size=16, **recipe.model_arguments)
-        return Trainer(model, data, recipe, Normalization(), torch.device("cpu"), torch.float32)
+        return Trainer(TrainingJob(model, data, recipe, Normalization(), torch.device("cpu")))
 
     fast = trainer(get_recipe("fast"))  # batch 2000, summed loss
     assert fast.batch_size == 40 and fast.steps_per_epoch == 10

@@ -10,8 +10,8 @@ import yaml
 
 from cnnkit.cli import main
 from cnnkit.data.balance import class_balance_summary, imbalance_note
-from cnnkit.engine.losses import class_balance, training_loss
 from cnnkit.recipes import get_recipe
+from cnnkit.tasks import SINGLE_LABEL
 from tests.conftest import CLASS_NAMES, make_quadrant_images, write_image_folder
 
 
@@ -31,7 +31,9 @@ def test_the_summary_counts_each_class_and_the_ratio_of_largest_to_smallest():
 
 def test_balanced_weights_give_every_class_the_same_total_weight():
     labels = torch.tensor([0] * 90 + [1] * 9 + [2] * 1)
-    weights, shift = class_balance(labels, 3, get_recipe("fast").replace(class_weights="balanced"), "cpu")
+    weights, shift = SINGLE_LABEL.class_balance(
+        labels, 3, get_recipe("fast").replace(class_weights="balanced"), "cpu"
+    )
     assert shift is None
     counts = torch.tensor([90.0, 9.0, 1.0])
     torch.testing.assert_close(weights * counts, torch.full((3,), 100 / 3))  # scikit-learn's "balanced"
@@ -40,11 +42,11 @@ def test_balanced_weights_give_every_class_the_same_total_weight():
 def test_logit_adjustment_adds_tau_log_prior_to_the_training_logits_only():
     labels = torch.tensor([0] * 75 + [1] * 25)
     recipe = get_recipe("fast").replace(logit_adjustment=1.0)
-    weights, shift = class_balance(labels, 2, recipe, "cpu")
+    weights, shift = SINGLE_LABEL.class_balance(labels, 2, recipe, "cpu")
     assert weights is None
     torch.testing.assert_close(shift, torch.tensor([math.log(0.75), math.log(0.25)]))
     logits, targets = torch.tensor([[2.0, 1.0], [0.5, 0.5]]), torch.tensor([1, 1])
-    loss, _ = training_loss(logits, targets, 0.0, "mean", None, shift)
+    loss, _ = SINGLE_LABEL.loss(logits, targets, 0.0, "mean", None, shift)
     assert loss.item() == pytest.approx(F.cross_entropy(logits + shift, targets).item())
     # The rare class's logits are pushed down in training, so the model must raise them: its
     # loss on a rare-class image is higher than the plain loss.

@@ -18,13 +18,14 @@ from cnnkit.cli import main
 from cnnkit.data.decode import decode_image
 from cnnkit.data.survey import SizeSurvey, choose_image_size, survey_image_sizes
 from cnnkit.engine.augment import RandomCrops
+from cnnkit.engine.job import TrainingData, TrainingJob, fit
 from cnnkit.engine.planning import plan_steps
-from cnnkit.engine.preprocess import Normalization, center_crop_images
-from cnnkit.engine.trainer import Trainer, TrainingData, fit
+from cnnkit.engine.trainer import Trainer
 from cnnkit.models import create_model
 from cnnkit.models.airbench import stem_stride_for
 from cnnkit.recipes import get_recipe
 from cnnkit.runs.initialization import apply_initial_weights, initial_weights
+from cnnkit.runtime.normalization import Normalization, center_crop_images
 from tests.conftest import CLASS_NAMES, make_quadrant_images
 
 
@@ -178,15 +179,16 @@ def test_micro_batches_add_up_to_the_full_batch_and_are_announced(capsys):
     for budget in (4.0, 0.5135):  # the second leaves room for ~25 images a micro-batch
         torch.manual_seed(0)  # the same initial weights
         model = create_model("tutorial", num_classes=4, image_size=16)
-        trainer = Trainer(
+        job = TrainingJob(
             model,
             data,
             recipe.replace(memory_budget_gb=budget),
             Normalization(),
             torch.device("cpu"),
-            torch.float32,
+            callbacks=[ConsoleLogger()],
         )
-        trainer.fit([ConsoleLogger()])
+        trainer = Trainer(job)
+        trainer.fit()
         weights.append(model.state_dict())
         if budget < 1:
             assert 1 < trainer.micro_batch_size < 64
@@ -238,14 +240,11 @@ def test_init_keeps_the_trunk_replaces_the_head_and_freezing_trains_the_head_alo
     recipe = get_recipe("finetune").replace(
         model="fast", epochs=1, freeze_epochs=1, min_steps=0, eval_crop=1.0
     )
+    data = TrainingData(torch.from_numpy(images), torch.from_numpy(labels))
     fit(
-        new.network,
-        TrainingData(torch.from_numpy(images), torch.from_numpy(labels)),
-        recipe,
-        new.normalization,
-        torch.device("cpu"),
-        torch.float32,
-        initialize_from_data=False,
+        TrainingJob(
+            new.network, data, recipe, new.normalization, torch.device("cpu"), initialize_from_data=False
+        )
     )
     after = new.network.state_dict()
     moved = [name for name in after if not torch.equal(after[name], before[name])]

@@ -6,8 +6,8 @@ import torch
 
 from cnnkit.api import Classifier
 from cnnkit.engine.console import format_epoch_line
-from cnnkit.engine.device import resolve_device, resolve_precision
-from cnnkit.engine.preprocess import InputTransform, Normalization
+from cnnkit.runtime.device import resolve_device, resolve_precision
+from cnnkit.runtime.normalization import InputTransform, Normalization
 from tests.conftest import CLASS_NAMES, make_quadrant_images
 
 
@@ -142,24 +142,18 @@ def test_fit_prints_progress_and_epoch_lines():
     classifier = Classifier("tutorial", class_names=CLASS_NAMES, image_size=16, device="cpu")
     stream = io.StringIO()
     from cnnkit.engine.console import ConsoleLogger
-    from cnnkit.engine.trainer import TrainingData, fit
+    from cnnkit.engine.job import TrainingData, fit
     from cnnkit.recipes import get_recipe
 
-    fit(
-        classifier.network,
-        TrainingData(torch.from_numpy(images), torch.from_numpy(labels)),
-        get_recipe("tutorial").replace(epochs=1),
-        Normalization(),
-        torch.device("cpu"),
-        torch.float32,
-        callbacks=[ConsoleLogger(stream)],
-    )
+    data = TrainingData(torch.from_numpy(images), torch.from_numpy(labels))
+    recipe = get_recipe("tutorial").replace(epochs=1)
+    fit(_job(classifier.network, data, recipe, callbacks=[ConsoleLogger(stream)]))
     output = stream.getvalue()
     assert "Epoch 1/1" in output and "2/2 [" in output and "\r" not in output  # plain lines off a terminal
 
 
 def test_process_setup_flushes_denormals_to_zero():
-    from cnnkit.engine.device import configure_process
+    from cnnkit.runtime.device import configure_process
 
     configure_process()
 
@@ -167,8 +161,14 @@ def test_process_setup_flushes_denormals_to_zero():
     assert (denormal * 1.0).item() == 0.0
 
 
+def _job(model, data, recipe, precision=torch.float32, **options):
+    from cnnkit.engine.job import TrainingJob
+
+    return TrainingJob(model, data, recipe, Normalization(), torch.device("cpu"), precision, **options)
+
+
 def _tiny_data(count: int = 64):
-    from cnnkit.engine.trainer import TrainingData
+    from cnnkit.engine.job import TrainingData
 
     images, labels = make_quadrant_images(count)
     return TrainingData(
@@ -181,7 +181,7 @@ def _tiny_data(count: int = 64):
 
 def test_callbacks_hear_only_the_hooks_they_have_and_a_stop_reaches_on_interrupt():
     from cnnkit.engine.interrupt import StopRequest, TrainingInterrupted
-    from cnnkit.engine.trainer import fit
+    from cnnkit.engine.job import fit
     from cnnkit.models import create_model
     from cnnkit.recipes import get_recipe
 
@@ -204,7 +204,7 @@ def test_callbacks_hear_only_the_hooks_they_have_and_a_stop_reaches_on_interrupt
     model = create_model("tutorial", num_classes=4, image_size=16)
     listeners = [EpochsOnly(), Everything()]
     recipe = get_recipe("tutorial").replace(epochs=2, batch_size=16)
-    history = fit(model, _tiny_data(), recipe, Normalization(), torch.device("cpu"), torch.float32, listeners)
+    history = fit(_job(model, _tiny_data(), recipe, callbacks=listeners))
     assert [epoch for epoch, _ in listeners[0].epochs] == [1, 2]
     assert [value for _, value in listeners[0].epochs] == [
         round(v, 6) for v in history.history["val_accuracy"]
@@ -221,65 +221,14 @@ def test_callbacks_hear_only_the_hooks_they_have_and_a_stop_reaches_on_interrupt
     saved = []
 
     class Saver:
-        def on_interrupt(self, trainer):
-            saved.append(trainer.step)
+        def on_interrupt(self, view):
+            saved.append(view.completed_epochs)
             return "somewhere.pt"
 
     with pytest.raises(TrainingInterrupted, match=r"its state is saved in somewhere\.pt"):
-        fit(
-            create_model("tutorial", num_classes=4, image_size=16),
-            _tiny_data(),
-            recipe,
-            Normalization(),
-            torch.device("cpu"),
-            torch.float32,
-            [Saver()],
-            stop_request=StopNow(),
-        )
+        model = create_model("tutorial", num_classes=4, image_size=16)
+        fit(_job(model, _tiny_data(), recipe, callbacks=[Saver()], stop_request=StopNow()))
     assert saved == [0]
-
-
-def test_a_metric_added_in_one_place_reaches_history_validation_and_the_epoch_line(monkeypatch):
-    from cnnkit.engine import metrics
-    from cnnkit.engine.console import ConsoleLogger
-    from cnnkit.engine.trainer import fit
-    from cnnkit.models import create_model
-    from cnnkit.recipes import get_recipe
-
-    top2 = lambda loss_sum, logits, targets: (logits.topk(2, dim=1).indices == targets[:, None]).any(1).sum()  # noqa: E731
-    monkeypatch.setitem(metrics.BATCH_SUMS, "top2", top2)
-    stream = io.StringIO()
-    model = create_model("tutorial", num_classes=4, image_size=16)
-    recipe = get_recipe("tutorial").replace(epochs=1, batch_size=16)
-    history = fit(
-        model,
-        _tiny_data(),
-        recipe,
-        Normalization(),
-        torch.device("cpu"),
-        torch.float32,
-        [ConsoleLogger(stream)],
-    )
-    row = history.rows[0]
-    assert 0 <= row["accuracy"] <= row["top2"] <= 1 and 0 <= row["val_accuracy"] <= row["val_top2"] <= 1
-    assert "top2:" in stream.getvalue() and "val_top2:" in stream.getvalue()
-
-
-def test_best_model_tracks_the_monitored_metric_and_stops_after_patience():
-    from cnnkit.engine.best import BestModel
-
-    model = torch.nn.Linear(2, 2)
-    best = BestModel("val_loss", patience=2)
-    assert best.update(1, {"val_loss": 1.0}, model)
-    with torch.no_grad():
-        model.weight.add_(1)
-    assert not best.update(2, {"val_loss": 1.5}, model) and not best.should_stop
-    assert not best.update(3, {"val_loss": 1.1}, model) and best.should_stop and best.epoch == 1
-    restored = BestModel("val_loss", patience=2)
-    restored.load_state_dict(best.state_dict(), torch.device("cpu"))
-    restored.restore(model)
-    assert torch.equal(model.weight, best.weights["weight"]) and restored.value == 1.0
-    assert BestModel("val_accuracy").update(1, {"val_accuracy": 0.5}, model)  # higher is better
 
 
 def test_fp16_trains_with_a_gradient_scaler():
@@ -289,21 +238,14 @@ def test_fp16_trains_with_a_gradient_scaler():
 
     recipe = get_recipe("tutorial").replace(epochs=1, batch_size=16)
     model = create_model("tutorial", num_classes=4, image_size=16)
-    trainer = Trainer(model, _tiny_data(), recipe, Normalization(), torch.device("cpu"), torch.float16)
+    trainer = Trainer(_job(model, _tiny_data(), recipe, torch.float16))
     assert trainer.scaler.is_enabled()
     before = {name: value.clone() for name, value in model.state_dict().items()}
     history = trainer.fit()
     assert np.isfinite(history.rows[0]["loss"])
     assert any(not torch.equal(before[name], value) for name, value in model.state_dict().items())
     assert trainer.state_dict()["training"]["grad_scaler"]["scale"] > 0  # resumes with its scale
-    plain = Trainer(
-        create_model("tutorial", num_classes=4, image_size=16),
-        _tiny_data(),
-        recipe,
-        Normalization(),
-        torch.device("cpu"),
-        torch.float32,
-    )
+    plain = Trainer(_job(create_model("tutorial", num_classes=4, image_size=16), _tiny_data(), recipe))
     assert not plain.scaler.is_enabled()
 
 
@@ -323,7 +265,7 @@ def test_fit_leaves_the_process_settings_alone():
 def test_training_on_a_store_on_disk_equals_training_in_memory(tmp_path, image_size):
     """Issue 12: batches read from disk (one ahead, in a thread) train exactly as in-memory ones."""
     from cnnkit.data import load_dataset, split_train_val
-    from cnnkit.engine.trainer import TrainingData
+    from cnnkit.engine.job import TrainingData
     from cnnkit.engine.training_state import data_fingerprint
     from cnnkit.recipes import get_recipe
     from tests.conftest import write_image_folder
@@ -347,7 +289,7 @@ def test_training_on_a_store_on_disk_equals_training_in_memory(tmp_path, image_s
             precision="fp32",
         )
         classifier.resize_size = 16
-        history = classifier.fit_data(train, val, recipe)
+        history = classifier.fit_job(classifier.training_job(train, val, recipe))
         fingerprint = data_fingerprint(TrainingData(train.images, train.labels, val.images, val.labels))
         runs.append((classifier, history.rows, fingerprint, classifier.evaluate(val.images, val.labels)))
     (memory, memory_rows, memory_print, memory_score), (disk, disk_rows, disk_print, disk_score) = runs

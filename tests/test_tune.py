@@ -111,9 +111,7 @@ def test_ctrl_c_ends_the_trial_cleanly_and_keeps_the_study(small_folder, tmp_pat
 
 
 @needs_optuna
-def test_pruning_callback_reports_every_epoch_and_stops_before_the_next():
-    import optuna
-
+def test_pruning_callback_reports_every_epoch_and_asks_training_to_stop():
     class Trial:
         def __init__(self) -> None:
             self.reports: list[tuple[float, int]] = []
@@ -124,16 +122,24 @@ def test_pruning_callback_reports_every_epoch_and_stops_before_the_next():
         def should_prune(self) -> bool:
             return len(self.reports) == 2
 
-    trial = Trial()
+    class View:
+        reason = None
+
+        def request_stop(self, reason: str) -> None:
+            self.reason = reason
+
+    trial, view = Trial(), View()
     callback = PruningCallback(trial, "val_loss")
     for epoch in (1, 2):
-        callback.on_epoch_begin(SimpleNamespace(epoch=epoch))
-        callback.on_epoch_end(SimpleNamespace(epoch=epoch, metrics={"val_loss": 1.0 / epoch, "loss": 0.1}))
+        metrics = {"val_loss": 1.0 / epoch, "loss": 0.1}
+        callback.on_epoch_end(SimpleNamespace(epoch=epoch, epochs=4, metrics=metrics, view=view))
+        assert (view.reason is None) == (epoch == 1)  # the stop is asked when the pruner says so
     assert trial.reports == [(1.0, 1), (0.5, 2)]
-    with pytest.raises(optuna.TrialPruned, match="pruned after epoch 2"):
-        callback.on_epoch_begin(SimpleNamespace(epoch=3))
+    assert callback.pruned_after == 2 and view.reason.startswith("pruned after epoch 2: val_loss 0.5000")
     with pytest.raises(ValueError, match="tuning needs validation data"):
-        PruningCallback(trial, "val_accuracy").on_epoch_end(SimpleNamespace(epoch=1, metrics={"loss": 1.0}))
+        PruningCallback(trial, "val_accuracy").on_epoch_end(
+            SimpleNamespace(epoch=1, epochs=4, metrics={"loss": 1.0})
+        )
 
 
 def test_without_optuna_tune_says_how_to_install_it(tmp_path, monkeypatch, capsys):

@@ -12,11 +12,11 @@ import yaml
 from cnnkit.api import Classifier
 from cnnkit.cli import main
 from cnnkit.engine.planning import min_steps_note, plan_steps
-from cnnkit.engine.preprocess import Normalization
 from cnnkit.experiments.study import new_study_settings
 from cnnkit.models import check_model_arguments, create_model
 from cnnkit.recipes import get_recipe, load_recipe, parse_assignment, read_recipe_file, recipe_to_yaml
 from cnnkit.runs.initialization import InitialWeights, apply_initial_weights
+from cnnkit.runtime.normalization import Normalization
 
 
 def train(folder, out, *flags: str) -> int:

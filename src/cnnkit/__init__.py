@@ -25,7 +25,7 @@ _EXPORTS = {
     "Recipe": "cnnkit.recipes",
     "load_checkpoint": "cnnkit.checkpoint",
     "load_recipe": "cnnkit.recipes",
-    "configure_process": "cnnkit.engine.device",
+    "configure_process": "cnnkit.runtime.device",
     "train": "cnnkit.runs.training",
     "resume": "cnnkit.runs.training",
     "evaluate_checkpoint": "cnnkit.runs.evaluation",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,13 +24,18 @@ from cnnkit.data import ImageData, load_dataset, split_train_val
 from cnnkit.data.pixels import check_pixels
 from cnnkit.data.stored_images import StoredImages
 from cnnkit.engine.callbacks import History
-from cnnkit.engine.device import resolve_device, resolve_precision
-from cnnkit.engine.evaluation import evaluate_tensors, predict_logits
 from cnnkit.engine.interrupt import StopRequest
-from cnnkit.engine.preprocess import Normalization, center_crop_images
+from cnnkit.engine.metrics import score_logits
+
+if TYPE_CHECKING:
+    from cnnkit.engine.job import TrainingJob
 from cnnkit.models import create_model
 from cnnkit.recipes import Recipe, load_recipe
 from cnnkit.reports.summary import format_summary
+from cnnkit.runtime.batched import predict_logits
+from cnnkit.runtime.device import resolve_device, resolve_precision
+from cnnkit.runtime.normalization import Normalization, center_crop_images
+from cnnkit.tasks import SINGLE_LABEL, get_task
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -87,6 +92,10 @@ class Classifier:
                 model, num_classes=len(self.class_names), image_size=image_size, **model_arguments
             )
         self.history: History | None = None
+        # The kind of labels (cnnkit.tasks): the loss, the output activation, the decision.
+        self.task = SINGLE_LABEL
+        # Added to the logits at prediction: a post-hoc adjustment for imbalanced classes (None: none).
+        self.logit_offset: list[float] | None = None
         self.recipe: Recipe | None = None  # the recipe it was trained with
         # Test-time augmentation of evaluate and predict: 0 none, 1 mirror, 2 mirror and shifts.
         # Training sets it to the recipe's level; a service may choose another.
@@ -149,9 +158,9 @@ class Classifier:
             from cnnkit.engine.console import ConsoleLogger
 
             callbacks = [ConsoleLogger(), *callbacks]
-        return self.fit_data(train, val, chosen, callbacks=callbacks)
+        return self.fit_job(self.training_job(train, val, chosen, callbacks=callbacks))
 
-    def fit_data(
+    def training_job(
         self,
         train: ImageData,
         val: ImageData | None,
@@ -160,60 +169,93 @@ class Classifier:
         resume_state: dict | None = None,
         stop_request: StopRequest | None = None,
         initialize_from_data: bool = True,
-    ) -> History:
-        """Train on already split data with a complete ``recipe`` (what ``fit`` and the CLI share).
+    ) -> TrainingJob:
+        """The ``TrainingJob`` that trains this classifier's network on already split data with a
+        complete ``recipe``: the classifier gives the network, normalisation, device, precision,
+        task and input size; the rest is the run's (see ``cnnkit.engine.job.TrainingJob``)."""
+        from cnnkit.engine.job import TrainingData, TrainingJob  # the engine loads only to train
 
-        ``callbacks`` hear about the run (``cnnkit.engine.callbacks``); ``resume_state``
-        continues a stopped run (``Trainer.state_dict()``); ``stop_request`` makes training save
-        and stop between steps (see ``cnnkit.engine.interrupt``). Images stored larger than
-        ``image_size`` are cropped to it (random crops in training, the centre for validation);
-        ``initialize_from_data`` False keeps a data-initialised first layer as loaded.
-        """
-        from cnnkit.engine.trainer import TrainingData, fit  # the trainer loads only to train
-
-        recipe.check_input_size(self.image_size)  # before any step, not in the first one
-        self.recipe, self.tta = recipe, recipe.tta
         data = TrainingData(train.images, train.labels)
         if val is not None:
             data.val_images, data.val_labels = val.images, val.labels
-        self.history = fit(
+        return TrainingJob(
             self.network,
             data,
             recipe,
             self.normalization,
             self.device,
             self.precision,
+            task=self.task,
+            num_classes=len(self.class_names),
             callbacks=callbacks,
             resume_state=resume_state,
             stop_request=stop_request,
             input_size=self.image_size,
             initialize_from_data=initialize_from_data,
         )
+
+    def fit_job(self, job: TrainingJob) -> History:
+        """Run ``job`` (from ``training_job``): what ``fit`` and ``cnnkit train`` share. Images
+        stored larger than ``image_size`` are cropped to it (random crops in training, the centre
+        for validation)."""
+        from cnnkit.engine.job import fit
+
+        job.recipe.check_input_size(self.image_size)  # before any step, not in the first one
+        self.recipe, self.tta = job.recipe, job.recipe.tta
+        self.history = fit(job)
         return self.history
 
-    def evaluate(self, x: ArrayLike, y: ArrayLike, batch_size: int = 1024) -> dict[str, float]:
-        """``{"loss", "accuracy", "count"}`` on labelled images."""
+    def evaluate(
+        self,
+        x: ArrayLike,
+        y: ArrayLike,
+        batch_size: int = 1024,
+        metrics: Sequence[str] = ("loss", "accuracy"),
+    ) -> dict[str, float]:
+        """``{"loss", "accuracy", "count"}`` on labelled images, or the ``metrics`` named (any of
+        ``cnnkit.engine.metrics.METRICS``: ``balanced_accuracy``, ``macro_f1``...)."""
         data = _as_image_data(x, y, self.class_names)
+        if len(data.labels) == 0:
+            raise ValueError("Cannot evaluate on an empty set of images.")
+        return score_logits(self.logits(data.images, batch_size), data.labels, metrics)
+
+    def predict(self, x: ArrayLike, batch_size: int = 1024) -> np.ndarray:
+        """Class probabilities, shape ``(N, classes)``: the task's output activation (softmax) of
+        the network's logits."""
+        return self.task.probabilities(self.logits(_as_images(x), batch_size)).numpy()
+
+    def logits(self, images: torch.Tensor | StoredImages, batch_size: int = 1024) -> torch.Tensor:
+        """The logits ``predict`` and ``evaluate`` start from (float32, CPU): the centre crop the
+        network sees, the test-time augmentation and the logit offset (a post-hoc adjustment for
+        imbalanced classes, ``adjust_for_imbalance``) included."""
         self.network.to(self.device)
-        return evaluate_tensors(
+        return predict_logits(
             self.network,
-            self.model_view(data.images),
-            data.labels,
+            self.model_view(images),
             self.normalization,
             self.device,
             self.precision,
             batch_size,
             self.tta,
+            self.logit_offset,
         )
 
-    def predict(self, x: ArrayLike, batch_size: int = 1024) -> np.ndarray:
-        """Class probabilities, shape ``(N, classes)``: softmax of the network's logits."""
-        images = self.model_view(_as_images(x))
-        self.network.to(self.device)
-        logits = predict_logits(
-            self.network, images, self.normalization, self.device, self.precision, batch_size, self.tta
-        )
-        return torch.softmax(logits, dim=1).numpy()
+    def adjust_for_imbalance(self, x: ArrayLike, y: ArrayLike, class_counts: Sequence[int]) -> dict[str, Any]:
+        """Post-hoc logit adjustment for a model trained on imbalanced classes: from now on the
+        logits get ``-tau * log(prior)`` (prior: ``class_counts`` of the training images, a class
+        each), ``tau`` chosen where the balanced accuracy on ``x``, ``y`` (a validation split, never
+        the test set) is highest; none when nothing beats the plain logits. Kept by ``save``.
+        Returns ``{"tau", "offset", "before", "after"}`` (balanced accuracies)."""
+        data = _as_image_data(x, y, self.class_names)
+        if len(class_counts) != len(self.class_names):
+            raise ValueError(
+                f"class_counts needs one count a class ({len(self.class_names)}). "
+                f"Received: {len(class_counts)} counts"
+            )
+        self.logit_offset = None  # chosen for the network's own logits
+        choice = self.task.choose_logit_adjustment(self.logits(data.images), data.labels, class_counts)
+        self.logit_offset = choice["offset"]
+        return choice
 
     def model_view(self, images: torch.Tensor) -> torch.Tensor:
         """Images at ``resize_size`` (as a run stores them) cropped to the centre ``image_size``;
@@ -224,7 +266,7 @@ class Classifier:
 
     def predict_classes(self, x: ArrayLike) -> list[str]:
         """The most probable class name for each image."""
-        return [self.class_names[index] for index in self.predict(x).argmax(1)]
+        return [self.class_names[index] for index in self.task.decide(self.predict(x))]
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a self-describing checkpoint (atomically)."""
@@ -242,6 +284,8 @@ class Classifier:
             normalization=self.normalization,
             state_dict=self.network.state_dict(),
             resize_size=self.resize_size,
+            task=self.task.name,
+            logit_offset=self.logit_offset,
             recipe=self.recipe,
             config=config or {},
             epoch=epoch,
@@ -278,6 +322,8 @@ class Classifier:
         classifier.network.to(classifier.device, memory_format=torch.channels_last)
         classifier.recipe, classifier.tta = checkpoint.recipe, checkpoint.tta
         classifier.resize_size = checkpoint.resize_size
+        classifier.task = get_task(checkpoint.task)
+        classifier.logit_offset = checkpoint.logit_offset
         return classifier
 
 

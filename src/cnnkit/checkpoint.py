@@ -19,11 +19,12 @@ import torch
 from torch import nn
 
 from cnnkit import __version__
-from cnnkit.engine.preprocess import Normalization
 from cnnkit.fileio import atomic_write_with
 from cnnkit.models import create_model
 from cnnkit.recipes import Recipe
 from cnnkit.reports.splits import metrics_by_split
+from cnnkit.runtime.normalization import Normalization
+from cnnkit.tasks import get_task
 
 FORMAT = "cnnkit-checkpoint"
 FORMAT_VERSION = 1
@@ -52,9 +53,20 @@ class Checkpoint:
     # Prediction resizes images to this square, then keeps the centre image_size square (None:
     # image_size, no crop). Recipes trained on random crops store theirs (eval_crop).
     resize_size: int | None = None
+    # The kind of labels (cnnkit.tasks): what the outputs mean and how a prediction is decided.
+    task: str = "single_label"
+    # Added to the logits at prediction (a post-hoc logit adjustment for imbalanced classes, one
+    # number a class; None: none). Part of the model: evaluate, predict, export and serve apply it.
+    logit_offset: list[float] | None = None
 
     def __post_init__(self) -> None:
         self.resize_size = int(self.resize_size or self.image_size)
+        get_task(self.task)  # one line naming an unknown task
+        if self.logit_offset is not None and len(self.logit_offset) != len(self.class_names):
+            raise ValueError(
+                f"logit_offset needs one number a class ({len(self.class_names)}). "
+                f"Received: {len(self.logit_offset)} numbers"
+            )
 
     @property
     def tta(self) -> int:
@@ -106,6 +118,8 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
         "class_names": list(checkpoint.class_names),
         "image_size": int(checkpoint.image_size),
         "resize_size": int(checkpoint.resize_size),
+        "task": checkpoint.task,
+        "logit_offset": checkpoint.logit_offset,
         "normalization": checkpoint.normalization.to_dict(),
         "recipe": checkpoint.recipe.to_dict() if checkpoint.recipe is not None else None,
         "config": to_plain({key: value for key, value in checkpoint.config.items() if key != "recipe"}),
@@ -174,6 +188,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         optimizer_state=contents.get("optimizer_state"),
         training_state=contents.get("training_state"),
         resize_size=contents.get("resize_size"),
+        task=contents.get("task") or "single_label",  # every checkpoint before tasks was single-label
+        logit_offset=contents.get("logit_offset"),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from cnnkit.runtime.constants import PRECISIONS
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:

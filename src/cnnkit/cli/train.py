@@ -173,6 +173,14 @@ def _train_or_resume(arguments: argparse.Namespace) -> int:
     return _print_result(result)
 
 
+_RESULT_FIGURES = {
+    "loss": "loss",
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "macro_f1": "macro-F1",
+}
+
+
 def _print_result(result: Any) -> int:
     report = result.report
     if not report:  # a torchrun rank other than 0: rank 0 prints the job's result
@@ -180,10 +188,12 @@ def _print_result(result: Any) -> int:
     evaluation = report.get("evaluation")
     if evaluation:
         scored = f"{evaluation['count']} images, {evaluation['checkpoint']} of epoch {evaluation['epoch']}"
-        print(
-            f"{evaluation['split'].capitalize()} ({scored}): "
-            f"loss {evaluation['loss']:.4f} - accuracy {evaluation['accuracy']:.4f}"
+        figures = " - ".join(
+            f"{label} {evaluation[name]:.4f}"
+            for name, label in _RESULT_FIGURES.items()
+            if name in evaluation  # the last two when the classes are imbalanced
         )
+        print(f"{evaluation['split'].capitalize()} ({scored}): {figures}")
     print(f"Trained in {report['train_seconds']:.1f}s; best epoch {report['best_epoch']}.")
     print(f"Run folder: {result.run_folder}")
     if report.get("learned") is False:

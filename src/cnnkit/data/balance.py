@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-# Above this ratio of the largest class to the smallest, loading names the smallest classes and
-# the settings that counter the imbalance.
-IMBALANCE_NOTE_RATIO = 3.0
+# Above this ratio of the largest class to the smallest, the data is imbalanced: loading names the
+# smallest classes and the settings that counter it, epoch lines and reports add balanced accuracy
+# and macro-F1.
+IMBALANCE_RATIO = 3.0
 
 
 def class_balance_summary(labels: Sequence[int] | Any, class_names: Sequence[str]) -> dict[str, Any]:
@@ -25,10 +26,15 @@ def class_balance_summary(labels: Sequence[int] | Any, class_names: Sequence[str
     }
 
 
-def imbalance_note(summary: dict[str, Any], shown: int = 3) -> str | None:
-    """The line for data whose imbalance ratio passes ``IMBALANCE_NOTE_RATIO`` (None below it)."""
+# What the line suggests when the caller names nothing it does about the imbalance.
+SETTINGS = "To counter it: --set class_weights=balanced, logit_adjustment=1 or sampler=balanced."
+
+
+def imbalance_note(summary: dict[str, Any], remedy: str = SETTINGS, shown: int = 3) -> str | None:
+    """The line for data whose imbalance ratio passes ``IMBALANCE_RATIO`` (None below it), ending
+    with ``remedy``: what is done about it, or the settings that counter it."""
     ratio = summary["imbalance_ratio"]
-    if ratio is not None and ratio <= IMBALANCE_NOTE_RATIO:
+    if ratio is not None and ratio <= IMBALANCE_RATIO:
         return None
     counts = summary["class_counts"]
     smallest = sorted(counts, key=lambda name: counts[name])[:shown]
@@ -37,6 +43,5 @@ def imbalance_note(summary: dict[str, Any], shown: int = 3) -> str | None:
     ratio_text = f"{ratio:g}" if ratio is not None else "unbounded: a class has no training image"
     return (
         f"Classes are imbalanced: {largest} has {counts[largest]:,} training images, the smallest "
-        f"{named}; ratio {ratio_text}. To counter it: --set class_weights=balanced or "
-        "--set logit_adjustment=1."
+        f"{named}; ratio {ratio_text}. {remedy}"
     )

@@ -10,16 +10,19 @@ from cnnkit.progress import ProgressBar
 
 
 def format_epoch_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
-    """``Epoch 1/5 - 5.1s - 0.127 ms/sample - loss: 1.3853 - accuracy: 0.4956 - val_loss: ...``"""
-    from cnnkit.engine.metrics import reported_metric_names
+    """``Epoch 1/5 - 5.1s - 0.127 ms/sample - loss: 1.3853 - accuracy: 0.4956 - val_loss: ...``
 
+    Every metric of the row, in its order (training figures, then their validation twins)."""
     parts = [
         f"Epoch {epoch}/{epochs}",
         f"{metrics['seconds']:.1f}s",
         f"{metrics['ms_per_sample']:.3f} ms/sample",
     ]
-    parts += [f"{key}: {metrics[key]:.4f}" for key in reported_metric_names() if key in metrics]
+    parts += [f"{key}: {value:.4f}" for key, value in metrics.items() if key not in _TIMING]
     return " - ".join(parts)
+
+
+_TIMING = ("epoch", "seconds", "ms_per_sample")
 
 
 class ConsoleLogger(Callback):
@@ -29,13 +32,15 @@ class ConsoleLogger(Callback):
         self.stream = stream or sys.stdout
         self.bar: ProgressBar | None = None
 
-    def on_train_begin(self, trainer) -> None:
-        share = -(-trainer.batch_size // trainer.distributed.world_size)
-        if trainer.micro_batch_size < share:
-            pieces = -(-share // trainer.micro_batch_size)
+    def on_train_begin(self, view) -> None:
+        plan = view.plan
+        batch, micro = plan["batch_size"], plan["micro_batch_size"]
+        share = -(-batch // plan["world_size"])
+        if micro < share:
+            pieces = -(-share // micro)
             self.stream.write(
-                f"Batch {trainer.batch_size} as {pieces} micro-batches of {trainer.micro_batch_size} a step, "
-                f"to stay within the {trainer.recipe.memory_budget_gb:g} GB memory budget "
+                f"Batch {batch} as {pieces} micro-batches of {micro} a step, "
+                f"to stay within the {view.recipe.memory_budget_gb:g} GB memory budget "
                 "(--set memory_budget_gb=...); BatchNorm normalises each micro-batch.\n"
             )
 
@@ -60,15 +65,15 @@ class ConsoleLogger(Callback):
     def on_epoch_end(self, state: EpochEnd) -> None:
         self._close_bar()
         self.stream.write(format_epoch_line(state.epoch, state.epochs, state.metrics) + "\n")
-        if state.stopping_early:
-            tracker = state.trainer.best
-            self.stream.write(
-                f"Early stopping: {tracker.monitor} has not improved for {tracker.patience} epochs; "
-                f"restoring the weights of epoch {tracker.epoch}.\n"
-            )
         self.stream.flush()
 
-    def on_interrupt(self, trainer: object) -> None:
+    def on_train_end(self, view) -> None:
+        """Why the run ended before its last epoch (early stopping, a tuner's pruning), if it did."""
+        if view.stop_reason:
+            self.stream.write(view.stop_reason + "\n")
+            self.stream.flush()
+
+    def on_interrupt(self, view: object) -> None:
         self._close_bar()
 
     def _close_bar(self) -> None:

@@ -98,6 +98,23 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
+def sum_states(
+    states: dict[str, torch.Tensor], count: int, device: torch.device
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Metric states (``engine.metrics``) and their image count summed over all ranks, in one call."""
+    names = list(states)
+    flat = [torch.as_tensor(states[name], dtype=torch.float64).flatten() for name in names]
+    vector = torch.cat([*flat, torch.tensor([float(count)], dtype=torch.float64)]).to(device)
+    dist.all_reduce(vector)
+    vector = vector.cpu()
+    summed, start = {}, 0
+    for name, part in zip(names, flat, strict=True):
+        shape = torch.as_tensor(states[name]).shape
+        summed[name] = vector[start : start + len(part)].view(shape)
+        start += len(part)
+    return summed, int(vector[-1])
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when it is true on any: all ranks must stop at the same step."""
     return all_reduce_sum([float(flag)], device)[0] > 0

@@ -11,7 +11,7 @@ import functools
 
 import torch
 
-from cnnkit.engine.device import cpu_supports_bf16
+from cnnkit.runtime.device import cpu_supports_bf16
 
 # Quintic Newton-Schulz coefficients chosen for a steep slope at zero: three iterations push all
 # singular values into roughly [0.5, 1.5], which trains as well as exact orthogonalisation.

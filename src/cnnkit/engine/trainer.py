@@ -4,25 +4,22 @@ Data is one uint8 tensor in memory, or a store on disk read as batches need it; 
 a batch by index (a stored batch is read by a background thread while the step before it trains),
 converts it to normalised float in channels_last layout, augments it, runs forward/backward under
 autocast, and steps the optimizer. There is no per-sample Python and no DataLoader in the hot loop.
-What the run reports (console, run folder) listens through callbacks (``engine.callbacks``);
-the best epoch and early stopping are ``engine.best``'s.
+Everything given to it comes in one ``TrainingJob`` (``engine.job``). What the run reports
+(console, run folder) listens through callbacks (``engine.callbacks``), as do the best epoch and
+early stopping (``engine.monitoring``); the loss and the metrics are the job's task's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from cnnkit.data.stored_images import StoredImages, select_rows
+from cnnkit.data.stored_images import select_rows
 from cnnkit.engine import distributed
 from cnnkit.engine.augment import Augmenter, crops_for
-from cnnkit.engine.best import BestModel
-from cnnkit.engine.callbacks import CallbackList, EpochBegin, EpochEnd, History, Progress
+from cnnkit.engine.callbacks import CallbackList, EpochBegin, EpochEnd, History, Progress, TrainingView
 from cnnkit.engine.divergence import (
     TrainingDiverged,
     check_finite,
@@ -30,18 +27,18 @@ from cnnkit.engine.divergence import (
     retry_or_stop,
     snapshot,
 )
-from cnnkit.engine.evaluation import evaluate_tensors
 from cnnkit.engine.fine_tuning import HeadFirst
 from cnnkit.engine.interrupt import StopRequest, TrainingInterrupted
+from cnnkit.engine.job import TrainingJob
 from cnnkit.engine.lookahead import Lookahead, advance_lookahead
-from cnnkit.engine.losses import class_balance, training_loss
-from cnnkit.engine.metrics import BATCH_SUMS, VALIDATION_PREFIX, RunningMetrics, mean_values
+from cnnkit.engine.metrics import MetricSet
+from cnnkit.engine.monitoring import BestEpoch, EarlyStopping
 from cnnkit.engine.optimization import build_optimizer, lr_multiplier, set_learning_rate
 from cnnkit.engine.planning import plan_micro_batch, plan_steps
-from cnnkit.engine.prefetch import prefetched
-from cnnkit.engine.preprocess import InputChunks, InputTransform, Normalization, center_crop_images
 from cnnkit.engine.training_state import EpochPosition, load_training_state, training_state
-from cnnkit.recipes import Recipe
+from cnnkit.runtime.batched import predict_logits
+from cnnkit.runtime.normalization import InputChunks, InputTransform, center_crop_images
+from cnnkit.runtime.prefetch import prefetched
 
 # Images the data-initialised first layer (the fast network's whitening) is computed from.
 INITIALIZATION_SAMPLE = 5000
@@ -49,96 +46,52 @@ INITIALIZATION_SAMPLE = 5000
 PROGRESS_EVERY = 10
 
 
-@dataclass
-class TrainingData:
-    """Images (tensors, or ``StoredImages`` read from disk) and labels to train on, already split;
-    ``val_*`` may be None."""
-
-    train_images: torch.Tensor | StoredImages
-    train_labels: torch.Tensor
-    val_images: torch.Tensor | StoredImages | None = None
-    val_labels: torch.Tensor | None = None
-
-
-def fit(
-    model: nn.Module,
-    data: TrainingData,
-    recipe: Recipe,
-    normalization: Normalization,
-    device: torch.device,
-    precision: torch.dtype,
-    callbacks: Sequence[object] = (),
-    resume_state: dict | None = None,
-    stop_request: StopRequest | None = None,
-    input_size: int | None = None,
-    initialize_from_data: bool = True,
-) -> History:
-    """Train ``model`` in place as ``recipe`` says; return the per-epoch history.
-
-    ``callbacks`` hear about the run (see ``engine.callbacks``; ``engine.console.ConsoleLogger``
-    prints it). ``resume_state`` (from ``Trainer.state_dict``) continues a run exactly where it
-    stopped; ``stop_request`` (see ``engine.interrupt``) makes it save and stop between two steps.
-    ``input_size``: the model's input side, when the stored training images are larger (they are
-    then cropped to it; default: their size). ``initialize_from_data`` False keeps a data-
-    initialised first layer as it is (weights loaded from a trained model).
-    """
-    trainer = Trainer(model, data, recipe, normalization, device, precision, input_size, initialize_from_data)
-    if resume_state is not None:
-        trainer.load_state_dict(resume_state)
-    return trainer.fit(callbacks, stop_request)
-
-
 class Trainer:
     """The state of one training run: model, optimizer, augmentation, lookahead, step count."""
 
-    def __init__(
-        self,
-        model,
-        data,
-        recipe,
-        normalization,
-        device,
-        precision,
-        input_size=None,
-        initialize_from_data=True,
-    ) -> None:
-        self.model = model.to(device, memory_format=torch.channels_last)
+    def __init__(self, job: TrainingJob) -> None:
+        data, recipe, device = job.data, job.recipe, job.device
+        self.model = job.model.to(device, memory_format=torch.channels_last)
         # Under torchrun: this rank's place. The forward/backward runs through the DDP wrapper.
         self.distributed = distributed.current()
         self.training_model = self.model
         self._wrapped_trainable: tuple[bool, ...] | None = None
-        self.data, self.recipe, self.normalization = data, recipe, normalization
-        self.device, self.precision = device, precision
-        has_validation = data.val_images is not None and len(data.val_images) > 0
-        if recipe.patience and not has_validation:
-            raise ValueError(
-                f"Early stopping watches validation metrics: use a validation split. "
-                f"Received: patience={recipe.patience} with no validation images"
-            )
+        self.data, self.recipe, self.normalization, self.task = data, recipe, job.normalization, job.task
+        self.device, self.precision, self.stop_request = device, job.precision, job.stop_request
+        self.has_validation = data.has_validation
         stored_side = min(data.train_images.shape[1:3])  # (N, H, W, C) pixels
-        self.input_size = input_size or stored_side
+        self.input_size = job.input_size or stored_side
         if recipe.cutout > self.input_size:
             size = self.input_size
             raise ValueError(
                 f"cutout must be at most the image size ({size} px). Received: cutout={recipe.cutout}"
             )
-        # Without validation data, "best" falls back to the training metric of the same kind.
-        monitor = recipe.monitor if has_validation else recipe.monitor.removeprefix(VALIDATION_PREFIX)
-        self.best = BestModel(monitor, recipe.patience)
+        self.num_classes = job.classes
+        # What the epoch lines show: the task's metrics for this data (balanced accuracy and
+        # macro-F1 beside accuracy when the classes are imbalanced) and whatever is monitored.
+        imbalanced = self.task.is_imbalanced(data.train_labels, self.num_classes)
+        self.metric_names = self.task.metric_names(imbalanced, recipe.monitor)
+        # The recipe's listeners come first, so that the job's (the run folder's) hear their verdict.
+        monitors: list[object] = [BestEpoch(recipe.monitor)]
+        if recipe.patience:
+            monitors.append(EarlyStopping(recipe.monitor, recipe.patience))
+        self.callbacks = CallbackList([*monitors, *job.callbacks])
+        self.view = TrainingView(self)
+        self.stop_reason: str | None = None  # set by a callback's request_stop
         # One CPU generator drives shuffling and augmentation: the same seed, the same run, anywhere.
         self.generator = torch.Generator().manual_seed(recipe.seed)
-        self.to_input = InputTransform(normalization, device)
+        self.to_input = InputTransform(job.normalization, device)
         plan = plan_steps(len(data.train_images), recipe, self.distributed.world_size)
         self.batch_size, self.steps_per_epoch = plan.batch_size, plan.steps_per_epoch
         self.epochs, self.total_steps = plan.epochs, plan.total_steps
         self.micro_batch_size = plan_micro_batch(
-            model, data, recipe, self.batch_size, self.input_size, device, self.distributed.world_size
+            self.model, data, recipe, self.batch_size, self.input_size, device, self.distributed.world_size
         )
         self.step = 0
         # Lowered once when a diverged run is retried (engine.divergence); kept across --resume.
         self.learning_rate_scale = 1.0
-        # (class weights, logit shift) of the recipe's imbalance settings, set at the first step.
-        self.class_balance: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
+        # The recipe's imbalance settings: (class weights, logit shift), None where off.
+        self.class_balance = self.task.class_balance(data.train_labels, self.num_classes, recipe, device)
         self.history = History()
         self.position: EpochPosition | None = None  # None between epochs
         self.augmenter = Augmenter(
@@ -151,12 +104,12 @@ class Trainer:
         )
         self.lookahead: Lookahead | None = None
         self.head_first = HeadFirst(self.model, recipe.freeze_epochs, recipe.fine_tune_lr_scale)
-        if initialize_from_data:
+        if job.initialize_from_data:
             self._initialize_from_data()
         # Weight decay per step scales with the batch actually used (smaller on small data).
         self.optimizer = build_optimizer(self.model, recipe.replace(batch_size=self.batch_size), device)
         # fp16 gradients underflow without loss scaling (bf16 has fp32's range and needs none).
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=job.precision == torch.float16)
 
     def _initialize_from_data(self) -> None:
         """Models with a data-dependent first layer (``initialize_from_data``) get a sample, seen
@@ -174,11 +127,11 @@ class Trainer:
 
     @property
     def finished(self) -> bool:
-        return self.completed_epochs >= self.epochs or self.best.should_stop
+        return self.completed_epochs >= self.epochs or self.stop_reason is not None
 
-    def fit(self, callbacks: Sequence[object] = (), stop_request: StopRequest | None = None) -> History:
-        listeners = CallbackList(callbacks)
-        listeners.call("on_train_begin", self)
+    def fit(self) -> History:
+        listeners, stop_request = self.callbacks, self.stop_request
+        listeners.call("on_train_begin", self.view)
         while not self.finished:
             if self._stop_requested(stop_request):  # arrived in an epoch's last step or validation
                 self._interrupt(listeners, stop_request)
@@ -192,23 +145,19 @@ class Trainer:
             except TrainingDiverged as diverged:
                 retry_or_stop(self, good, diverged, listeners)
                 continue
-            improved = self.best.update(epoch, metrics, self.model)
-            self.history.best_epoch = self.best.epoch
-            state = EpochEnd(epoch, self.epochs, metrics, self.history, self, improved, self.best.should_stop)
-            listeners.call("on_epoch_end", state)
-        # Keras's restore_best_weights: with early stopping, the run hands back its best model.
-        self.best.restore(self.model)
+            listeners.call("on_epoch_end", EpochEnd(epoch, self.epochs, metrics, self.view))
         if self.distributed.enabled:
             distributed.check_ranks_agree(self.model, self.device)
-        listeners.call("on_train_end", self)
+        listeners.call("on_train_end", self.view)  # early stopping puts the best weights back here
         return self.history
+
+    def metric_set(self, states: dict | None = None, count: int = 0) -> MetricSet:
+        """The run's metrics on its device (from saved ``states``: a resumed epoch's sums)."""
+        return MetricSet(self.metric_names, self.num_classes, self.device, states, count)
 
     def _sum_over_ranks(self, position: EpochPosition) -> None:
         """Turn this rank's running sums of an epoch into the whole job's."""
-        names = list(position.sums)
-        totals = distributed.all_reduce_sum([*position.sums.values(), position.seen], self.device)
-        position.sums = dict(zip(names, totals[:-1], strict=True))
-        position.seen = int(totals[-1])
+        position.sums, position.seen = distributed.sum_states(position.sums, position.seen, self.device)
 
     def _stop_requested(self, stop_request: StopRequest | None) -> bool:
         """Whether to stop now; under torchrun every rank must agree to stop at the same step."""
@@ -230,7 +179,13 @@ class Trainer:
             self._wrapped_trainable = trainable
 
     def _begin_epoch(self, epoch: int) -> EpochPosition:
-        order = torch.randperm(len(self.data.train_images), generator=self.generator)
+        """The epoch's order (a shuffle, or the class-balanced sampler's draw) and flips."""
+        count = len(self.data.train_images)
+        if self.recipe.sampler == "balanced":  # every class as likely, images drawn with replacement
+            weights = self.task.sampling_weights(self.data.train_labels, self.num_classes)
+            order = torch.multinomial(weights, count, replacement=True, generator=self.generator)
+        else:
+            order = torch.randperm(count, generator=self.generator)
         return EpochPosition(epoch, order, self.augmenter.flips_for_epoch(epoch - 1))
 
     def _end_epoch(self) -> dict[str, float]:
@@ -243,7 +198,8 @@ class Trainer:
             self._sum_over_ranks(position)
         started = time.perf_counter()
         validation = self.validate()
-        broken = non_finite_metric(validation) or non_finite_metric(mean_values(position.sums, position.seen))
+        training = self.metric_set(position.sums, position.seen).values()
+        broken = non_finite_metric(validation) or non_finite_metric(training)
         if broken is not None:
             raise TrainingDiverged(
                 f"{broken} became non-finite at the end of epoch {position.epoch}/{self.epochs}."
@@ -252,7 +208,7 @@ class Trainer:
             "epoch": position.epoch,
             "seconds": position.train_seconds + time.perf_counter() - started,
             "ms_per_sample": 1000 * position.train_seconds / max(1, position.seen),
-            **mean_values(position.sums, position.seen),
+            **training,
             **validation,
         }
         self.history.rows.append(metrics)
@@ -260,30 +216,31 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Validation metrics, ``val_``-prefixed (no test-time augmentation: that is for the final score)."""
-        if self.data.val_images is None or not len(self.data.val_images):
+        if not self.has_validation:
             return {}
-        # Each rank scores its share of the validation set; the sums are added up across ranks.
+        # Each rank scores its share of the validation set; the states are added up across ranks.
         share = self.distributed.shard(len(self.data.val_images))
         # Stored larger than the input (random-crop recipes): scored on centre crops, as predicted.
         # (Views: stored images are read batch by batch as they are scored.)
         images = center_crop_images(select_rows(self.data.val_images, share), self.input_size)
         labels = self.data.val_labels[share]
-        sums = [0.0] * len(BATCH_SUMS) + [float(len(images))]
+        metrics = MetricSet(self.metric_names, self.num_classes, "cpu")
         if len(images):
-            result = evaluate_tensors(
+            logits = predict_logits(
                 self.model,
                 images,
-                labels,
                 self.normalization,
                 self.device,
                 self.precision,
                 self.recipe.eval_batch_size,
             )
-            sums = [result[name] * len(images) for name in BATCH_SUMS] + [float(len(images))]
+            labels = labels.long()
+            metrics.update(self.task.evaluation_loss_sum(logits, labels), logits, labels)
+        states, count = metrics.states(), metrics.count
         if self.distributed.enabled:
-            sums = distributed.all_reduce_sum(sums, self.device)
-        totals, count = dict(zip(BATCH_SUMS, sums[:-1], strict=True)), int(sums[-1])
-        return {VALIDATION_PREFIX + name: value for name, value in mean_values(totals, count).items()}
+            states, count = distributed.sum_states(states, count, self.device)
+        values = MetricSet(self.metric_names, self.num_classes, "cpu", states, count).values()
+        return {f"val_{name}": value for name, value in values.items()}
 
     def train_steps(self, listeners: CallbackList, stop_request: StopRequest | None = None) -> None:
         """Run the current epoch's remaining steps (all of them, unless resumed mid-epoch)."""
@@ -298,7 +255,7 @@ class Trainer:
         listeners.call("on_epoch_begin", EpochBegin(position.epoch, self.epochs, steps, position.step))
         reports_progress = listeners.wants("on_progress")
         # Sums stay on the device: reading them every step would force a CUDA sync.
-        running = RunningMetrics(self.device, position.sums, position.seen)
+        running = self.metric_set(position.sums, position.seen)
         started = time.perf_counter()
         batches = [
             position.order[step * self.batch_size : (step + 1) * self.batch_size]
@@ -324,15 +281,15 @@ class Trainer:
         self._keep_sums(position, running, started)
 
     @staticmethod
-    def _keep_sums(position: EpochPosition, running: RunningMetrics, started: float) -> None:
-        position.sums, position.seen = running.totals(), running.count
+    def _keep_sums(position: EpochPosition, running: MetricSet, started: float) -> None:
+        position.sums, position.seen = running.states(), running.count
         position.train_seconds += time.perf_counter() - started
 
     def _interrupt(self, listeners: CallbackList, stop_request: StopRequest) -> None:
         """Let callbacks save the mid-epoch state, then stop with ``TrainingInterrupted``."""
         if self.distributed.enabled and self.position is not None:
             self._sum_over_ranks(self.position)  # rank 0 saves the whole job's running sums
-        saved = next((path for path in listeners.call("on_interrupt", self) if path), None)
+        saved = next((path for path in listeners.call("on_interrupt", self.view) if path), None)
         position = self.position
         where = (
             f"at epoch {position.epoch}/{self.epochs}, step {position.step}/{self.steps_per_epoch}"
@@ -350,7 +307,7 @@ class Trainer:
         self,
         batch: torch.Tensor,
         flips: torch.Tensor,
-        running: RunningMetrics,
+        running: MetricSet,
         pixels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Forward, backward and update on one global batch of indices; the batch's metrics go to
@@ -401,11 +358,7 @@ class Trainer:
         targets = self.data.train_labels[indices].to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.precision, enabled=self.precision != torch.float32):
             logits = self.training_model(inputs)
-        if self.class_balance is None:  # the number of classes is the logits' last dimension
-            self.class_balance = class_balance(
-                self.data.train_labels, logits.shape[-1], self.recipe, self.device
-            )
-        loss, objective = training_loss(
+        loss, objective = self.task.loss(
             logits, targets, self.recipe.label_smoothing, self.recipe.loss_reduction, *self.class_balance
         )
         is_sum = self.recipe.loss_reduction == "sum"
@@ -420,7 +373,7 @@ class Trainer:
         self.scaler.scale(objective).backward()
         loss = loss.detach()
         member_mean = logits.detach() if logits.ndim == 2 else logits.detach().mean(0)
-        running.add(loss * (1 if is_sum else len(targets)), member_mean, targets)
+        running.update(loss * (1 if is_sum else len(targets)), member_mean, targets)
         return loss
 
     def _set_first_layer_bias_trainable(self, epoch: int) -> None:
@@ -430,7 +383,8 @@ class Trainer:
             freeze(epoch <= self.recipe.first_layer_bias_epochs)
 
     def state_dict(self) -> dict:
-        """``{"model", "optimizer", "training"}``: everything needed to continue exactly."""
+        """``{"model", "optimizer", "training"}``: everything needed to continue exactly (the
+        callbacks' states included)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),

@@ -1,9 +1,9 @@
 """A trainer's state as plain data, so that a stopped run continues exactly where it left off.
 
 Beside the model and optimizer, "exactly" needs the step count, the random generators, the
-epoch's data order and flips, the running sums of the epoch, the lookahead average, the best
-value so far and the history. Everything here is tensors, numbers, lists and dicts: it loads
-with ``torch.load(weights_only=True)``.
+epoch's data order and flips, the running metric states of the epoch, the lookahead average, the
+callbacks' states (the best value so far, early stopping's weights) and the history. Everything
+here is tensors, numbers, lists and dicts: it loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ import torch
 
 from cnnkit.engine.lookahead import Lookahead
 
-STATE_VERSION = 2  # 2: the epoch's running sums by metric name (1: loss_sum and correct)
+# 3: metric states as tensors, callbacks' states under "callbacks", the stop's reason.
+# 2: the epoch's running sums by metric name, the best value and weights at the top level.
+# 1: loss_sum and correct.
+STATE_VERSION = 3
 _SAMPLES_HASHED = 64  # images per tensor in the data fingerprint: enough to tell data sets apart
 
 
@@ -28,7 +31,7 @@ class EpochPosition:
     order: torch.Tensor
     flips: torch.Tensor
     step: int = 0  # steps of this epoch already taken
-    sums: dict[str, float] = field(default_factory=dict)  # by metric name (engine.metrics)
+    sums: dict[str, Any] = field(default_factory=dict)  # metric states by name (engine.metrics)
     seen: int = 0
     train_seconds: float = 0.0
 
@@ -40,7 +43,7 @@ def training_state(trainer: Any) -> dict[str, Any]:
         "version": STATE_VERSION,
         "step": trainer.step,
         "finished": trainer.finished,
-        "stop_training": trainer.best.should_stop,
+        "stop_reason": trainer.stop_reason,
         "history": [dict(row) for row in trainer.history.rows],
         "position": None
         if position is None
@@ -58,7 +61,7 @@ def training_state(trainer: Any) -> dict[str, Any]:
         "cuda_rng": torch.cuda.get_rng_state(trainer.device) if trainer.device.type == "cuda" else None,
         "first_flips": trainer.augmenter.first_flips,
         "lookahead": None if trainer.lookahead is None else dict(trainer.lookahead.average),
-        **trainer.best.state_dict(),
+        "callbacks": trainer.callbacks.state_dict(),
         "grad_scaler": trainer.scaler.state_dict(),
         "learning_rate_scale": trainer.learning_rate_scale,  # lowered by a divergence's retry
         "batch_size": trainer.batch_size,
@@ -70,7 +73,7 @@ def training_state(trainer: Any) -> dict[str, Any]:
 def load_training_state(trainer: Any, state: dict[str, Any]) -> None:
     """Put ``trainer`` back in ``state`` (``Trainer.state_dict()``'s output)."""
     training = state["training"]
-    if training.get("version") not in (1, STATE_VERSION):
+    if training.get("version") not in (1, 2, STATE_VERSION):
         raise ValueError(f"Unsupported training state version. Received: version={training.get('version')!r}")
     if training["data_fingerprint"] != data_fingerprint(trainer.data):
         raise ValueError(
@@ -87,7 +90,7 @@ def load_training_state(trainer: Any, state: dict[str, Any]) -> None:
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.step = training["step"]
     trainer.learning_rate_scale = training.get("learning_rate_scale", 1.0)  # none before retries
-    trainer.best.should_stop = training["stop_training"]
+    trainer.stop_reason = training.get("stop_reason")
     trainer.history.rows = [dict(row) for row in training["history"]]
     position = training["position"]
     trainer.position = None if position is None else EpochPosition(**_current_position(position))
@@ -104,8 +107,9 @@ def load_training_state(trainer: Any, state: dict[str, Any]) -> None:
         trainer.lookahead.average = {
             name: tensor.to(trainer.device) for name, tensor in training["lookahead"].items()
         }
-    trainer.best.load_state_dict(training, trainer.device)
-    trainer.history.best_epoch = trainer.best.epoch
+    callbacks = _callback_states(training)
+    trainer.callbacks.load_state_dict(callbacks)
+    trainer.history.best_epoch = callbacks.get("best_epoch", {}).get("epoch")
     if training.get("grad_scaler"):
         trainer.scaler.load_state_dict(training["grad_scaler"])
 
@@ -116,6 +120,15 @@ def _current_position(position: dict[str, Any]) -> dict[str, Any]:
     if "loss_sum" in position:
         position["sums"] = {"loss": position.pop("loss_sum"), "accuracy": float(position.pop("correct"))}
     return position
+
+
+def _callback_states(training: dict[str, Any]) -> dict[str, Any]:
+    """The callbacks' states; before version 3 the best value, epoch and weights were the
+    trainer's own (the weights kept only with early stopping)."""
+    if "callbacks" in training:
+        return training["callbacks"]
+    best = {"value": training["best_value"], "epoch": training["best_epoch"]}
+    return {"best_epoch": best, "early_stopping": {**best, "weights": training["best_weights"]}}
 
 
 def data_fingerprint(data: Any) -> str:

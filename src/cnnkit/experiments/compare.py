@@ -54,6 +54,9 @@ class RunSummary:
     lowest_val_loss_epoch: int | None  # the overfitting point
     final_val_loss: float | None
     test_accuracy: float | None  # from report.json or the newest evaluate*/report.json on a test split
+    # Every other validation metric the run recorded (val_macro_f1, val_balanced_accuracy...): its
+    # best value, in the metric's own direction (engine.metrics).
+    best_other: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(repr=False, default_factory=list)
 
     def to_dict(self, fields: Sequence[str] = ()) -> dict[str, Any]:
@@ -180,8 +183,29 @@ def read_run(path: str | os.PathLike, label: str | None = None) -> RunSummary:
         lowest_val_loss_epoch=loss_epoch,
         final_val_loss=history[-1].get("val_loss") if history else None,
         test_accuracy=read_test_accuracy(folder, report),
+        best_other=best_other_metrics(history),
         history=history,
     )
+
+
+# The validation columns the table has its own columns for.
+_MAIN_METRICS = ("val_accuracy", "val_loss")
+
+
+def best_other_metrics(history: list[dict[str, float]]) -> dict[str, float]:
+    """The best value of each validation column besides accuracy and loss, by its metric's direction
+    (a column no metric of this cnnkit knows is left out)."""
+    from cnnkit.engine.metrics import METRICS, base_name, higher_is_better
+
+    columns = [key for key in (history[0] if history else {}) if key.startswith("val_")]
+    best = {}
+    for column in columns:
+        if column in _MAIN_METRICS or base_name(column) not in METRICS:
+            continue
+        _, value = _extreme(history, column, max if higher_is_better(column) else min)
+        if value is not None:
+            best[column] = value
+    return best
 
 
 def count_parameters(folder: Path) -> int | None:
@@ -226,6 +250,8 @@ def format_comparison_table(runs: Sequence[RunSummary], fields: Sequence[str]) -
     extra = [key for key in fields if key not in _OWN_COLUMNS]
     header = ["run", "model", "recipe", *extra, "params", "epochs", "time", "best val_acc", "final val_acc"]
     header += ["best val_loss", "lowest val_loss epoch", "final val_loss", "test acc"]
+    others = list(dict.fromkeys(key for run in runs for key in run.best_other))
+    header += [f"best {name}" for name in others]
     lines = [header]
     for run in runs:
         epochs = str(run.epochs)
@@ -238,6 +264,7 @@ def format_comparison_table(runs: Sequence[RunSummary], fields: Sequence[str]) -
         row += [_count(run.parameters), epochs, _duration(run.train_seconds), best_accuracy]
         row += [_figure(run.final_val_accuracy), _figure(run.best_val_loss)]
         row += [_integer(run.lowest_val_loss_epoch), _figure(run.final_val_loss), _figure(run.test_accuracy)]
+        row += [_figure(run.best_other.get(name)) for name in others]
         lines.append(row)
     return align_columns(lines)
 

@@ -51,7 +51,9 @@ class StudySettings:
 
     @property
     def maximize(self) -> bool:
-        return self.recipe.monitor == "val_accuracy"
+        from cnnkit.engine.metrics import higher_is_better
+
+        return higher_is_better(self.recipe.monitor)
 
     def to_plain(self) -> dict[str, Any]:
         return {

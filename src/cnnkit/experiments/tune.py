@@ -160,12 +160,9 @@ def tune(
 
 class PruningCallback:
     """The training callback that reports each epoch's monitored validation value to an Optuna
-    trial and stops the trial when its pruner says so.
-
-    The stop (``optuna.TrialPruned``) is raised as the next epoch begins rather than in
-    ``on_epoch_end``: the run folder's recorder listens after this callback, so the last epoch
-    is still written to metrics.csv and the checkpoints. A trial told to stop after its last
-    epoch has nothing left to save, and finishes.
+    trial and, when its pruner says so, asks training to stop after that epoch (``request_stop``):
+    the run folder's recorder, listening after it, still writes that epoch, and the trial is
+    marked pruned once training has returned.
     """
 
     def __init__(self, trial: Any, monitor: str) -> None:
@@ -183,16 +180,17 @@ class PruningCallback:
             )
         self.trial.report(float(value), state.epoch)
         self.reported[state.epoch] = float(value)
-        if self.pruned_after is None and self.trial.should_prune():
+        if self.pruned_after is None and state.epoch < state.epochs and self.trial.should_prune():
             self.pruned_after = state.epoch
+            state.view.request_stop(self.reason)
 
-    def on_epoch_begin(self, state: Any) -> None:
-        if self.pruned_after is not None:
-            value = self.reported[self.pruned_after]
-            raise import_optuna().TrialPruned(
-                f"pruned after epoch {self.pruned_after}: {self.monitor} {value:.4f} is worse than the "
-                "median of earlier trials at that epoch"
-            )
+    @property
+    def reason(self) -> str:
+        value = self.reported[self.pruned_after]
+        return (
+            f"pruned after epoch {self.pruned_after}: {self.monitor} {value:.4f} is worse than the "
+            "median of earlier trials at that epoch"
+        )
 
 
 class _Objective:
@@ -236,6 +234,8 @@ class _Objective:
             trial.set_user_attr("error", "interrupted")
             raise
         trial.set_user_attr("run_folder", str(result.run_folder))
+        if pruning.pruned_after is not None:
+            raise self.optuna.TrialPruned(pruning.reason)
         values = [row[monitor] for row in result.history.rows]
         return max(values) if self.settings.maximize else min(values)
 

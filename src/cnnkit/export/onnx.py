@@ -35,23 +35,22 @@ from torch import nn
 
 from cnnkit import __version__
 from cnnkit.checkpoint import Checkpoint, load_checkpoint
-from cnnkit.engine.evaluation import predict_logits
-from cnnkit.engine.inference import PixelClassifier, WithProbabilities
-from cnnkit.engine.preprocess import Normalization
 from cnnkit.export.verification_images import verification_images
 from cnnkit.fileio import atomic_write_bytes
 from cnnkit.inference.onnx_runtime import (
-    FLOAT_NCHW,
     FORMAT,
     FORMAT_VERSION,
     INPUT_NAME,
     LOGITS,
     PROBABILITIES,
-    UINT8_NHWC,
     encode_metadata,
 )
-from cnnkit.inference.predictor import ONNX_SUFFIX
 from cnnkit.runs.outputs import check_output_file
+from cnnkit.runtime.batched import predict_logits
+from cnnkit.runtime.constants import FLOAT_NCHW, ONNX_SUFFIX, UINT8_NHWC
+from cnnkit.runtime.normalization import Normalization
+from cnnkit.runtime.pixel_classifier import PixelClassifier, WithProbabilities
+from cnnkit.tasks import get_task
 
 INPUT_FORMATS = {"uint8": UINT8_NHWC, "float": FLOAT_NCHW}
 EXPORTERS = ("dynamo", "torchscript")
@@ -139,9 +138,14 @@ def export_onnx(
     network = checkpoint.build_model(checkpoint_path).eval()
     level = checkpoint.tta if tta else 0
     pixel_format = INPUT_FORMATS[input_format]
-    # The very module prediction runs (engine.inference), with the softmax beside the logits.
-    classifier = PixelClassifier(network, checkpoint.normalization, level, pixel_format=pixel_format)
-    module = WithProbabilities(classifier, keep_logits=True).eval()
+    # The very module prediction runs (runtime.pixel_classifier), with the task's output activation
+    # (single-label: softmax) beside the logits.
+    task = get_task(checkpoint.task)
+    offset = checkpoint.logit_offset  # a post-hoc adjustment for imbalanced classes: in the graph
+    classifier = PixelClassifier(
+        network, checkpoint.normalization, level, pixel_format=pixel_format, logit_offset=offset
+    )
+    module = WithProbabilities(classifier, keep_logits=True, task=task).eval()
 
     started = time.perf_counter()
     model = _export(module, checkpoint.image_size, pixel_format, opset, exporter)
@@ -150,7 +154,7 @@ def export_onnx(
     data = model.SerializeToString()
 
     images, source = verification_images(checkpoint, verify_data, verify_count)
-    expected = _pytorch_probabilities(network, checkpoint.normalization, images, level)
+    expected = _pytorch_probabilities(network, checkpoint.normalization, images, level, task, offset)
     difference = _max_difference(data, pixel_format, images, expected)
     if not difference <= tolerance:  # also catches NaN
         raise ExportVerificationError(
@@ -260,6 +264,7 @@ def _metadata(checkpoint: Checkpoint, pixel_format: str, tta: int, exporter: str
         "metrics": checkpoint.metrics,  # grouped by split
         "epoch": int(checkpoint.epoch),
         "recipe": checkpoint.recipe.name if checkpoint.recipe is not None else "",
+        "task": checkpoint.task,  # what the outputs mean (cnnkit.tasks); read as single-label if absent
         "cnnkit_version": __version__,
         "exporter": f"{exporter} (torch {torch.__version__})",
         "opset": str(opset),
@@ -286,13 +291,19 @@ def _set_metadata(model: Any, metadata: dict) -> None:
 
 
 def _pytorch_probabilities(
-    network: nn.Module, normalization: Normalization, images: np.ndarray, tta: int
+    network: nn.Module,
+    normalization: Normalization,
+    images: np.ndarray,
+    tta: int,
+    task: Any,
+    logit_offset: list[float] | None,
 ) -> np.ndarray:
     """The reference: cnnkit's own prediction path (InputTransform, tta_logits), float32 on CPU."""
+    pixels, cpu = torch.from_numpy(images), torch.device("cpu")
     logits = predict_logits(
-        network, torch.from_numpy(images), normalization, torch.device("cpu"), torch.float32, tta=tta
+        network, pixels, normalization, cpu, torch.float32, tta=tta, logit_offset=logit_offset
     )
-    return torch.softmax(logits, dim=1).numpy()
+    return task.probabilities(logits).numpy()
 
 
 def _max_difference(data: bytes, input_format: str, images: np.ndarray, expected: np.ndarray) -> float:

@@ -137,9 +137,8 @@ def _classify_chunk(
     ranked: Iterator[tuple[list[float], list[int]]] = iter(())
     if decoded:
         probabilities = classifier.predict(np.stack(decoded), batch_size)
-        # Stable: of equal probabilities, the first class ranks first.
-        indices = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
-        values = np.take_along_axis(probabilities, indices, axis=1)
+        # The task ranks them (single-label: most probable first; of equals, the first class).
+        indices, values = classifier.task.top_k(probabilities, top_k)
         ranked = zip(values.tolist(), indices.tolist(), strict=True)
     for item, image in zip(chunk, images, strict=True):
         if isinstance(image, str):

@@ -20,15 +20,14 @@ from cnnkit.data.pixels import check_pixels
 from cnnkit.fileio import json_text
 from cnnkit.messages import short_repr
 from cnnkit.reports.splits import metrics_by_split
+from cnnkit.runtime.constants import FLOAT_NCHW, PIXEL_FORMATS, TTA_LEVELS, UINT8_NHWC
+from cnnkit.tasks import get_task
 
 FORMAT = "cnnkit-onnx"
 FORMAT_VERSION = 1
 INPUT_NAME = "images"
 PROBABILITIES = "probabilities"
 LOGITS = "logits"
-UINT8_NHWC = "uint8-nhwc-rgb"  # the same names as cnnkit.engine.preprocess's, which imports torch
-FLOAT_NCHW = "float-nchw-rgb"
-INPUT_FORMATS = (UINT8_NHWC, FLOAT_NCHW)
 DEFAULT_BATCH_SIZE = 256
 # metadata_props values are strings; these hold JSON (lists, dicts, numbers).
 JSON_KEYS = (
@@ -96,8 +95,8 @@ METADATA_CHECKS: dict[str, tuple[str, Any]] = {
     "class_names": ("a list of two or more distinct strings", _is_class_names),
     "image_size": ("an integer >= 1", lambda value: _is_int(value, 1)),
     "resize_size": ("an integer >= 1", lambda value: _is_int(value, 1)),
-    "input_format": (" or ".join(repr(name) for name in INPUT_FORMATS), lambda value: value in INPUT_FORMATS),
-    "tta": ("0, 1 or 2", lambda value: _is_int(value, 0) and value <= 2),
+    "input_format": (" or ".join(repr(name) for name in PIXEL_FORMATS), lambda value: value in PIXEL_FORMATS),
+    "tta": ("0, 1 or 2", lambda value: _is_int(value, 0) and value in TTA_LEVELS),
     "epoch": ("an integer >= 0", lambda value: _is_int(value, 0)),
     "normalization": ("a mapping", _is_str_mapping),
     "model_arguments": ("a mapping", _is_str_mapping),
@@ -177,6 +176,8 @@ class OnnxClassifier:
                 f"Cannot read {path} as an ONNX model ({type(error).__name__}: {error})"
             ) from None
         self.metadata = _read_metadata(self.session, path)
+        # What the outputs mean (cnnkit.tasks); files exported before tasks are single-label.
+        self.task = get_task(self.metadata.get("task"))
         # Grouped by split (train, validation, test); files of older versions held them flat.
         self.metadata["metrics"] = metrics_by_split(self.metadata.get("metrics", {}))
         self.metadata.update(source="onnx", path=str(path))
@@ -212,7 +213,7 @@ class OnnxClassifier:
 
     def predict_classes(self, images: np.ndarray) -> list[str]:
         """The most probable class name for each image."""
-        return [self.class_names[index] for index in self.predict(images).argmax(1)]
+        return [self.class_names[index] for index in self.task.decide(self.predict(images))]
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         if self.input_format == FLOAT_NCHW:

@@ -13,10 +13,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from cnnkit.inference.onnx_runtime import UINT8_NHWC, OnnxClassifier
+from cnnkit.inference.onnx_runtime import OnnxClassifier
 from cnnkit.reports.splits import metrics_by_split
-
-ONNX_SUFFIX = ".onnx"
+from cnnkit.runtime.constants import ONNX_SUFFIX, UINT8_NHWC
 
 
 @runtime_checkable
@@ -27,6 +26,7 @@ class Predictor(Protocol):
     image_size: int
     resize_size: int  # decode to this square, then keep the centre image_size square
     metadata: dict[str, Any]
+    task: Any  # cnnkit.tasks: how a prediction is decided and ranked
 
     def predict(self, images: np.ndarray, batch_size: int = ...) -> np.ndarray:
         """Probabilities ``(N, classes)`` of uint8 RGB ``(N, image_size, image_size, 3)`` images."""
@@ -58,7 +58,7 @@ class CheckpointPredictor:
         try:
             from cnnkit.api import Classifier  # torch, only for checkpoints
             from cnnkit.checkpoint import load_checkpoint
-            from cnnkit.engine.device import precision_name
+            from cnnkit.runtime.device import precision_name
         except ModuleNotFoundError as error:
             if error.name != "torch":
                 raise
@@ -73,6 +73,7 @@ class CheckpointPredictor:
             checkpoint, device=device, precision=precision, source=path
         )
         self.class_names: list[str] = list(self.classifier.class_names)
+        self.task = self.classifier.task
         self.image_size: int = int(self.classifier.image_size)
         self.resize_size: int = int(checkpoint.resize_size)
         self.metadata: dict[str, Any] = {

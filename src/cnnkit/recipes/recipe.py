@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,13 @@ class Recipe:
     # logits, so the model learns margins against the frequent classes; prediction uses the plain
     # logits. tau = 1 is the paper's; 0: off.
     logit_adjustment: float = 0.0
+    # The order images are drawn in each epoch: "shuffle" (each image once) or "balanced" (every
+    # class equally often, images drawn with replacement; seeded and resumable like a shuffle).
+    sampler: str = "shuffle"
+    # After training on imbalanced classes (largest over smallest > 3) with a validation split,
+    # "auto" adds -tau * log(class prior) to best.pt's logits, tau in [-1, 2] chosen for the best
+    # validation balanced accuracy (post-hoc logit adjustment, Menon et al.); "none": never.
+    decision_adjustment: str = "auto"
     loss_reduction: str = "mean"  # "sum" makes the step size independent of the batch size
     drop_last: bool = False  # drop the last partial batch of each epoch
     # "none", "random" (each epoch), "alternating" (random in epoch 0, then every other epoch)
@@ -88,8 +96,9 @@ class Recipe:
     image_size: int | None = None  # None: the data's own size
     model_arguments: dict = field(default_factory=dict)  # e.g. {"widths": [64, 256, 256]}
     eval_batch_size: int = 1024  # evaluation only: larger batches, same results, faster
-    # The metric that picks best.pt and drives early stopping: "val_accuracy" (higher is better)
-    # or "val_loss" (lower is better); without a validation split, its training counterpart.
+    # The metric that picks best.pt and drives early stopping: any metric's validation column
+    # (engine.metrics: val_accuracy, val_loss, val_balanced_accuracy, val_macro_f1), whose metric
+    # says which way is better; without a validation split, its training counterpart.
     monitor: str = "val_accuracy"
     # Early stopping: stop after this many epochs without a better monitored value and restore
     # the best weights (Keras's EarlyStopping(restore_best_weights=True)); 0 never stops early.
@@ -276,6 +285,8 @@ def _range_checks(recipe: Recipe) -> dict[str, tuple[str, bool]]:
         "label_smoothing": ("in [0, 1)", 0 <= recipe.label_smoothing < 1),
         "class_weights": ("'none' or 'balanced'", recipe.class_weights in ("none", "balanced")),
         "logit_adjustment": ("in [0, 4]", 0 <= recipe.logit_adjustment <= 4),
+        "sampler": ("'shuffle' or 'balanced'", recipe.sampler in ("shuffle", "balanced")),
+        "decision_adjustment": ("'auto' or 'none'", recipe.decision_adjustment in ("auto", "none")),
         "loss_reduction": ("'mean' or 'sum'", recipe.loss_reduction in ("mean", "sum")),
         "flip": ("'none', 'random' or 'alternating'", recipe.flip in ("none", "random", "alternating")),
         # Bounded by the input size too, once it is known (``check_input_size``).
@@ -306,7 +317,11 @@ def _range_checks(recipe: Recipe) -> dict[str, tuple[str, bool]]:
         ),
         "image_size": ("null or an integer >= 4", size is None or size >= 4),
         "eval_batch_size": ("an integer >= 1", recipe.eval_batch_size >= 1),
-        "monitor": ("'val_accuracy' or 'val_loss'", recipe.monitor in ("val_accuracy", "val_loss")),
+        # Which metric names exist is the engine's (engine.metrics.check_metric_name, at training).
+        "monitor": (
+            "a metric's history column, e.g. 'val_accuracy', 'val_loss' or 'val_macro_f1'",
+            re.fullmatch(r"[a-z][a-z0-9_]*", recipe.monitor) is not None,
+        ),
         "patience": (">= 0", recipe.patience >= 0),
         "min_steps": (">= 0", recipe.min_steps >= 0),
         "memory_budget_gb": ("> 0", recipe.memory_budget_gb > 0),

@@ -60,6 +60,10 @@ class ClassificationReport:
     misclassified_count: int
     top5_accuracy: float | None = None  # only with at least five classes
     loss: float | None = None
+    # From the metric objects (engine.metrics), as the epoch lines: the mean recall of the classes
+    # present, and the unweighted mean F1.
+    balanced_accuracy: float | None = None
+    macro_f1: float | None = None
     missing_classes: list[str] = field(default_factory=list)
     never_predicted: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -70,6 +74,9 @@ class ClassificationReport:
         if self.loss is not None:
             result["loss"] = self.loss
         result["count"] = self.count
+        for name in ("balanced_accuracy", "macro_f1"):
+            if getattr(self, name) is not None:
+                result[name] = getattr(self, name)
         if self.top5_accuracy is not None:
             result["top5_accuracy"] = self.top5_accuracy
         result.update(
@@ -103,6 +110,8 @@ class ClassificationReport:
             misclassified_count=int(values["misclassified_count"]),
             top5_accuracy=values.get("top5_accuracy"),
             loss=values.get("loss"),
+            balanced_accuracy=values.get("balanced_accuracy"),
+            macro_f1=values.get("macro_f1"),
             missing_classes=list(values["missing_classes"]),
             never_predicted=list(values["never_predicted"]),
             notes=list(values["notes"]),
@@ -265,6 +274,12 @@ def _notes(report: ClassificationReport) -> list[str]:
     return notes
 
 
+def imbalanced(report: ClassificationReport, ratio: float = 3.0) -> bool:
+    """Whether the largest class of the scored images has more than ``ratio`` times the smallest's."""
+    supports = [row.support for row in report.per_class if row.support]
+    return len(supports) > 1 and max(supports) > ratio * min(supports)
+
+
 def format_report_table(report: ClassificationReport, digits: int = 4) -> str:
     """The report as text, laid out like scikit-learn's ``classification_report``."""
     headers = ("precision", "recall", "f1-score", "support")
@@ -292,6 +307,9 @@ def format_report_table(report: ClassificationReport, digits: int = 4) -> str:
         extras.append(f"top-5 accuracy {number(report.top5_accuracy)}")
     if report.loss is not None:
         extras.append(f"loss {number(report.loss)}")
+    if report.balanced_accuracy is not None and imbalanced(report):
+        extras.append(f"balanced accuracy {number(report.balanced_accuracy)}")
+        extras.append(f"macro-F1 {number(report.macro_f1)}")
     extras.append(f"{report.misclassified_count} of {report.count} images misclassified")
     lines += ["", " - ".join(extras)]
     lines += [f"Note: {note}" for note in report.notes]

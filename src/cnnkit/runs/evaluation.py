@@ -12,13 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from cnnkit.api import Classifier
 from cnnkit.checkpoint import Checkpoint, load_checkpoint, to_plain
 from cnnkit.data import ImageData, load_dataset
-from cnnkit.engine.device import configure_process
-from cnnkit.engine.evaluation import predict_logits
+from cnnkit.engine.metrics import score_logits
 from cnnkit.fileio import atomic_write_text, json_text
 from cnnkit.reports.classification import (
     ClassificationReport,
@@ -29,6 +27,10 @@ from cnnkit.reports.classification import (
 from cnnkit.reports.evaluation_plots import plot_confusion_matrix, plot_misclassified
 from cnnkit.runs.folders import create_run_folder
 from cnnkit.runs.splits import training_splits
+from cnnkit.runtime.device import configure_process
+
+# The headline figures of an evaluation, by the metric objects the epoch lines use.
+REPORTED_METRICS = ("loss", "accuracy", "balanced_accuracy", "macro_f1")
 
 REPORT_FILES = {
     "per_class_csv": "per_class.csv",
@@ -54,25 +56,19 @@ def evaluate_classifier(
     if len(data) == 0:
         raise ValueError("Cannot evaluate on an empty set of images.")
     labels = (data.labels if labels is None else labels).long().cpu()
-    classifier.network.to(classifier.device)
-    logits = predict_logits(
-        classifier.network,
-        classifier.model_view(data.images),
-        classifier.normalization,
-        classifier.device,
-        classifier.precision,
-        batch_size,
-        classifier.tta,
-    )
-    return classification_report(
+    logits = classifier.logits(data.images, batch_size)
+    headline = score_logits(logits, labels, REPORTED_METRICS)
+    report = classification_report(
         labels.numpy(),
-        torch.softmax(logits, dim=1).numpy(),
+        classifier.task.probabilities(logits).numpy(),
         classifier.class_names,
-        loss=F.cross_entropy(logits, labels).item(),
+        loss=headline["loss"],
         # ``names`` (each image's relative path) is optional in the data layer.
         names=getattr(data, "names", None),
         misclassified_limit=misclassified_limit,
     )
+    report.balanced_accuracy, report.macro_f1 = headline["balanced_accuracy"], headline["macro_f1"]
+    return report
 
 
 def report_folder(checkpoint_path: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:

@@ -17,7 +17,7 @@ import torch
 from cnnkit.api import Classifier
 from cnnkit.checkpoint import load_checkpoint, load_weights
 from cnnkit.data.pretrained import PRETRAINED_WEIGHTS, pretrained_weights_file, read_state_dict
-from cnnkit.engine.preprocess import Normalization
+from cnnkit.runtime.normalization import Normalization
 
 
 @dataclass

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ONNX_SUFFIX = ".onnx"
+from cnnkit.runtime.constants import ONNX_SUFFIX
+
 # Each kind of folder cnnkit writes: (its marker, the files it writes, by name). The writers:
 # runs/folders.py, runs/recorder.py, runs/training.py (a run, and each trial of a tuning study);
 # runs/evaluation.py: REPORT_FILES (an evaluation report, by default inside its run folder);

@@ -13,12 +13,13 @@ from cnnkit import __version__
 from cnnkit.api import Classifier
 from cnnkit.checkpoint import load_checkpoint, save_checkpoint
 from cnnkit.data import DataSplits
+from cnnkit.data.balance import IMBALANCE_RATIO
 from cnnkit.engine.callbacks import History
-from cnnkit.engine.device import precision_name
 from cnnkit.recipes import Recipe
 from cnnkit.reports.chance import chance_verdict
 from cnnkit.reports.splits import metrics_by_split
 from cnnkit.runs.splits import report_split, split_roles
+from cnnkit.runtime.device import precision_name
 
 
 def final_report(run: Any, history: History, seconds: float) -> dict[str, Any]:
@@ -45,7 +46,12 @@ def final_report(run: Any, history: History, seconds: float) -> dict[str, Any]:
         model = Classifier.from_checkpoint(
             best, device=str(run.classifier.device), precision=precision_name(run.classifier.precision)
         )
-        metrics = model.evaluate(evaluation_data.images, evaluation_data.labels)
+        # Balanced accuracy and macro-F1 beside accuracy when the classes are imbalanced.
+        ratio = run.config.get("imbalance_ratio", 1)  # the training split's; None: a class has none
+        imbalanced = ratio is None or ratio > IMBALANCE_RATIO
+        imbalanced = imbalanced or model.task.is_imbalanced(evaluation_data.labels, len(model.class_names))
+        names = model.task.metric_names(imbalanced)
+        metrics = model.evaluate(evaluation_data.images, evaluation_data.labels, metrics=names)
         scored = {"split": split_name, "data": run.config["splits"][split_name], "checkpoint": "best.pt"}
         report["evaluation"] = {**scored, "epoch": best.epoch, **metrics}
         if split_name == "test":

@@ -29,23 +29,25 @@ from cnnkit.data import (
     skipped_summary,
     write_skipped_list,
 )
-from cnnkit.data.balance import class_balance_summary, imbalance_note
+from cnnkit.data.balance import SETTINGS, class_balance_summary, imbalance_note
 from cnnkit.data.survey import SizeSurvey, survey_image_sizes
 from cnnkit.engine import distributed
-from cnnkit.engine.callbacks import History
+from cnnkit.engine.callbacks import CallbackList, History
 from cnnkit.engine.console import ConsoleLogger
-from cnnkit.engine.device import configure_process, precision_name, precision_warning, resolve_device
 from cnnkit.engine.interrupt import stop_on_signals
+from cnnkit.engine.metrics import check_metric_name
 from cnnkit.engine.planning import min_steps_note, plan_steps
-from cnnkit.engine.preprocess import Normalization
 from cnnkit.models import check_model_arguments, model_takes
 from cnnkit.recipes import DEFAULT_RECIPE, Recipe, load_recipe
 from cnnkit.runs.choices import default_recipe, plan_sizes
 from cnnkit.runs.folders import CONFIG_FILE, create_run_folder, write_config, write_report
+from cnnkit.runs.imbalance import TURN_OFF, adjust_best_checkpoint, describe_adjustment, wants_adjustment
 from cnnkit.runs.initialization import InitialWeights, apply_initial_weights, initial_weights
 from cnnkit.runs.recorder import RunRecorder
 from cnnkit.runs.records import final_report, run_config
 from cnnkit.runs.splits import training_splits
+from cnnkit.runtime.device import configure_process, precision_name, precision_warning, resolve_device
+from cnnkit.runtime.normalization import Normalization
 
 
 @dataclass
@@ -93,7 +95,7 @@ def train(
     """
     stream = stream or sys.stdout
     overrides = dict(overrides or {})
-    load_recipe(recipe or DEFAULT_RECIPE, overrides)  # a bad setting fails now, before any work
+    check_metric_name(load_recipe(recipe or DEFAULT_RECIPE, overrides).monitor)  # fails now, before any work
     configure_process()
     job, device = distributed.initialize(device)  # under torchrun rank 0 alone prints and writes
     verbose = verbose and job.is_main
@@ -123,7 +125,7 @@ def train(
     folder = _create_shared_run_folder(out, name, job)
     config = run_config(data, splits, recipe, classifier, train_data, val_data, strict)
     config["init"] = initial.source if initial is not None else None
-    _plan_on_data(config, recipe, train_data, job.world_size, verbose)
+    _plan_on_data(config, recipe, train_data, bool(val_data), job.world_size, verbose)
     if job.is_main:
         write_config(folder, config)
         _report_skipped(folder, splits, verbose)
@@ -198,11 +200,13 @@ def resume(
     precision: str = "auto",
     verbose: bool = True,
     stream: TextIO | None = None,
+    callbacks: Sequence[object] = (),
 ) -> TrainResult:
     """Continue the stopped run in ``run_folder`` from its ``last.pt``, as if never interrupted.
 
     On the same device and thread count, the final weights and metrics equal those of an
-    uninterrupted run. After a hard kill, ``last.pt`` is the last finished epoch's.
+    uninterrupted run. After a hard kill, ``last.pt`` is the last finished epoch's. ``callbacks``
+    listen as in ``train``; those with a ``state_key`` get back the state they saved.
     """
     folder = Path(run_folder)
     if not folder.is_dir():
@@ -252,7 +256,8 @@ def resume(
         "optimizer": checkpoint.optimizer_state,
         "training": state,
     }
-    run = _Run(folder, classifier, recipe, splits, train_data, val_data, {**config, "recipe": recipe})
+    config = {**config, "recipe": recipe}
+    run = _Run(folder, classifier, recipe, splits, train_data, val_data, config, list(callbacks))
     return _train_in_folder(run, stream if verbose else None, resume_state)
 
 
@@ -288,7 +293,7 @@ def _train_in_folder(
     started = time.perf_counter()
     try:
         with stop_on_signals() as stop_request:
-            history = classifier.fit_data(
+            job = classifier.training_job(
                 run.train_data,
                 run.val_data,
                 run.recipe,
@@ -297,6 +302,7 @@ def _train_in_folder(
                 stop_request=stop_request,
                 initialize_from_data=initialize_from_data,
             )
+            history = classifier.fit_job(job)
     except FloatingPointError as error:
         last = folder / "last.pt"
         kept = (
@@ -307,21 +313,34 @@ def _train_in_folder(
         raise FloatingPointError(f"{error} Training stopped; {kept}.") from None
     if not is_main:  # the other ranks' work is done: rank 0 evaluates and reports
         return TrainResult(folder, history, {}, classifier)
+    adjustment = adjust_best_checkpoint(run)  # imbalanced classes: best.pt decides for the prior
+    if adjustment is not None and stream is not None:
+        print(describe_adjustment(adjustment), file=sys.stderr)
     report = final_report(run, history, time.perf_counter() - started)
+    if adjustment is not None:
+        report["decision_adjustment"] = adjustment
     write_report(folder, report)
+    CallbackList(callbacks).call("on_report", report)  # e.g. an experiment tracker's summary
     return TrainResult(folder, history, report, classifier)
 
 
 def _plan_on_data(
-    config: dict, recipe: Recipe, train_data: ImageData, world_size: int, verbose: bool
+    config: dict, recipe: Recipe, train_data: ImageData, has_validation: bool, world_size: int, verbose: bool
 ) -> None:
     """Record in ``config`` what the recipe's batch and epochs come to on this data (a small set gets
-    a smaller batch, min_steps may lengthen it) and how balanced its classes are; say what surprises."""
+    a smaller batch, min_steps may lengthen it) and how balanced its classes are; say what surprises,
+    and what is done about imbalanced classes."""
     plan = plan_steps(len(train_data), recipe, world_size)
     config["training_plan"] = dataclasses.asdict(plan)
     balance = class_balance_summary(train_data.labels, train_data.class_names)
     config.update(balance)  # class_counts, imbalance_ratio: also in report.json
-    notes = (min_steps_note(len(train_data), recipe, plan), imbalance_note(balance))
+    remedy = SETTINGS
+    if wants_adjustment(recipe, balance["imbalance_ratio"], has_validation):
+        remedy = (
+            "After training, best.pt's logits are adjusted for the class prior, the strength chosen "
+            f"on the validation split (post-hoc logit adjustment; {TURN_OFF} turns it off)."
+        )
+    notes = (min_steps_note(len(train_data), recipe, plan), imbalance_note(balance, remedy))
     for note in notes if verbose else ():
         if note:
             print(note, file=sys.stderr)

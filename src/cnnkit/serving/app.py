@@ -38,6 +38,7 @@ from cnnkit.serving.uploads import (
     request_pixels,
     split_uploads,
 )
+from cnnkit.tasks import SINGLE_LABEL
 
 STATIC_DIRECTORY = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
@@ -226,7 +227,7 @@ def _add_predict_route(
             raise RequestError(500, f"The model failed ({type(error).__name__}: {error})") from None
         if len(outcomes) == 1 and isinstance(outcomes[0], str):
             raise RequestError(415, outcomes[0])
-        ranked = rank_results(uploads, outcomes, class_names, min(top_k, len(class_names)))
+        ranked = rank_results(uploads, outcomes, class_names, min(top_k, len(class_names)), predictor.task)
         return JSONResponse({"results": ranked})
 
 
@@ -235,15 +236,19 @@ async def _in_thread(function: functools.partial) -> Any:
 
 
 def rank_results(
-    uploads: list[Upload], outcomes: list[np.ndarray | str], class_names: list[str], top_k: int
+    uploads: list[Upload],
+    outcomes: list[np.ndarray | str],
+    class_names: list[str],
+    top_k: int,
+    task: Any = SINGLE_LABEL,
 ) -> list[dict[str, Any]]:
     """One result dict per upload (see ``schemas.ImageResult``) from its probabilities or error."""
     rows = [outcome for outcome in outcomes if not isinstance(outcome, str)]
     ranked: list[tuple[list[int], list[float]]] = []
     if rows:
         probabilities = np.stack(rows)
-        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
-        values = np.take_along_axis(probabilities, order, axis=1).astype(np.float64).round(6)
+        order, values = task.top_k(probabilities, top_k)  # the task ranks them (cnnkit.tasks)
+        values = values.astype(np.float64).round(6)
         ranked = list(zip(order.tolist(), values.tolist(), strict=True))
     results = []
     next_ranked = iter(ranked)

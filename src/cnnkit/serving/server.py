@@ -23,13 +23,13 @@ import uvicorn
 from fastapi import FastAPI
 
 from cnnkit.inference.onnx_runtime import OnnxClassifier
-from cnnkit.inference.predictor import ONNX_SUFFIX, CheckpointPredictor, Predictor, load_predictor
+from cnnkit.inference.predictor import CheckpointPredictor, Predictor, load_predictor
+from cnnkit.runtime.constants import ONNX_SUFFIX, TTA_LEVELS, available_cores
 from cnnkit.serving.app import DEFAULT_MAX_REQUEST_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, create_app
 from cnnkit.serving.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-TTA_LEVELS = (0, 1, 2)
 
 
 def load_service_predictor(
@@ -49,7 +49,7 @@ def load_service_predictor(
     """
     if tta is not None and tta not in TTA_LEVELS:
         raise ValueError(f"tta must be 0, 1 or 2. Received: tta={tta}")
-    threads = threads or max(1, _available_cores() - 1)
+    threads = threads or max(1, available_cores() - 1)
     is_plain_onnx = device in ("auto", "cpu") and precision in ("auto", "fp32")
     if Path(path).suffix.lower() == ONNX_SUFFIX and is_plain_onnx:
         predictor: Predictor = OnnxClassifier(path, threads=threads)
@@ -69,21 +69,13 @@ def load_service_predictor(
 
 def _prepare_checkpoint(predictor: CheckpointPredictor, tta: int | None, threads: int) -> Predictor:
     """Threads, the TTA level, then the traced graph (torch is imported here: checkpoints only)."""
-    from cnnkit.engine.device import configure_threads
+    from cnnkit.runtime.device import configure_threads
     from cnnkit.serving.traced import trace_predictor
 
     configure_threads(threads)
     tta = 0 if tta is None else tta  # deployment answers from one view unless asked otherwise
     predictor.classifier.tta = predictor.metadata["tta"] = tta
     return trace_predictor(predictor)
-
-
-def _available_cores() -> int:
-    # As engine.device.available_cores, which imports torch: an ONNX model is served without it.
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def check_port(port: int) -> int:

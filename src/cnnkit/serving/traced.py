@@ -7,7 +7,7 @@ Python thread that never blocks. Traced, the pixels-to-probabilities graph (scal
 test-time augmentation, softmax) runs in C++ from start to end, and the same batch took 9 ms
 alone and the model and the event loop work at the same time.
 
-The traced graph is the module ``Classifier.predict`` runs (``engine.inference.PixelClassifier``),
+The traced graph is the module ``Classifier.predict`` runs (``runtime.pixel_classifier.PixelClassifier``),
 in the same precision (the casts autocast inserts are recorded in it), and is checked against it
 before it is used.
 """
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnkit.engine.inference import PixelClassifier, WithProbabilities
 from cnnkit.inference.predictor import CheckpointPredictor
+from cnnkit.runtime.pixel_classifier import PixelClassifier, WithProbabilities
 
 # Probabilities of the traced graph and of Classifier.predict may differ by rounding only.
 TOLERANCE = 1e-4
@@ -47,11 +47,18 @@ class TracedPredictor:
         self.metadata: dict[str, Any] = {**predictor.metadata, "runner": "torchscript"}
         self.device = predictor.classifier.device
         classifier = predictor.classifier
-        # The very module Classifier.predict runs (engine.inference), softmax included.
+        # The very module Classifier.predict runs (runtime.pixel_classifier), the task's output
+        # activation (single-label: softmax) included.
+        self.task = classifier.task
         module = WithProbabilities(
             PixelClassifier(
-                classifier.network, classifier.normalization, classifier.tta, classifier.precision
-            )
+                classifier.network,
+                classifier.normalization,
+                classifier.tta,
+                classifier.precision,
+                logit_offset=classifier.logit_offset,
+            ),
+            task=classifier.task,
         ).eval()
         for parameter in module.parameters():
             parameter.requires_grad_(False)  # weights become constants of the graph

@@ -6,11 +6,16 @@ and ``cnnkit export`` turns it into an ONNX graph: one module, so the three cann
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.engine.preprocess import UINT8_NHWC, InputTransform, Normalization
+from cnnkit.runtime.constants import TTA_LEVELS, UINT8_NHWC
+from cnnkit.runtime.normalization import InputTransform, Normalization
+from cnnkit.tasks import SINGLE_LABEL
 
 
 def tta_logits(model: nn.Module, inputs: torch.Tensor, level: int) -> torch.Tensor:
@@ -40,6 +45,8 @@ class PixelClassifier(nn.Module):
 
     ``precision`` other than float32 runs the network under autocast (without autocast's weight
     cache, which tracing cannot record). An ensemble's logits are averaged over its members.
+    ``logit_offset``: one number a class added to the logits (a post-hoc logit adjustment for
+    imbalanced classes, ``tasks``' ``choose_logit_adjustment``; kept in the checkpoint).
     """
 
     def __init__(
@@ -49,15 +56,19 @@ class PixelClassifier(nn.Module):
         tta: int = 0,
         precision: torch.dtype = torch.float32,
         pixel_format: str = UINT8_NHWC,
+        logit_offset: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        if tta not in (0, 1, 2):
+        if tta not in TTA_LEVELS:
             raise ValueError(f"tta must be 0, 1 or 2. Received: tta={tta!r}")
         device = next(network.parameters()).device
         self.network = network
         self.to_input = InputTransform(normalization, device, pixel_format)
         self.tta = tta
         self.precision = precision
+        if logit_offset is not None:
+            logit_offset = torch.tensor(logit_offset, dtype=torch.float32, device=device)
+        self.register_buffer("logit_offset", logit_offset)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         inputs = self.to_input(images)
@@ -66,18 +77,23 @@ class PixelClassifier(nn.Module):
         else:
             with torch.autocast(inputs.device.type, dtype=self.precision, cache_enabled=False):
                 logits = tta_logits(self.network, inputs, self.tta)
+        if self.logit_offset is not None:
+            return logits.float() + self.logit_offset
         return logits.float()
 
 
 class WithProbabilities(nn.Module):
-    """``(softmax(logits), logits)`` of a ``PixelClassifier``, or the probabilities alone."""
+    """``(probabilities, logits)`` of a ``PixelClassifier``, or the probabilities alone: the
+    ``task``'s output activation (``cnnkit.tasks``; single-label: softmax), traced into the
+    service's and the ONNX graphs."""
 
-    def __init__(self, classifier: PixelClassifier, keep_logits: bool = False) -> None:
+    def __init__(self, classifier: PixelClassifier, keep_logits: bool = False, task: Any = None) -> None:
         super().__init__()
         self.classifier = classifier
         self.keep_logits = keep_logits
+        self.task = task or SINGLE_LABEL
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         logits = self.classifier(images)
-        probabilities = torch.softmax(logits, dim=1)
+        probabilities = self.task.probabilities(logits)
         return (probabilities, logits) if self.keep_logits else probabilities

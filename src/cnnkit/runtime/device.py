@@ -1,4 +1,4 @@
-"""Device, precision and process set-up. Only the engine decides these; models stay plain.
+"""Device, precision and process set-up. Only the runtime decides these; models stay plain.
 
 ``configure_process`` changes process-wide state (threads, denormal flushing, the allocator):
 the command line and the whole jobs in ``cnnkit.runs`` call it once, where a process starts;
@@ -13,7 +13,7 @@ import platform
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from cnnkit.runtime.constants import PRECISIONS, available_cores
 
 
 def flush_denormals() -> bool:
@@ -40,7 +40,7 @@ def keep_freed_memory() -> bool:
     Every thread then allocates from one arena: with several (glibc gives a thread that
     allocates its own), memory that the batch-reading thread allocated and the main thread freed
     was not reused, and evaluating 400,000 images at 64 px grew past 22 GiB. With one arena and
-    the logits in one tensor (``engine.evaluation``), 40,000 images peak at 1.7 GiB instead of
+    the logits in one tensor (``runtime.batched``), 40,000 images peak at 1.7 GiB instead of
     4.7 (docs/benchmarks.md).
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
@@ -106,14 +106,6 @@ def precision_warning(device: torch.device, precision: str) -> str | None:
         faster = "bf16, which this CPU computes natively" if cpu_supports_bf16() else "fp32"
         return f"fp16 on a CPU is emulated: several times slower than {faster} (--precision auto picks it)."
     return None
-
-
-def available_cores() -> int:
-    """Cores this process may run on (respects CPU affinity, e.g. taskset or containers)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def configure_threads(threads: int | None = None) -> int:

@@ -9,12 +9,10 @@ from torch import nn
 
 from cnnkit.data.pixels import check_pixels
 from cnnkit.data.stored_images import StoredImages
+from cnnkit.runtime.constants import PIXEL_FORMATS, UINT8_NHWC
 
 # Images whose histograms are counted at a time by ``Normalization.from_images``.
 _STATISTICS_CHUNK = 1000
-
-UINT8_NHWC = "uint8-nhwc-rgb"  # pixels as decoded: (N, H, W, 3), 0-255
-FLOAT_NCHW = "float-nchw-rgb"  # (N, 3, H, W) in [0, 1]
 
 
 @dataclass(frozen=True)
@@ -86,7 +84,7 @@ class InputTransform(nn.Module):
         self, normalization: Normalization, device: torch.device | str = "cpu", pixel_format: str = UINT8_NHWC
     ) -> None:
         super().__init__()
-        if pixel_format not in (UINT8_NHWC, FLOAT_NCHW):
+        if pixel_format not in PIXEL_FORMATS:
             raise ValueError(f"Unknown pixel format. Received: pixel_format={pixel_format!r}")
         self.pixel_format = pixel_format
         mean = torch.tensor(normalization.mean, device=device).view(1, 3, 1, 1)

@@ -1,17 +1,17 @@
-"""Logits and metrics of a model over uint8 images (in memory or stored), in batches, with optional TTA."""
+"""Logits of a model over uint8 images (in memory or stored), in batches, with optional TTA."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from cnnkit.data.stored_images import StoredImages
-from cnnkit.engine.inference import PixelClassifier
-from cnnkit.engine.metrics import score_logits
-from cnnkit.engine.prefetch import prefetched
-from cnnkit.engine.preprocess import Normalization
+from cnnkit.runtime.normalization import Normalization
+from cnnkit.runtime.pixel_classifier import PixelClassifier
+from cnnkit.runtime.prefetch import prefetched
 
 
 @torch.no_grad()
@@ -23,13 +23,14 @@ def predict_logits(
     precision: torch.dtype = torch.float32,
     batch_size: int = 1024,
     tta: int = 0,
+    logit_offset: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Logits (float32, on CPU) for uint8 ``(N, H, W, 3)`` images, computed in batches (stored
-    images are read a batch ahead)."""
+    images are read a batch ahead); ``logit_offset`` as ``PixelClassifier``'s."""
     was_training = model.training
-    classifier = PixelClassifier(model, normalization, tta, precision).eval()
+    classifier = PixelClassifier(model, normalization, tta, precision, logit_offset=logit_offset).eval()
     # One output tensor, filled in place: a small tensor kept per batch would sit between the
-    # large ones that batches free, and the heap (which keeps freed memory: engine.device) grew.
+    # large ones that batches free, and the heap (which keeps freed memory: runtime.device) grew.
     logits = torch.empty(0, 0)
     starts = range(0, len(images), batch_size)
     try:
@@ -44,20 +45,3 @@ def predict_logits(
     finally:
         model.train(was_training)
     return logits
-
-
-def evaluate_tensors(
-    model: nn.Module,
-    images: torch.Tensor | StoredImages,
-    labels: torch.Tensor,
-    normalization: Normalization,
-    device: torch.device,
-    precision: torch.dtype = torch.float32,
-    batch_size: int = 1024,
-    tta: int = 0,
-) -> dict[str, float]:
-    """``{"loss", "accuracy", ..., "count"}`` of ``model`` on labelled images (see ``engine.metrics``)."""
-    if len(images) == 0:
-        raise ValueError("Cannot evaluate on an empty set of images.")
-    logits = predict_logits(model, images, normalization, device, precision, batch_size, tta)
-    return score_logits(logits, labels.cpu())

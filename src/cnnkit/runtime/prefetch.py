@@ -1,6 +1,6 @@
 """Reading the next batch of images while the current one is computed.
 
-Training and evaluation walk their batches in an order known in advance. Images in memory are
+Training and prediction walk their batches in an order known in advance. Images in memory are
 gathered where they are needed (a copy of a few megabytes; a thread would only add a hand-off);
 images in a store on disk (``StoredImages``) are read one batch ahead by a background thread,
 whose reads (``os.preadv``) release the GIL, so reading overlaps the model's work.

@@ -1,0 +1,168 @@
+"""One class an image: integer labels, softmax, cross-entropy, the most probable class wins."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cnnkit.data.balance import IMBALANCE_RATIO
+
+# The strengths of post-hoc logit adjustment tried on the validation split (0: the plain logits):
+# up to 2 towards the rare classes, and down to -1, back towards the prior, for a model whose
+# training already over-corrected (a logit-adjusted loss whose tau was too strong).
+ADJUSTMENT_GRID = tuple(round(0.05 * step, 2) for step in range(-20, 41))  # -1, -0.95, ..., 2
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnkit.recipes import Recipe
+
+
+class SingleLabelTask:
+    """The single-label task: each image has one class of ``class_names``."""
+
+    name = "single_label"
+    default_monitor = "val_accuracy"
+    output_activation = "softmax"
+
+    # -- labels ---------------------------------------------------------------------------------
+    @staticmethod
+    def class_counts(labels: Any, num_classes: int) -> np.ndarray:
+        """Images a class, from integer labels (a tensor or an array)."""
+        values = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels, dtype=np.int64).ravel()
+        return np.bincount(values, minlength=num_classes)
+
+    def is_imbalanced(self, labels: Any, num_classes: int) -> bool:
+        """The largest class has over ``IMBALANCE_RATIO`` times the smallest's images (or a class
+        has none), as ``data.balance`` says when loading."""
+        counts = self.class_counts(labels, num_classes)
+        return num_classes > 1 and counts.max() > IMBALANCE_RATIO * counts.min()
+
+    def metric_names(self, imbalanced: bool, monitor: str | None = None) -> tuple[str, ...]:
+        """What epoch lines and reports show: loss and accuracy; with imbalanced classes, balanced
+        accuracy and macro-F1 too; and whatever ``monitor`` follows."""
+        names = ["loss", "accuracy"] + (["balanced_accuracy", "macro_f1"] if imbalanced else [])
+        if monitor is not None:
+            from cnnkit.engine.metrics import base_name
+
+            if base_name(monitor) not in names:
+                names.append(base_name(monitor))
+        return tuple(names)
+
+    # -- training -------------------------------------------------------------------------------
+    def class_balance(
+        self, labels: torch.Tensor, num_classes: int, recipe: Recipe, device: torch.device
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The recipe's (class weights, logit shift) for training ``labels``; None where off.
+
+        Weights ``n / (classes * count)`` (scikit-learn's "balanced"), or the recipe's own list;
+        the shift ``logit_adjustment * log(count / n)`` (Menon et al., ICLR 2021). A class without
+        training images gets weight 0 and the shift of one image, so that nothing is infinite.
+        """
+        import torch
+
+        counts = torch.as_tensor(self.class_counts(labels, num_classes), dtype=torch.float64)
+        total = counts.sum()
+        weights = shift = None
+        if recipe.class_weights == "balanced":
+            weights = torch.where(counts > 0, total / (num_classes * counts.clamp_min(1)), 0.0)
+            weights = weights.float().to(device)
+        if recipe.logit_adjustment:
+            shift = (recipe.logit_adjustment * torch.log(counts.clamp_min(1) / total)).float().to(device)
+        return weights, shift
+
+    def sampling_weights(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """Each image's chance of being drawn by the class-balanced sampler: every class equally."""
+        import torch
+
+        counts = torch.as_tensor(self.class_counts(labels, num_classes), dtype=torch.float64)
+        return (1.0 / counts.clamp_min(1))[labels.long().cpu()]
+
+    @staticmethod
+    def loss(
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        label_smoothing: float,
+        reduction: str,
+        class_weights: torch.Tensor | None = None,
+        logit_shift: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to report, the loss to minimise): cross-entropy.
+
+        ``class_weights``: one weight a class; ``logit_shift``: added to the logits before the
+        loss (the logit adjustment). An ensemble's ``(members, N, classes)`` logits: each member
+        learns from its own loss, so the objective is their sum (every member's gradient is its
+        own); the report, their mean.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        losses = torch.stack(
+            [
+                F.cross_entropy(
+                    member_logits.float() + (0 if logit_shift is None else logit_shift),
+                    targets,
+                    weight=class_weights,
+                    label_smoothing=label_smoothing,
+                    reduction=reduction,
+                )
+                for member_logits in (logits if logits.ndim == 3 else logits[None])
+            ]
+        )
+        return losses.mean(), losses.sum()
+
+    @staticmethod
+    def evaluation_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The summed loss evaluation reports: plain cross-entropy (no smoothing, no weights)."""
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits.float(), labels.long(), reduction="sum")
+
+    # -- the decision on imbalanced classes -------------------------------------------------------
+    def choose_logit_adjustment(
+        self, logits: torch.Tensor, labels: torch.Tensor, class_counts: Any
+    ) -> dict[str, Any]:
+        """Post-hoc logit adjustment (Menon et al., ICLR 2021, section 4): the ``tau`` in
+        ``ADJUSTMENT_GRID`` whose shifted logits ``logits - tau * log(prior)`` score the highest
+        balanced accuracy on these (validation) ``logits``; the one nearest 0 on ties, 0 if none
+        beats the plain logits. ``class_counts``: the training images a class, whose shares are the prior.
+
+        Returns ``{"tau", "offset" (the per-class shift, None for tau 0), "before", "after"}``.
+        """
+        import torch
+
+        from cnnkit.engine.metrics import score_logits
+
+        counts = torch.as_tensor(np.asarray(class_counts, dtype=np.float64))
+        log_prior = torch.log(counts.clamp_min(1) / counts.sum()).float()
+
+        def balanced(tau: float) -> float:
+            shifted = logits.float() - tau * log_prior
+            return score_logits(shifted, labels, ("balanced_accuracy",))["balanced_accuracy"]
+
+        scores = {tau: balanced(tau) for tau in ADJUSTMENT_GRID}
+        tau = max(ADJUSTMENT_GRID, key=lambda value: (scores[value], -abs(value)))
+        offset = None if tau == 0 else [round(float(value), 6) for value in -tau * log_prior]
+        return {"tau": tau, "offset": offset, "before": scores[0.0], "after": scores[tau]}
+
+    # -- prediction -----------------------------------------------------------------------------
+    @staticmethod
+    def probabilities(logits: torch.Tensor) -> torch.Tensor:
+        """The output activation: softmax over classes (traced into the service and ONNX graphs)."""
+        import torch
+
+        return torch.softmax(logits, dim=1)
+
+    @staticmethod
+    def decide(probabilities: np.ndarray) -> np.ndarray:
+        """The predicted class index of each row: the most probable."""
+        return np.asarray(probabilities).argmax(axis=1)
+
+    @staticmethod
+    def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most probable classes of each row, best first: (indices, probabilities)."""
+        probabilities = np.asarray(probabilities)
+        k = min(k, probabilities.shape[1])
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        return order, np.take_along_axis(probabilities, order, axis=1)
