@@ -292,3 +292,24 @@ def test_a_logit_offset_travels_with_the_checkpoint_and_shifts_every_prediction(
         classifier.adjust_for_imbalance(images, labels, [1, 2])
     with pytest.raises(ValueError, match=r"logit_offset needs one number a class \(4\)"):
         Checkpoint("tutorial", {}, ["a", "b", "c", "d"], 16, loaded.normalization, {}, logit_offset=[1.0])
+
+
+def test_imbalanced_data_is_countered_by_default_and_one_setting_turns_it_off():
+    from cnnkit.runs.imbalance import AUTO_LOGIT_ADJUSTMENT, imbalance_plan
+
+    fast = get_recipe("fast")
+    recipe, line = imbalance_plan(fast, 100.0, has_validation=True)
+    assert recipe.logit_adjustment == AUTO_LOGIT_ADJUSTMENT
+    assert line.startswith("Countering it: training uses the logit-adjusted loss (logit_adjustment=0.5); ")
+    assert "as far as validation says" in line and line.endswith(
+        "(--set imbalance_handling=none turns this off)."
+    )
+    assert imbalance_plan(fast, 3.0, True) == (fast, None)  # not imbalanced
+    assert imbalance_plan(fast.replace(imbalance_handling="none"), 100.0, True)[1] is None
+    own = fast.replace(sampler="balanced")  # the user's own setting is kept; only the decision is adjusted
+    recipe, line = imbalance_plan(own, None, True)  # None: a class has no training image
+    assert recipe == own and "logit-adjusted loss" not in line and "validation" in line
+    recipe, line = imbalance_plan(fast, 10.0, True, user_set=["logit_adjustment"])  # --set logit_adjustment=0
+    assert recipe == fast and "logit-adjusted loss" not in line
+    recipe, line = imbalance_plan(fast, 10.0, has_validation=False)
+    assert recipe.logit_adjustment == 0.5 and "validation" not in line

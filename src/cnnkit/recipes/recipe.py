@@ -62,10 +62,11 @@ class Recipe:
     # The order images are drawn in each epoch: "shuffle" (each image once) or "balanced" (every
     # class equally often, images drawn with replacement; seeded and resumable like a shuffle).
     sampler: str = "shuffle"
-    # After training on imbalanced classes (largest over smallest > 3) with a validation split,
-    # "auto" adds -tau * log(class prior) to best.pt's logits, tau in [-1, 2] chosen for the best
-    # validation balanced accuracy (post-hoc logit adjustment, Menon et al.); "none": never.
-    decision_adjustment: str = "auto"
+    # Imbalanced classes (largest over smallest > 3), "auto" (runs.imbalance): a recipe with none of
+    # the settings above trains with logit_adjustment 0.5, and with a validation split best.pt's
+    # logits then get -tau * log(class prior), tau in [-1, 2] chosen for the best validation
+    # balanced accuracy (post-hoc logit adjustment, Menon et al.). "none": neither.
+    imbalance_handling: str = "auto"
     loss_reduction: str = "mean"  # "sum" makes the step size independent of the batch size
     drop_last: bool = False  # drop the last partial batch of each epoch
     # "none", "random" (each epoch), "alternating" (random in epoch 0, then every other epoch)
@@ -286,7 +287,7 @@ def _range_checks(recipe: Recipe) -> dict[str, tuple[str, bool]]:
         "class_weights": ("'none' or 'balanced'", recipe.class_weights in ("none", "balanced")),
         "logit_adjustment": ("in [0, 4]", 0 <= recipe.logit_adjustment <= 4),
         "sampler": ("'shuffle' or 'balanced'", recipe.sampler in ("shuffle", "balanced")),
-        "decision_adjustment": ("'auto' or 'none'", recipe.decision_adjustment in ("auto", "none")),
+        "imbalance_handling": ("'auto' or 'none'", recipe.imbalance_handling in ("auto", "none")),
         "loss_reduction": ("'mean' or 'sum'", recipe.loss_reduction in ("mean", "sum")),
         "flip": ("'none', 'random' or 'alternating'", recipe.flip in ("none", "random", "alternating")),
         # Bounded by the input size too, once it is known (``check_input_size``).

@@ -1,28 +1,63 @@
-"""Imbalanced classes after training: ``best.pt``'s decision adjusted for the class prior.
+"""What a run does about imbalanced classes with no flag (the recipe's ``imbalance_handling="auto"``).
 
-A network trained on skewed classes favours the large ones. Post-hoc logit adjustment (Menon et
-al., ICLR 2021, section 4) adds ``-tau * log(prior)`` to its logits; ``tau`` is chosen where the
-validation split's balanced accuracy is highest, and kept in ``best.pt`` as its ``logit_offset``,
-so that evaluate, predict, export and serve all decide the same way.
+A network trained on skewed classes favours the large ones. Two measured steps (docs/benchmarks.md,
+"Issue 20"; Menon et al., ICLR 2021) counter it:
+1. before training, a recipe with no imbalance setting of its own trains with the logit-adjusted
+   loss at ``AUTO_LOGIT_ADJUSTMENT`` (half the paper's tau: the full one over-corrects on a short
+   schedule);
+2. after training, post-hoc logit adjustment adds ``-tau * log(prior)`` to ``best.pt``'s logits,
+   ``tau`` chosen where the validation split's balanced accuracy is highest (negative when step 1
+   went too far), kept in ``best.pt`` as its ``logit_offset`` so that evaluate, predict, export
+   and serve all decide the same way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from cnnkit.api import Classifier
 from cnnkit.checkpoint import load_checkpoint, save_checkpoint
 from cnnkit.data.balance import IMBALANCE_RATIO
+from cnnkit.recipes import Recipe
 from cnnkit.runtime.device import precision_name
 
-TURN_OFF = "--set decision_adjustment=none"
+TURN_OFF = "--set imbalance_handling=none"
+# The logit-adjusted loss's tau a recipe without its own imbalance setting trains with.
+AUTO_LOGIT_ADJUSTMENT = 0.5
+
+
+def is_imbalanced(imbalance_ratio: float | None) -> bool:
+    """A ratio of the largest class to the smallest above ``IMBALANCE_RATIO`` (None: a class has
+    no training image)."""
+    return imbalance_ratio is None or imbalance_ratio > IMBALANCE_RATIO
+
+
+# The recipe fields that counter imbalance in training: set by the user, the loss is theirs.
+TRAINING_SETTINGS = ("class_weights", "logit_adjustment", "sampler")
+
+
+def imbalance_plan(
+    recipe: Recipe, imbalance_ratio: float | None, has_validation: bool, user_set: Iterable[str] = ()
+) -> tuple[Recipe, str | None]:
+    """(the recipe to train, what is done about the imbalance in words; None when nothing is).
+    ``user_set``: the fields the user set (``--set``), which are kept even at their defaults."""
+    if recipe.imbalance_handling != "auto" or not is_imbalanced(imbalance_ratio):
+        return recipe, None
+    steps = []
+    untouched = recipe.class_weights == "none" and not recipe.logit_adjustment and recipe.sampler == "shuffle"
+    if untouched and not set(TRAINING_SETTINGS) & set(user_set):
+        recipe = recipe.replace(logit_adjustment=AUTO_LOGIT_ADJUSTMENT)
+        steps.append(f"training uses the logit-adjusted loss (logit_adjustment={AUTO_LOGIT_ADJUSTMENT:g})")
+    if has_validation:
+        steps.append("best.pt's logits are then adjusted for the class prior, as far as validation says")
+    return recipe, f"Countering it: {'; '.join(steps)} ({TURN_OFF} turns this off)."
 
 
 def wants_adjustment(recipe: Any, imbalance_ratio: float | None, has_validation: bool) -> bool:
     """Whether a run adjusts ``best.pt``: the recipe's ``auto``, imbalanced classes (a ratio above
     ``IMBALANCE_RATIO``, or a class without training images) and a validation split to choose on."""
-    imbalanced = imbalance_ratio is None or imbalance_ratio > IMBALANCE_RATIO
-    return recipe.decision_adjustment == "auto" and imbalanced and has_validation
+    return recipe.imbalance_handling == "auto" and is_imbalanced(imbalance_ratio) and has_validation
 
 
 def adjust_best_checkpoint(run: Any) -> dict[str, Any] | None:

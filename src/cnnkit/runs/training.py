@@ -41,7 +41,7 @@ from cnnkit.models import check_model_arguments, model_takes
 from cnnkit.recipes import DEFAULT_RECIPE, Recipe, load_recipe
 from cnnkit.runs.choices import default_recipe, plan_sizes
 from cnnkit.runs.folders import CONFIG_FILE, create_run_folder, write_config, write_report
-from cnnkit.runs.imbalance import TURN_OFF, adjust_best_checkpoint, describe_adjustment, wants_adjustment
+from cnnkit.runs.imbalance import adjust_best_checkpoint, describe_adjustment, imbalance_plan
 from cnnkit.runs.initialization import InitialWeights, apply_initial_weights, initial_weights
 from cnnkit.runs.recorder import RunRecorder
 from cnnkit.runs.records import final_report, run_config
@@ -115,6 +115,8 @@ def train(
     )
     check_trainable(splits.train, splits.source)
     train_data, val_data = training_splits(splits, recipe)
+    balance = class_balance_summary(train_data.labels, train_data.class_names)
+    recipe, countering = imbalance_plan(recipe, balance["imbalance_ratio"], bool(val_data), overrides)
     if verbose:
         _note_setup(splits, train_data, val_data, device, precision)
     classifier = _new_classifier(recipe, train_data, sizes.input_size, device, precision)
@@ -125,7 +127,10 @@ def train(
     folder = _create_shared_run_folder(out, name, job)
     config = run_config(data, splits, recipe, classifier, train_data, val_data, strict)
     config["init"] = initial.source if initial is not None else None
-    _plan_on_data(config, recipe, train_data, bool(val_data), job.world_size, verbose)
+    config.update(balance)  # class_counts, imbalance_ratio: also in report.json
+    _plan_on_data(config, recipe, len(train_data), job.world_size, verbose)
+    if verbose and (note := imbalance_note(balance, countering or SETTINGS)):
+        print(note, file=sys.stderr)
     if job.is_main:
         write_config(folder, config)
         _report_skipped(folder, splits, verbose)
@@ -324,26 +329,14 @@ def _train_in_folder(
     return TrainResult(folder, history, report, classifier)
 
 
-def _plan_on_data(
-    config: dict, recipe: Recipe, train_data: ImageData, has_validation: bool, world_size: int, verbose: bool
-) -> None:
-    """Record in ``config`` what the recipe's batch and epochs come to on this data (a small set gets
-    a smaller batch, min_steps may lengthen it) and how balanced its classes are; say what surprises,
-    and what is done about imbalanced classes."""
-    plan = plan_steps(len(train_data), recipe, world_size)
+def _plan_on_data(config: dict, recipe: Recipe, images: int, world_size: int, verbose: bool) -> None:
+    """Record in ``config`` what the recipe's batch and epochs come to on ``images`` training
+    images (a small set gets a smaller batch, min_steps may lengthen it); say so when that surprises."""
+    plan = plan_steps(images, recipe, world_size)
     config["training_plan"] = dataclasses.asdict(plan)
-    balance = class_balance_summary(train_data.labels, train_data.class_names)
-    config.update(balance)  # class_counts, imbalance_ratio: also in report.json
-    remedy = SETTINGS
-    if wants_adjustment(recipe, balance["imbalance_ratio"], has_validation):
-        remedy = (
-            "After training, best.pt's logits are adjusted for the class prior, the strength chosen "
-            f"on the validation split (post-hoc logit adjustment; {TURN_OFF} turns it off)."
-        )
-    notes = (min_steps_note(len(train_data), recipe, plan), imbalance_note(balance, remedy))
-    for note in notes if verbose else ():
-        if note:
-            print(note, file=sys.stderr)
+    note = min_steps_note(images, recipe, plan)
+    if verbose and note:
+        print(note, file=sys.stderr)
 
 
 def _note_setup(
