@@ -64,3 +64,20 @@ def test_a_skewed_folder_says_so_and_records_the_counts(tmp_path, capsys):
     config = yaml.safe_load((out / "run" / "config.yaml").read_text())
     assert config["class_counts"]["bottom_left"] == 48 and config["imbalance_ratio"] > 3
     assert config["recipe"]["class_weights"] == "balanced"
+
+
+def test_a_weight_a_class_is_a_recipe_setting_checked_against_the_classes():
+    from cnnkit.recipes import load_recipe
+    from cnnkit.recipes.files import parse_assignment
+
+    recipe = load_recipe("fast", dict([parse_assignment("class_weights=[1, 2.5, 0]")]))  # as --set gives it
+    assert recipe.class_weights == (1.0, 2.5, 0.0) and recipe.to_dict()["class_weights"] == [1.0, 2.5, 0.0]
+    weights, _ = SINGLE_LABEL.class_balance(torch.tensor([0, 1, 2]), 3, recipe, "cpu")
+    logits, targets = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    loss, _ = SINGLE_LABEL.loss(logits, targets, 0.0, "mean", weights, None)
+    expected = F.cross_entropy(logits, targets, weight=torch.tensor([1.0, 2.5, 0.0]))
+    assert loss.item() == pytest.approx(expected.item())
+    with pytest.raises(ValueError, match=r"class_weights needs one weight a class \(4\)\. Received: 3"):
+        SINGLE_LABEL.class_balance(torch.tensor([0, 1, 2, 3]), 4, recipe, "cpu")
+    with pytest.raises(ValueError, match=r"not all 0\)\. Received: class_weights=\(0\.0, 0\.0\)"):
+        recipe.replace(class_weights=[0, 0])

@@ -30,7 +30,11 @@ RECIPE_FLAGS: dict[str, tuple[str, type, str]] = {
         int,
         "stop after N epochs without a better --monitor value (restores the best)",
     ),
-    "--monitor": ("monitor", str, "val_accuracy or val_loss: what picks best.pt and early stopping"),
+    "--monitor": (
+        "monitor",
+        str,
+        "what picks best.pt and early stopping: val_accuracy, val_loss, val_balanced_accuracy, val_macro_f1",
+    ),
     "--optimizer": ("optimizer", str, "adam, sgd or muon"),
     "--label-smoothing": ("label_smoothing", float, "label smoothing in [0, 1)"),
     "--cutout": ("cutout", int, "zero a random square of this side in each training image (0: off)"),

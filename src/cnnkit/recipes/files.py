@@ -40,8 +40,8 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if not separator or not key:
         raise ValueError(f"--set takes FIELD=VALUE (e.g. label_smoothing=0.1). Received: {short_repr(text)}")
     check_field_name(key.split(".", 1)[0])
-    if "." not in key and key in _STRING_FIELDS:
-        return key, value
+    if "." not in key and key in _STRING_FIELDS and not value.lstrip().startswith("["):
+        return key, value  # a string field's text as it is; class_weights=[...] is a list
     return key, _yaml_value(value, key)
 
 

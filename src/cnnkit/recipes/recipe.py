@@ -53,8 +53,9 @@ class Recipe:
     lr_end: float = 1.0
     label_smoothing: float = 0.0
     # Imbalanced classes. "balanced": each class's loss weighted by n / (classes * its count), as
-    # scikit-learn's and Keras's class_weight="balanced"; "none": every image alike.
-    class_weights: str = "none"
+    # scikit-learn's and Keras's class_weight="balanced"; a list: one weight a class, in class
+    # order; "none": every image alike.
+    class_weights: str | tuple[float, ...] = "none"
     # Logit-adjusted loss (Menon et al., ICLR 2021): training adds tau * log(class prior) to the
     # logits, so the model learns margins against the frequent classes; prediction uses the plain
     # logits. tau = 1 is the paper's; 0: off.
@@ -204,6 +205,8 @@ def coerce_field(name: str, value: Any) -> Any:
     (``batch_size=512.0``): numbers read from YAML or a command line come either way.
     """
     hint = _TYPE_HINTS[name]
+    if hint == str | tuple[float, ...]:  # class_weights: a name, or one number a class
+        return _name_or_numbers(name, value)
     optional = type(None) in typing.get_args(hint)
     if value is None and optional:
         return None
@@ -216,6 +219,19 @@ def coerce_field(name: str, value: Any) -> Any:
         allowed = _TYPE_NAMES.get(kind, getattr(kind, "__name__", str(kind)))
         raise ValueError(
             f"{name} must be {allowed}{' or null' if optional else ''}. Received: {name}={short_repr(value)}"
+        ) from None
+
+
+def _name_or_numbers(name: str, value: Any) -> str | tuple[float, ...]:
+    if isinstance(value, str):
+        return value
+    try:
+        if not isinstance(value, list | tuple) or not value:
+            raise TypeError
+        return tuple(_coerce(float, item) for item in value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name} must be a name or a list of finite numbers. Received: {name}={short_repr(value)}"
         ) from None
 
 
@@ -284,7 +300,15 @@ def _range_checks(recipe: Recipe) -> dict[str, tuple[str, bool]]:
         "lr_peak": ("in [0, 1]", 0 <= recipe.lr_peak <= 1),
         "lr_end": ("in [0, 1]", 0 <= recipe.lr_end <= 1),
         "label_smoothing": ("in [0, 1)", 0 <= recipe.label_smoothing < 1),
-        "class_weights": ("'none' or 'balanced'", recipe.class_weights in ("none", "balanced")),
+        "class_weights": (
+            "'none', 'balanced' or one weight >= 0 a class (not all 0)",
+            recipe.class_weights in ("none", "balanced")
+            or (
+                isinstance(recipe.class_weights, tuple)
+                and min(recipe.class_weights) >= 0
+                and max(recipe.class_weights) > 0
+            ),
+        ),
         "logit_adjustment": ("in [0, 4]", 0 <= recipe.logit_adjustment <= 4),
         "sampler": ("'shuffle' or 'balanced'", recipe.sampler in ("shuffle", "balanced")),
         "imbalance_handling": ("'auto' or 'none'", recipe.imbalance_handling in ("auto", "none")),

@@ -56,7 +56,8 @@ class SingleLabelTask:
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The recipe's (class weights, logit shift) for training ``labels``; None where off.
 
-        Weights ``n / (classes * count)`` (scikit-learn's "balanced"), or the recipe's own list;
+        Weights ``n / (classes * count)`` (scikit-learn's "balanced"), or the recipe's own list (one a
+        class, in class order);
         the shift ``logit_adjustment * log(count / n)`` (Menon et al., ICLR 2021). A class without
         training images gets weight 0 and the shift of one image, so that nothing is infinite.
         """
@@ -68,6 +69,13 @@ class SingleLabelTask:
         if recipe.class_weights == "balanced":
             weights = torch.where(counts > 0, total / (num_classes * counts.clamp_min(1)), 0.0)
             weights = weights.float().to(device)
+        elif isinstance(recipe.class_weights, tuple):
+            if len(recipe.class_weights) != num_classes:
+                raise ValueError(
+                    f"class_weights needs one weight a class ({num_classes}). "
+                    f"Received: {len(recipe.class_weights)} weights"
+                )
+            weights = torch.tensor(recipe.class_weights, dtype=torch.float32, device=device)
         if recipe.logit_adjustment:
             shift = (recipe.logit_adjustment * torch.log(counts.clamp_min(1) / total)).float().to(device)
         return weights, shift
