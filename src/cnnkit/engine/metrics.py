@@ -46,14 +46,22 @@ class Metric:
 
     name: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
+    # The kinds of labels it is defined for: single-label (integer targets (N,)) and/or multi-label
+    # (multi-hot targets (N, labels), one logit a label).
+    single_label: ClassVar[bool] = True
+    multi_label: ClassVar[bool] = False
 
-    def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
-        self.num_classes = num_classes
-        self.state = torch.zeros(self.state_shape(num_classes), dtype=torch.float64, device=device)
+    def __init__(
+        self, num_classes: int, device: torch.device | str = "cpu", multi_label: bool = False
+    ) -> None:
+        if not (self.multi_label if multi_label else self.single_label):
+            kind = "multi-label" if multi_label else "single-label"
+            raise ValueError(f"{self.name} is not a {kind} metric. Received: metric={self.name!r}")
+        self.num_classes, self.is_multi_label = num_classes, multi_label
+        self.state = torch.zeros(self.state_shape(), dtype=torch.float64, device=device)
         self.count = 0
 
-    @staticmethod
-    def state_shape(num_classes: int) -> tuple[int, ...]:
+    def state_shape(self) -> tuple[int, ...]:
         return ()
 
     def batch_state(
@@ -83,6 +91,7 @@ class Loss(Metric):
 
     name = "loss"
     higher_is_better = False
+    multi_label = True
 
     def batch_state(self, loss_sum, logits, targets):
         return loss_sum
@@ -99,9 +108,8 @@ class Accuracy(Metric):
 class _ConfusionMetric(Metric):
     """A metric of the confusion matrix (rows: true class, columns: predicted)."""
 
-    @staticmethod
-    def state_shape(num_classes):
-        return (num_classes, num_classes)
+    def state_shape(self):
+        return (self.num_classes, self.num_classes)
 
     def batch_state(self, loss_sum, logits, targets):
         classes = self.num_classes
@@ -123,18 +131,93 @@ class BalancedAccuracy(_ConfusionMetric):
         return float((state.diagonal()[present] / support[present]).mean())
 
 
+def _label_counts(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Multi-label: ``(labels, 3)`` true positives, false positives and false negatives, a label
+    predicted where its logit is above 0 (probability above 0.5; a label's own threshold is a shift
+    of its logits)."""
+    predicted, actual = logits > 0, targets > 0.5
+    return torch.stack(
+        [(predicted & actual).sum(0), (predicted & ~actual).sum(0), (~predicted & actual).sum(0)], dim=1
+    )
+
+
+def _f1(
+    true_positives: torch.Tensor, false_positives: torch.Tensor, false_negatives: torch.Tensor
+) -> torch.Tensor:
+    denominator = 2 * true_positives + false_positives + false_negatives
+    return torch.where(denominator > 0, 2 * true_positives / denominator.clamp_min(1), 0.0)
+
+
 @register_metric
 class MacroF1(_ConfusionMetric):
-    """The unweighted mean of every class's F1 (0 for a class never seen nor predicted), as the
-    evaluation report's macro average."""
+    """The unweighted mean of every class's (label's) F1, 0 for one never seen nor predicted, as
+    the evaluation report's macro average."""
 
     name = "macro_f1"
+    multi_label = True
+
+    def state_shape(self):
+        return (self.num_classes, 3) if self.is_multi_label else super().state_shape()
+
+    def batch_state(self, loss_sum, logits, targets):
+        if self.is_multi_label:
+            return _label_counts(logits, targets)
+        return super().batch_state(loss_sum, logits, targets)
 
     def value(self, state, count):
-        correct = state.diagonal()
-        denominator = state.sum(0) + state.sum(1)  # predicted + true: 2 tp + fp + fn
-        f1 = torch.where(denominator > 0, 2 * correct / denominator.clamp_min(1), 0.0)
-        return float(f1.mean())
+        if self.is_multi_label:
+            return float(_f1(state[:, 0], state[:, 1], state[:, 2]).mean())
+        correct = state.diagonal()  # columns: predicted, rows: true
+        return float(_f1(correct, state.sum(0) - correct, state.sum(1) - correct).mean())
+
+
+@register_metric
+class MicroF1(Metric):
+    """Multi-label: F1 of every (image, label) decision pooled."""
+
+    name = "micro_f1"
+    single_label, multi_label = False, True
+
+    def state_shape(self):
+        return (3,)
+
+    def batch_state(self, loss_sum, logits, targets):
+        return _label_counts(logits, targets).sum(0)
+
+    def value(self, state, count):
+        return float(_f1(state[0], state[1], state[2]))
+
+
+@register_metric
+class MeanAveragePrecision(Metric):
+    """Multi-label: the mean over labels (those with a positive image) of the average precision,
+    the area under the label's precision-recall curve (scikit-learn's ``average_precision_score``,
+    macro). Scores are counted in ``BINS`` probability bins a label, so the state stays small and
+    sums across ranks; AP is then exact up to ties within a bin (1/1000 of probability)."""
+
+    name = "map"
+    single_label, multi_label = False, True
+    BINS = 1000
+
+    def state_shape(self):
+        return (self.num_classes, 2, self.BINS)  # label, negative / positive, score bin
+
+    def batch_state(self, loss_sum, logits, targets):
+        labels, bins = self.num_classes, self.BINS
+        scores = (torch.sigmoid(logits.float()) * bins).long().clamp(0, bins - 1)
+        positive = (targets > 0.5).long()
+        cells = (torch.arange(labels, device=logits.device) * 2 + positive) * bins + scores
+        return torch.bincount(cells.flatten(), minlength=labels * 2 * bins).view(labels, 2, bins)
+
+    def value(self, state, count):
+        # Thresholds from the highest bin down: what is predicted positive at each.
+        negatives, positives = state[:, 0].flip(1).cumsum(1), state[:, 1].flip(1).cumsum(1)
+        total = positives[:, -1]
+        precision = positives / (positives + negatives).clamp_min(1)
+        recall_steps = state[:, 1].flip(1) / total.clamp_min(1)[:, None]
+        average_precision = (recall_steps * precision).sum(1)
+        present = total > 0
+        return float(average_precision[present].mean()) if present.any() else 0.0
 
 
 def base_name(name: str) -> str:
@@ -175,9 +258,11 @@ class MetricSet:
         device: torch.device | str = "cpu",
         states: dict[str, torch.Tensor | float] | None = None,
         count: int = 0,
+        multi_label: bool = False,
     ) -> None:
         self.metrics = {
-            name: METRICS[check_metric_name(name, "metrics")](num_classes, device) for name in names
+            name: METRICS[check_metric_name(name, "metrics")](num_classes, device, multi_label)
+            for name in names
         }
         for name, state in (states or {}).items():
             if name in self.metrics:

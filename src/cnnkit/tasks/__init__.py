@@ -2,20 +2,23 @@
 loss (with class weights), the output activation, how a prediction is decided, the metrics shown
 and monitored by default, and what predictions, reports, export and the service return.
 
-Today's runs have one class an image: ``SINGLE_LABEL``. Another kind of labels (several an
-image: sigmoid outputs, a threshold a label) is another task object with the same methods.
+Today's runs have one class an image: ``SINGLE_LABEL``. ``MULTI_LABEL`` (several labels an image:
+sigmoid outputs, binary cross-entropy, a threshold a label) is the second task object, with the
+same methods; loading and training do not create it yet (issue 21).
 Importing this package needs no torch: the methods that use it import it.
 """
 
 from __future__ import annotations
 
+from cnnkit.tasks.multi_label import MultiLabelTask
 from cnnkit.tasks.single_label import SingleLabelTask
 
 SINGLE_LABEL = SingleLabelTask()
-TASKS = {SINGLE_LABEL.name: SINGLE_LABEL}
+MULTI_LABEL = MultiLabelTask()
+TASKS = {SINGLE_LABEL.name: SINGLE_LABEL, MULTI_LABEL.name: MULTI_LABEL}
 
 
-def get_task(name: str | None) -> SingleLabelTask:
+def get_task(name: str | None) -> SingleLabelTask | MultiLabelTask:
     """The task called ``name`` (None: single-label, what every checkpoint before tasks held)."""
     if name is None:
         return SINGLE_LABEL
@@ -24,4 +27,4 @@ def get_task(name: str | None) -> SingleLabelTask:
     return TASKS[name]
 
 
-__all__ = ["SINGLE_LABEL", "TASKS", "SingleLabelTask", "get_task"]
+__all__ = ["MULTI_LABEL", "SINGLE_LABEL", "TASKS", "MultiLabelTask", "SingleLabelTask", "get_task"]

@@ -1,0 +1,133 @@
+"""Multi-label data, first pieces (issue 21): the labels.csv table and a split that keeps every
+label represented."""
+
+import numpy as np
+import pytest
+
+from cnnkit.data.errors import DataError
+from cnnkit.data.label_table import read_label_table
+from cnnkit.data.multilabel_split import iterative_split
+
+IMAGES = ["beach/1.jpg", "beach/2.jpg", "city/3.png", "4.png"]
+
+
+def test_the_table_gives_a_multi_hot_matrix_and_skips_what_it_cannot_use_with_reasons():
+    text = (
+        "image,labels\n"
+        "beach/1.jpg,sea people dog\n"
+        "./beach/2.jpg,sea;sand|sea\n"  # ./ and mixed separators; a label named twice counts once
+        "city\\3.png,\n"  # backslashes; an empty cell: none of the labels
+        "beach/1.jpg,cat\n"  # a second row for an image
+        "gone.jpg,sea\n"  # names no image
+    )
+    table = read_label_table(text, "labels.csv", IMAGES)
+    assert table.label_names == ["dog", "people", "sand", "sea"]
+    assert table.paths == ["beach/1.jpg", "beach/2.jpg", "city/3.png"]
+    assert table.labels.tolist() == [[1, 1, 0, 1], [0, 0, 1, 1], [0, 0, 0, 0]]
+    assert table.label_counts() == {"dog": 1, "people": 1, "sand": 1, "sea": 2}
+    reasons = {file.path: file.reason for file in table.skipped}
+    assert reasons == {
+        "labels.csv row 5: beach/1.jpg": "a second row for the same image (the first is kept)",
+        "labels.csv row 6: gone.jpg": "names no image of the data",
+        "4.png": "no row in labels.csv",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("image,labels\n", "labels.csv has no rows: it needs one row an image, image,labels."),
+        ("x.jpg,sea\n", "labels.csv labels none of the data's 4 images: its first column must name"),
+        ("beach/1.jpg,\n4.png, \n", "labels.csv gives no labels: every row's labels are empty."),
+    ],
+)
+def test_a_table_that_leaves_nothing_to_train_on_is_one_line(text, message):
+    with pytest.raises(DataError, match=message):
+        read_label_table(text, "labels.csv", IMAGES)
+
+
+def test_the_split_keeps_every_label_in_both_parts_in_proportion_and_is_seeded():
+    generator = np.random.default_rng(0)
+    labels = (generator.random((500, 8)) < np.array([0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.012, 0.008])).astype(
+        np.uint8
+    )
+    labels[:20] = 0  # some images with no label at all
+    train, validation = iterative_split(labels, 0.2, seed=3)
+    assert sorted([*train, *validation]) == list(range(500)) and not set(train) & set(validation)
+    assert abs(len(validation) - 100) <= 2
+    counts, held_out = labels.sum(0), labels[validation].sum(0)
+    assert (held_out >= 1).all() and (labels[train].sum(0) >= 1).all()  # the rarest (4 images) too
+    np.testing.assert_allclose(held_out / counts, 0.2, atol=0.08)
+    again = iterative_split(labels, 0.2, seed=3)
+    assert np.array_equal(again[1], validation)
+    assert not np.array_equal(iterative_split(labels, 0.2, seed=4)[1], validation)
+    with pytest.raises(ValueError, match=r"Received: validation_split=0"):
+        iterative_split(labels, 0, seed=0)
+
+
+# -- the multi-label task and its metrics -----------------------------------------------------------
+def _average_precision(scores, actual):
+    """scikit-learn's average_precision_score for distinct scores, written out."""
+    order = np.argsort(-scores)
+    hits = actual[order]
+    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float((precision_at * hits).sum() / hits.sum())
+
+
+def test_multi_label_metrics_agree_with_their_definitions():
+    import torch
+
+    from cnnkit.engine.metrics import MetricSet
+
+    probabilities = np.array(
+        [[0.95, 0.10, 0.62], [0.81, 0.72, 0.33], [0.47, 0.91, 0.58], [0.26, 0.15, 0.86], [0.64, 0.55, 0.05]]
+    )
+    targets = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0]])
+    logits = torch.logit(torch.tensor(probabilities))
+    metrics = MetricSet(("loss", "map", "micro_f1", "macro_f1"), 3, multi_label=True)
+    for part in (slice(0, 2), slice(2, 5)):  # in two batches
+        metrics.update(torch.tensor(0.0), logits[part], torch.tensor(targets[part]))
+    values = metrics.values()
+    expected_map = np.mean([_average_precision(probabilities[:, j], targets[:, j]) for j in range(3)])
+    assert values["map"] == pytest.approx(expected_map)
+    predicted = probabilities > 0.5
+    tp, fp = (predicted & (targets == 1)).sum(0), (predicted & (targets == 0)).sum(0)
+    fn = (~predicted & (targets == 1)).sum(0)
+    assert values["micro_f1"] == pytest.approx(2 * tp.sum() / (2 * tp.sum() + fp.sum() + fn.sum()))
+    assert values["macro_f1"] == pytest.approx(np.mean(2 * tp / (2 * tp + fp + fn)))
+    with pytest.raises(ValueError, match=r"map is not a single-label metric\. Received: metric='map'"):
+        MetricSet(("map",), 3)
+    with pytest.raises(ValueError, match=r"accuracy is not a multi-label metric"):
+        MetricSet(("accuracy",), 3, multi_label=True)
+
+
+def test_the_multi_label_task_trains_with_binary_cross_entropy_and_decides_by_thresholds():
+    import torch
+    import torch.nn.functional as F
+
+    from cnnkit.recipes import get_recipe
+    from cnnkit.tasks import MULTI_LABEL, get_task
+
+    assert get_task("multi_label") is MULTI_LABEL and MULTI_LABEL.default_monitor == "val_map"
+    logits, targets = torch.randn(4, 3), torch.tensor([[1, 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0]])
+    report, objective = MULTI_LABEL.loss(logits, targets, 0.0, "mean")
+    assert report.item() == pytest.approx(F.binary_cross_entropy_with_logits(logits, targets.float()).item())
+    ensemble_report, ensemble_objective = MULTI_LABEL.loss(
+        torch.stack([logits, logits]), targets, 0.0, "mean"
+    )
+    assert ensemble_report.item() == pytest.approx(report.item())  # members: the mean reported
+    assert ensemble_objective.item() == pytest.approx(2 * objective.item())  # and each member's own loss
+    summed, _ = MULTI_LABEL.loss(logits, targets, 0.0, "sum")
+    assert summed.item() == pytest.approx(MULTI_LABEL.evaluation_loss_sum(logits, targets).item())
+    labels = torch.tensor([[1, 0], [1, 0], [1, 1], [0, 0]])
+    recipe = get_recipe("fast").replace(class_weights="balanced")
+    weights, _ = MULTI_LABEL.class_balance(labels, 2, recipe, "cpu")
+    assert weights.tolist() == [pytest.approx(1 / 3), pytest.approx(3.0)]  # negatives over positives
+    with pytest.raises(ValueError, match=r"logit_adjustment is a single-label setting.*Received: logit_"):
+        MULTI_LABEL.class_balance(labels, 2, recipe.replace(logit_adjustment=1.0), "cpu")
+    scores = np.array([[0.9, 0.2], [0.7, 0.4], [0.6, 0.35], [0.2, 0.1]])
+    truth = np.array([[1, 0], [1, 1], [0, 0], [0, 0]])
+    thresholds = MULTI_LABEL.choose_thresholds(scores, truth)
+    assert thresholds == [0.7, 0.4]  # label 0: F1 1 at >= 0.7; label 1: its one positive scores 0.4
+    assert MULTI_LABEL.choose_thresholds(scores, np.zeros_like(truth)) == [0.5, 0.5]  # no positive
+    assert MULTI_LABEL.decide(scores, thresholds).astype(int).tolist() == truth.tolist()
