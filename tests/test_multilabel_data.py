@@ -131,3 +131,36 @@ def test_the_multi_label_task_trains_with_binary_cross_entropy_and_decides_by_th
     assert thresholds == [0.7, 0.4]  # label 0: F1 1 at >= 0.7; label 1: its one positive scores 0.4
     assert MULTI_LABEL.choose_thresholds(scores, np.zeros_like(truth)) == [0.5, 0.5]  # no positive
     assert MULTI_LABEL.decide(scores, thresholds).astype(int).tolist() == truth.tolist()
+
+
+def test_the_trainer_trains_a_multi_label_job_as_the_second_task_and_nothing_more():
+    """Engine level: a TrainingJob with MULTI_LABEL and multi-hot labels trains, validates and is
+    monitored by mAP, with no change to the loop (loading a labels.csv into it is still to come)."""
+    import torch
+
+    from cnnkit.engine.job import TrainingData, TrainingJob, fit
+    from cnnkit.models import create_model
+    from cnnkit.recipes import get_recipe
+    from cnnkit.runtime.normalization import Normalization
+    from cnnkit.tasks import MULTI_LABEL
+
+    generator = np.random.default_rng(0)
+    count, side = 160, 16
+    images = generator.integers(0, 80, size=(count, side, side, 3), dtype=np.uint8)
+    labels = (generator.random((count, 4)) < 0.4).astype(np.uint8)  # which quadrants are bright
+    for index, row in enumerate(labels):
+        for quadrant in np.flatnonzero(row):
+            top, left = (quadrant // 2) * 8, (quadrant % 2) * 8
+            images[index, top : top + 8, left : left + 8] = 220
+    images, labels = torch.from_numpy(images), torch.from_numpy(labels)
+    data = TrainingData(images[:120], labels[:120], images[120:], labels[120:])
+    recipe = get_recipe("tutorial").replace(epochs=6, batch_size=16, learning_rate=3e-3, monitor="val_map")
+    model = create_model("tutorial", num_classes=4, image_size=side)
+    job = TrainingJob(model, data, recipe, Normalization(), torch.device("cpu"), task=MULTI_LABEL)
+    history = fit(job)
+    rows = history.rows
+    assert {"loss", "map", "micro_f1", "macro_f1", "val_map", "val_micro_f1"} <= set(rows[-1])
+    assert "accuracy" not in rows[-1]  # a single-label metric
+    assert rows[-1]["val_map"] > 0.9 and rows[-1]["val_micro_f1"] > 0.8  # chance mAP is about 0.4
+    scores = [row["val_map"] for row in rows]
+    assert history.best_epoch == 1 + scores.index(max(scores))

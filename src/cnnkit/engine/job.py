@@ -17,7 +17,7 @@ from cnnkit.engine.callbacks import History
 from cnnkit.engine.interrupt import StopRequest
 from cnnkit.recipes import Recipe
 from cnnkit.runtime.normalization import Normalization
-from cnnkit.tasks import SINGLE_LABEL, SingleLabelTask
+from cnnkit.tasks import SINGLE_LABEL, MultiLabelTask, SingleLabelTask
 
 
 @dataclass
@@ -40,7 +40,9 @@ class TrainingJob:
     """A model, its data and recipe, and how this run goes.
 
     ``normalization``: the numbers the model's inputs are normalised with (kept in checkpoints).
-    ``num_classes``: the model's outputs (default: the largest label + 1). ``callbacks`` hear about
+    ``num_classes``: the model's outputs (default: the largest label + 1, or the labels' columns for
+    multi-hot labels). ``task``: the kind of labels (``cnnkit.tasks``); ``MULTI_LABEL`` takes
+    multi-hot ``(N, labels)`` labels. ``callbacks`` hear about
     the run (``engine.callbacks``); the recipe's best-epoch tracking and early stopping are added
     before them. ``resume_state`` (``Trainer.state_dict()``) continues a stopped run exactly;
     ``stop_request`` (``engine.interrupt``) makes it save and stop between two steps.
@@ -55,7 +57,7 @@ class TrainingJob:
     normalization: Normalization
     device: torch.device
     precision: torch.dtype = torch.float32
-    task: SingleLabelTask = SINGLE_LABEL
+    task: SingleLabelTask | MultiLabelTask = SINGLE_LABEL
     num_classes: int | None = None
     callbacks: Sequence[object] = field(default_factory=tuple)
     resume_state: dict | None = None
@@ -67,6 +69,8 @@ class TrainingJob:
     def classes(self) -> int:
         if self.num_classes is not None:
             return self.num_classes
+        if self.data.train_labels.ndim == 2:  # multi-hot: one column a label
+            return int(self.data.train_labels.shape[1])
         labels = [self.data.train_labels] + ([self.data.val_labels] if self.data.has_validation else [])
         return int(max(int(part.max()) for part in labels if len(part))) + 1
 

@@ -153,7 +153,9 @@ class Trainer:
 
     def metric_set(self, states: dict | None = None, count: int = 0) -> MetricSet:
         """The run's metrics on its device (from saved ``states``: a resumed epoch's sums)."""
-        return MetricSet(self.metric_names, self.num_classes, self.device, states, count)
+        return MetricSet(
+            self.metric_names, self.num_classes, self.device, states, count, self.task.multi_label
+        )
 
     def _sum_over_ranks(self, position: EpochPosition) -> None:
         """Turn this rank's running sums of an epoch into the whole job's."""
@@ -224,7 +226,7 @@ class Trainer:
         # (Views: stored images are read batch by batch as they are scored.)
         images = center_crop_images(select_rows(self.data.val_images, share), self.input_size)
         labels = self.data.val_labels[share]
-        metrics = MetricSet(self.metric_names, self.num_classes, "cpu")
+        metrics = MetricSet(self.metric_names, self.num_classes, "cpu", multi_label=self.task.multi_label)
         if len(images):
             logits = predict_logits(
                 self.model,
@@ -234,12 +236,13 @@ class Trainer:
                 self.precision,
                 self.recipe.eval_batch_size,
             )
-            labels = labels.long()
             metrics.update(self.task.evaluation_loss_sum(logits, labels), logits, labels)
         states, count = metrics.states(), metrics.count
         if self.distributed.enabled:
             states, count = distributed.sum_states(states, count, self.device)
-        values = MetricSet(self.metric_names, self.num_classes, "cpu", states, count).values()
+        values = MetricSet(
+            self.metric_names, self.num_classes, "cpu", states, count, self.task.multi_label
+        ).values()
         return {f"val_{name}": value for name, value in values.items()}
 
     def train_steps(self, listeners: CallbackList, stop_request: StopRequest | None = None) -> None:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cnnkit.data.balance import IMBALANCE_RATIO
+
 if TYPE_CHECKING:
     import torch
 
@@ -23,6 +25,7 @@ class MultiLabelTask:
     """The multi-label task: each image has a set of ``class_names`` (labels), maybe empty."""
 
     name = "multi_label"
+    multi_label = True
     default_monitor = "val_map"
     output_activation = "sigmoid"
 
@@ -32,6 +35,11 @@ class MultiLabelTask:
         """Images a label, from multi-hot labels ``(N, labels)`` (a tensor or an array)."""
         values = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
         return (values.reshape(-1, num_classes) > 0.5).sum(0).astype(np.int64)
+
+    def is_imbalanced(self, labels: Any, num_classes: int) -> bool:
+        """The most frequent label has over ``IMBALANCE_RATIO`` times the images of the rarest."""
+        counts = self.class_counts(labels, num_classes)
+        return num_classes > 1 and counts.max() > IMBALANCE_RATIO * counts.min()
 
     def metric_names(self, imbalanced: bool = True, monitor: str | None = None) -> tuple[str, ...]:
         """Loss, mAP, micro- and macro-F1 (at each label's threshold), and what ``monitor`` follows."""

@@ -23,6 +23,7 @@ class SingleLabelTask:
     """The single-label task: each image has one class of ``class_names``."""
 
     name = "single_label"
+    multi_label = False
     default_monitor = "val_accuracy"
     output_activation = "softmax"
 
