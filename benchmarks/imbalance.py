@@ -44,6 +44,9 @@ VARIANTS = {
     # Three times the default recipe's epochs (about the 10 minutes on 2 cores).
     "default, 24 epochs": ["--set", "epochs=24"],
     "plain, 24 epochs": ["--set", "epochs=24", *OFF],
+    # A second seed (the split, the initial weights and the order), for the spread.
+    "default, seed 1": ["--set", "seed=1"],
+    "plain (handling off), seed 1": ["--set", "seed=1", *OFF],
 }
 
 

@@ -164,3 +164,28 @@ def test_the_trainer_trains_a_multi_label_job_as_the_second_task_and_nothing_mor
     assert rows[-1]["val_map"] > 0.9 and rows[-1]["val_micro_f1"] > 0.8  # chance mAP is about 0.4
     scores = [row["val_map"] for row in rows]
     assert history.best_epoch == 1 + scores.index(max(scores))
+
+
+def test_image_data_takes_multi_hot_labels_and_splits_them_keeping_every_label():
+    import torch
+
+    from cnnkit.data import ImageData, classes_without_validation, split_train_val
+
+    generator = np.random.default_rng(1)
+    labels = torch.from_numpy((generator.random((60, 3)) < [0.5, 0.3, 0.0]).astype(np.int64))
+    labels[[3, 17, 29, 41, 55], 2] = 1  # "dog": five images
+    labels = torch.cat([labels, torch.zeros(60, 1, dtype=torch.int64)], dim=1)
+    labels[7, 3] = 1  # "cat": one image, which training keeps
+    images = torch.zeros((60, 8, 8, 3), dtype=torch.uint8)
+    names = ["sea", "sand", "dog", "cat"]
+    data = ImageData(images, labels, names, names=[f"{n}.png" for n in range(60)])
+    assert data.multi_label and not ImageData(images, labels[:, 0], ["a", "b"]).multi_label
+    train, validation = split_train_val(data, 0.25, seed=0)
+    assert len(train) + len(validation) == 60 and abs(len(validation) - 15) <= 1
+    assert (train.labels.sum(0) > 0).all() and (validation.labels.sum(0)[:3] > 0).all()
+    assert train.multi_label and train.names[0].endswith(".png")
+    assert classes_without_validation(train, validation) == ["cat"]  # the run says so in one line
+    with pytest.raises(ValueError, match=r"labels must have shape \(N,\), or \(N, classes\).*4 class names"):
+        ImageData(images, labels[:, :2], names)
+    with pytest.raises(ValueError, match="multi-hot labels must be 0 or 1"):
+        ImageData(images, labels * 2, names)

@@ -18,8 +18,9 @@ class ImageData:
     Attributes:
         images: uint8 tensor of shape (N, H, W, 3), contiguous, RGB; or, for a large data set,
             ``StoredImages``: the same shape, read from its store on disk as it is indexed.
-        labels: int64 tensor of shape (N,), each in ``[0, len(class_names))``.
-        class_names: class name of each label index.
+        labels: int64 tensor of shape (N,), each in ``[0, len(class_names))``; or, for multi-label
+            data (``multi_label``), a multi-hot int64 tensor (N, len(class_names)) of 0 and 1.
+        class_names: class (label) name of each label index.
         names: each image's relative path in the folder or zip it was decoded from (for
             reports naming files), or ``None`` for sources without file names (CIFAR-10 arrays).
     """
@@ -38,15 +39,18 @@ class ImageData:
             )
         if not isinstance(self.labels, torch.Tensor) or self.labels.dtype != torch.int64:
             raise ValueError(f"labels must be an int64 tensor. Received: labels={_describe(self.labels)}")
-        if self.labels.shape != (self.images.shape[0],):
+        if self.labels.shape not in ((self.images.shape[0],), (self.images.shape[0], len(self.class_names))):
             raise ValueError(
-                "labels must have shape (N,) matching images. "
+                "labels must have shape (N,), or (N, classes) for multi-hot labels, matching images. "
                 f"Received: labels.shape={tuple(self.labels.shape)}, "
-                f"images.shape={tuple(self.images.shape)}"
+                f"images.shape={tuple(self.images.shape)}, {len(self.class_names)} class names"
             )
         if not self.class_names:
             raise ValueError(f"class_names must not be empty. Received: {self.class_names!r}")
-        if len(self.labels) and (
+        if self.multi_label:
+            if len(self.labels) and not bool(((self.labels == 0) | (self.labels == 1)).all()):
+                raise ValueError("multi-hot labels must be 0 or 1. Received: other values")
+        elif len(self.labels) and (
             int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.class_names)
         ):
             raise ValueError(
@@ -69,6 +73,11 @@ class ImageData:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def multi_label(self) -> bool:
+        """Multi-hot labels: any number of ``class_names`` an image."""
+        return self.labels.dim() == 2
 
     def subset(self, indices: torch.Tensor) -> ImageData:
         """Return a new ``ImageData`` holding the images at ``indices`` (a 1-D integer tensor).

@@ -8,6 +8,7 @@ import torch
 
 from cnnkit.data.dataset import ImageData
 from cnnkit.data.errors import DataError
+from cnnkit.data.multilabel_split import iterative_split
 
 
 def split_train_val(
@@ -31,6 +32,8 @@ def split_train_val(
     _validate_arguments(validation_split, seed)
     if validation_split == 0:
         return data, None
+    if data.multi_label:
+        return _split_multi_label(data, validation_split, seed)
     class_indices = [torch.nonzero(data.labels == label).flatten() for label in range(len(data.class_names))]
     counts = [len(indices) for indices in class_indices]
     val_counts = _val_counts(counts, round(len(data) * validation_split))
@@ -62,10 +65,28 @@ def split_train_val(
     return data.subset(train_indices), data.subset(val_indices)
 
 
+def _split_multi_label(data: ImageData, validation_split: float, seed: int) -> tuple[ImageData, ImageData]:
+    """Multi-hot data: iterative stratification keeps every label in both parts, in proportion."""
+    train, validation = iterative_split(data.labels.numpy(), validation_split, seed)
+    if len(validation) == 0 or len(train) == 0:
+        raise DataError(
+            f"validation_split={validation_split} of {len(data)} images leaves a part empty; "
+            "use another validation_split, or 0 for no validation"
+        )
+    return data.subset(torch.from_numpy(train)), data.subset(torch.from_numpy(validation))
+
+
 def classes_without_validation(train: ImageData, val: ImageData | None) -> list[str]:
     """Classes of ``train`` that the validation split holds no image of (too few images to spare one)."""
     if val is None:
         return []
+    if train.multi_label:
+        validated, trained = val.labels.sum(0) > 0, train.labels.sum(0) > 0
+        return [
+            name
+            for name, seen, held in zip(train.class_names, trained, validated, strict=True)
+            if seen and not held
+        ]
     validated = set(val.labels.unique().tolist())
     trained = sorted(set(train.labels.unique().tolist()))
     return [train.class_names[label] for label in trained if label not in validated]
