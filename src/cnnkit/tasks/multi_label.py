@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cnnkit.data.balance import IMBALANCE_RATIO
+from cnnkit.tasks.common import counts_imbalanced, listed_weights, with_monitored
 
 if TYPE_CHECKING:
     import torch
@@ -38,18 +38,11 @@ class MultiLabelTask:
 
     def is_imbalanced(self, labels: Any, num_classes: int) -> bool:
         """The most frequent label has over ``IMBALANCE_RATIO`` times the images of the rarest."""
-        counts = self.class_counts(labels, num_classes)
-        return num_classes > 1 and counts.max() > IMBALANCE_RATIO * counts.min()
+        return counts_imbalanced(self.class_counts(labels, num_classes))
 
     def metric_names(self, imbalanced: bool = True, monitor: str | None = None) -> tuple[str, ...]:
         """Loss, mAP, micro- and macro-F1 (at each label's threshold), and what ``monitor`` follows."""
-        names = ["loss", "map", "micro_f1", "macro_f1"]
-        if monitor is not None:
-            from cnnkit.engine.metrics import base_name
-
-            if base_name(monitor) not in names:
-                names.append(base_name(monitor))
-        return tuple(names)
+        return with_monitored(["loss", "map", "micro_f1", "macro_f1"], monitor)
 
     # -- training -------------------------------------------------------------------------------
     def class_balance(
@@ -69,12 +62,7 @@ class MultiLabelTask:
         if recipe.class_weights == "none":
             return None, None
         if isinstance(recipe.class_weights, tuple):
-            if len(recipe.class_weights) != num_classes:
-                raise ValueError(
-                    f"class_weights needs one weight a label ({num_classes}). "
-                    f"Received: {len(recipe.class_weights)} weights"
-                )
-            return torch.tensor(recipe.class_weights, dtype=torch.float32, device=device), None
+            return listed_weights(recipe.class_weights, num_classes, "label", device), None
         positives = torch.as_tensor(self.class_counts(labels, num_classes), dtype=torch.float64)
         negatives = len(labels) - positives
         weights = torch.where(positives > 0, negatives / positives.clamp_min(1), 1.0)

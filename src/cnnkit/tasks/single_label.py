@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cnnkit.data.balance import IMBALANCE_RATIO
+from cnnkit.tasks.common import counts_imbalanced, listed_weights, with_monitored
 
 # The strengths of post-hoc logit adjustment tried on the validation split (0: the plain logits):
 # up to 2 towards the rare classes, and down to -1, back towards the prior, for a model whose
@@ -37,19 +37,13 @@ class SingleLabelTask:
     def is_imbalanced(self, labels: Any, num_classes: int) -> bool:
         """The largest class has over ``IMBALANCE_RATIO`` times the smallest's images (or a class
         has none), as ``data.balance`` says when loading."""
-        counts = self.class_counts(labels, num_classes)
-        return num_classes > 1 and counts.max() > IMBALANCE_RATIO * counts.min()
+        return counts_imbalanced(self.class_counts(labels, num_classes))
 
     def metric_names(self, imbalanced: bool, monitor: str | None = None) -> tuple[str, ...]:
         """What epoch lines and reports show: loss and accuracy; with imbalanced classes, balanced
         accuracy and macro-F1 too; and whatever ``monitor`` follows."""
-        names = ["loss", "accuracy"] + (["balanced_accuracy", "macro_f1"] if imbalanced else [])
-        if monitor is not None:
-            from cnnkit.engine.metrics import base_name
-
-            if base_name(monitor) not in names:
-                names.append(base_name(monitor))
-        return tuple(names)
+        extra = ["balanced_accuracy", "macro_f1"] if imbalanced else []
+        return with_monitored(["loss", "accuracy", *extra], monitor)
 
     # -- training -------------------------------------------------------------------------------
     def class_balance(
@@ -71,12 +65,7 @@ class SingleLabelTask:
             weights = torch.where(counts > 0, total / (num_classes * counts.clamp_min(1)), 0.0)
             weights = weights.float().to(device)
         elif isinstance(recipe.class_weights, tuple):
-            if len(recipe.class_weights) != num_classes:
-                raise ValueError(
-                    f"class_weights needs one weight a class ({num_classes}). "
-                    f"Received: {len(recipe.class_weights)} weights"
-                )
-            weights = torch.tensor(recipe.class_weights, dtype=torch.float32, device=device)
+            weights = listed_weights(recipe.class_weights, num_classes, "class", device)
         if recipe.logit_adjustment:
             shift = (recipe.logit_adjustment * torch.log(counts.clamp_min(1) / total)).float().to(device)
         return weights, shift
