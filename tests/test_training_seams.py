@@ -313,3 +313,16 @@ def test_imbalanced_data_is_countered_by_default_and_one_setting_turns_it_off():
     assert recipe == fast and "logit-adjusted loss" not in line
     recipe, line = imbalance_plan(fast, 10.0, has_validation=False)
     assert recipe.logit_adjustment == 0.5 and "validation" not in line
+
+
+def test_no_adjustment_is_chosen_on_a_class_of_a_few_validation_images():
+    labels = torch.tensor([0] * 6 + [1, 1, 1, 2, 2, 2, 2, 2])
+    logits = torch.nn.functional.one_hot(labels, 3).float()
+    logits[6, 0] = 1.5  # one rare image answered wrong: a shift towards the rare classes "helps"
+    choice = SINGLE_LABEL.choose_logit_adjustment(logits, labels, [100, 5, 5])
+    assert choice["best_gain"] > 0  # a tau does score higher on these 14 images
+    assert choice["tau"] == 0 and choice["offset"] is None  # but class 1 has 3 of them: noise
+    assert choice["fewest_images"] == 3 and choice["after"] == choice["before"]
+    more = torch.cat([labels, torch.tensor([1, 1])])  # five images of class 1: chosen
+    logits = torch.cat([logits, torch.nn.functional.one_hot(torch.tensor([1, 1]), 3).float()])
+    assert SINGLE_LABEL.choose_logit_adjustment(logits, more, [100, 5, 5])["tau"] > 0

@@ -244,8 +244,9 @@ class Classifier:
         """Post-hoc logit adjustment for a model trained on imbalanced classes: from now on the
         logits get ``-tau * log(prior)`` (prior: ``class_counts`` of the training images, a class
         each), ``tau`` chosen where the balanced accuracy on ``x``, ``y`` (a validation split, never
-        the test set) is highest; none when nothing beats the plain logits. Kept by ``save``.
-        Returns ``{"tau", "offset", "before", "after"}`` (balanced accuracies)."""
+        the test set) is highest; none when nothing beats the plain logits, or when a class has
+        fewer than 5 images in ``x``. Kept by ``save``. Returns ``{"tau", "offset", "before",
+        "after", ...}`` (see ``SingleLabelTask.choose_logit_adjustment``)."""
         data = _as_image_data(x, y, self.class_names)
         if len(class_counts) != len(self.class_names):
             raise ValueError(

@@ -21,6 +21,7 @@ from cnnkit.checkpoint import load_checkpoint, save_checkpoint
 from cnnkit.data.balance import IMBALANCE_RATIO
 from cnnkit.recipes import Recipe
 from cnnkit.runtime.device import precision_name
+from cnnkit.tasks.single_label import MINIMUM_VALIDATION_IMAGES
 
 TURN_OFF = "--set imbalance_handling=none"
 # The logit-adjusted loss's tau a recipe without its own imbalance setting trains with.
@@ -83,6 +84,8 @@ def adjust_best_checkpoint(run: Any) -> dict[str, Any] | None:
         "chosen_on": "validation",
         "validation_balanced_accuracy_before": choice["before"],
         "validation_balanced_accuracy_after": choice["after"],
+        "noise": choice["noise"],  # one standard error of the plain balanced accuracy
+        "fewest_validation_images": choice["fewest_images"],  # of a class: below 5, none is taken
         "logit_offset": choice["offset"],
     }
 
@@ -90,6 +93,12 @@ def adjust_best_checkpoint(run: Any) -> dict[str, Any] | None:
 def describe_adjustment(adjustment: dict[str, Any]) -> str:
     """The line a run prints about its adjustment."""
     before = adjustment["validation_balanced_accuracy_before"]
+    fewest = adjustment["fewest_validation_images"]
+    if adjustment["logit_offset"] is None and fewest < MINIMUM_VALIDATION_IMAGES:
+        return (
+            f"Imbalanced classes: no logit adjustment, as a class has only {fewest} validation "
+            f"image(s) (choosing one takes {MINIMUM_VALIDATION_IMAGES}); best.pt decides as trained."
+        )
     if adjustment["logit_offset"] is None:
         return (
             f"Imbalanced classes: no logit adjustment beat the plain model on the validation split "

@@ -12,6 +12,8 @@ from cnnkit.tasks.common import counts_imbalanced, listed_weights, with_monitore
 # up to 2 towards the rare classes, and down to -1, back towards the prior, for a model whose
 # training already over-corrected (a logit-adjusted loss whose tau was too strong).
 ADJUSTMENT_GRID = tuple(round(0.05 * step, 2) for step in range(-20, 41))  # -1, -0.95, ..., 2
+# Validation images every class present needs before a post-hoc adjustment is chosen on them.
+MINIMUM_VALIDATION_IMAGES = 5
 
 if TYPE_CHECKING:
     import torch
@@ -123,10 +125,14 @@ class SingleLabelTask:
     ) -> dict[str, Any]:
         """Post-hoc logit adjustment (Menon et al., ICLR 2021, section 4): the ``tau`` in
         ``ADJUSTMENT_GRID`` whose shifted logits ``logits - tau * log(prior)`` score the highest
-        balanced accuracy on these (validation) ``logits``; the one nearest 0 on ties, 0 if none
-        beats the plain logits. ``class_counts``: the training images a class, whose shares are the prior.
+        balanced accuracy on these (validation) ``logits``; the one nearest 0 on ties. None is taken
+        when a class present has fewer than ``MINIMUM_VALIDATION_IMAGES`` images here: its recall,
+        and so the choice, would be noise. (Requiring the gain to pass one standard error instead
+        refused gains that held on the test set: CIFAR-10-LT, docs/benchmarks.md.)
+        ``class_counts``: the training images a class, whose shares are the prior.
 
-        Returns ``{"tau", "offset" (the per-class shift, None for tau 0), "before", "after"}``.
+        Returns ``{"tau", "offset" (the per-class shift, None for tau 0), "before", "after",
+        "noise" (one standard error of ``before``), "best_gain", "fewest_images"}``.
         """
         import torch
 
@@ -141,8 +147,20 @@ class SingleLabelTask:
 
         scores = {tau: balanced(tau) for tau in ADJUSTMENT_GRID}
         tau = max(ADJUSTMENT_GRID, key=lambda value: (scores[value], -abs(value)))
+        noise, best_gain = _balanced_accuracy_noise(logits, labels), scores[tau] - scores[0.0]
+        fewest = min((count for count in np.bincount(labels.long().cpu().numpy()) if count), default=0)
+        if fewest < MINIMUM_VALIDATION_IMAGES:
+            tau = 0.0
         offset = None if tau == 0 else [round(float(value), 6) for value in -tau * log_prior]
-        return {"tau": tau, "offset": offset, "before": scores[0.0], "after": scores[tau]}
+        return {
+            "tau": tau,
+            "offset": offset,
+            "before": scores[0.0],
+            "after": scores[tau],
+            "noise": noise,
+            "best_gain": best_gain,  # of the best tau tried, taken or not
+            "fewest_images": int(fewest),  # of a class present
+        }
 
     # -- prediction -----------------------------------------------------------------------------
     @staticmethod
@@ -164,3 +182,18 @@ class SingleLabelTask:
         k = min(k, probabilities.shape[1])
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         return order, np.take_along_axis(probabilities, order, axis=1)
+
+
+def _balanced_accuracy_noise(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """One standard error of the balanced accuracy of ``logits``: the mean of the present classes'
+    recalls, each a binomial share of its images (Laplace-smoothed, so that a class all right or
+    all wrong on three images still counts as uncertain)."""
+    labels = labels.long().cpu().numpy()
+    predicted = logits.argmax(1).cpu().numpy()
+    variances = []
+    for label in np.unique(labels):
+        mine = labels == label
+        images = int(mine.sum())
+        recall = (int((predicted[mine] == label).sum()) + 1) / (images + 2)
+        variances.append(recall * (1 - recall) / images)
+    return float(np.sqrt(np.sum(variances)) / len(variances))
