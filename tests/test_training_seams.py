@@ -326,3 +326,22 @@ def test_no_adjustment_is_chosen_on_a_class_of_a_few_validation_images():
     more = torch.cat([labels, torch.tensor([1, 1])])  # five images of class 1: chosen
     logits = torch.cat([logits, torch.nn.functional.one_hot(torch.tensor([1, 1]), 3).float()])
     assert SINGLE_LABEL.choose_logit_adjustment(logits, more, [100, 5, 5])["tau"] > 0
+
+
+def test_a_checkpoint_with_an_unknown_task_or_a_misshapen_offset_is_one_line_naming_the_file(tmp_path):
+    from cnnkit.api import Classifier
+    from cnnkit.checkpoint import load_checkpoint
+
+    path = tmp_path / "model.pt"
+    Classifier("tutorial", num_classes=3, image_size=16, device="cpu").save(path)
+    contents = torch.load(path, weights_only=True)
+    for key, value, message in (
+        ("task", "multi", "Received: task='multi'"),
+        ("logit_offset", [1.0], "Received: 1"),
+    ):
+        torch.save({**contents, key: value}, tmp_path / "bad.pt")
+        with pytest.raises(
+            ValueError, match=f"^{re.escape(str(tmp_path / 'bad.pt'))}: .*{re.escape(message)}"
+        ):
+            load_checkpoint(tmp_path / "bad.pt")
+    assert load_checkpoint(path).task == "single_label"  # the good file is untouched

@@ -173,24 +173,27 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         recipe = Recipe.from_dict(recipe_values) if recipe_values else None
     except ValueError as error:
         raise ValueError(f"{path} holds a recipe this cnnkit cannot read ({error})") from None
-    return Checkpoint(
-        model_name=contents["model_name"],
-        model_arguments=_with_legacy_defaults(contents["model_name"], contents["model_arguments"]),
-        class_names=list(contents["class_names"]),
-        image_size=contents["image_size"],
-        normalization=Normalization.from_dict(contents["normalization"]),
-        state_dict=contents["state_dict"],
-        recipe=recipe,
-        config=config,
-        epoch=contents.get("epoch", 0),
-        metrics=metrics_by_split(contents.get("metrics") or {}),
-        cnnkit_version=contents.get("cnnkit_version", "unknown"),
-        optimizer_state=contents.get("optimizer_state"),
-        training_state=contents.get("training_state"),
-        resize_size=contents.get("resize_size"),
-        task=contents.get("task") or "single_label",  # every checkpoint before tasks was single-label
-        logit_offset=contents.get("logit_offset"),
-    )
+    try:
+        return Checkpoint(
+            model_name=contents["model_name"],
+            model_arguments=_with_legacy_defaults(contents["model_name"], contents["model_arguments"]),
+            class_names=list(contents["class_names"]),
+            image_size=contents["image_size"],
+            normalization=Normalization.from_dict(contents["normalization"]),
+            state_dict=contents["state_dict"],
+            recipe=recipe,
+            config=config,
+            epoch=contents.get("epoch", 0),
+            metrics=metrics_by_split(contents.get("metrics") or {}),
+            cnnkit_version=contents.get("cnnkit_version", "unknown"),
+            optimizer_state=contents.get("optimizer_state"),
+            training_state=contents.get("training_state"),
+            resize_size=contents.get("resize_size"),
+            task=contents.get("task") or "single_label",  # every checkpoint before tasks was single-label
+            logit_offset=contents.get("logit_offset"),
+        )
+    except ValueError as error:  # a field out of range (task, logit_offset): name the file
+        raise ValueError(f"{path}: {error}") from None
 
 
 def _read_contents(path: Path) -> Any:

@@ -177,7 +177,10 @@ class OnnxClassifier:
             ) from None
         self.metadata = _read_metadata(self.session, path)
         # What the outputs mean (cnnkit.tasks); files exported before tasks are single-label.
-        self.task = get_task(self.metadata.get("task"))
+        try:
+            self.task = get_task(self.metadata.get("task"))
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
         # Grouped by split (train, validation, test); files of older versions held them flat.
         self.metadata["metrics"] = metrics_by_split(self.metadata.get("metrics", {}))
         self.metadata.update(source="onnx", path=str(path))
