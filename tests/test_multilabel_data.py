@@ -128,7 +128,8 @@ def test_the_multi_label_task_trains_with_binary_cross_entropy_and_decides_by_th
     scores = np.array([[0.9, 0.2], [0.7, 0.4], [0.6, 0.35], [0.2, 0.1]])
     truth = np.array([[1, 0], [1, 1], [0, 0], [0, 0]])
     thresholds = MULTI_LABEL.choose_thresholds(scores, truth)
-    assert thresholds == [0.7, 0.4]  # label 0: F1 1 at >= 0.7; label 1: its one positive scores 0.4
+    # Label 0: F1 1 from 0.7 down (halfway to the next score, 0.6); label 1: its one positive, 0.4.
+    assert thresholds == [pytest.approx(0.65), pytest.approx(0.375)]
     assert MULTI_LABEL.choose_thresholds(scores, np.zeros_like(truth)) == [0.5, 0.5]  # no positive
     assert MULTI_LABEL.decide(scores, thresholds).astype(int).tolist() == truth.tolist()
 

@@ -35,7 +35,7 @@ from cnnkit.reports.summary import format_summary
 from cnnkit.runtime.batched import predict_logits
 from cnnkit.runtime.device import resolve_device, resolve_precision
 from cnnkit.runtime.normalization import Normalization, center_crop_images
-from cnnkit.tasks import SINGLE_LABEL, get_task
+from cnnkit.tasks import get_task
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -68,9 +68,12 @@ class Classifier:
         device: str = "auto",
         precision: str = "auto",
         seed: int | None = 0,
+        task: str = "single_label",
         **model_arguments: Any,
     ) -> None:
-        """``seed`` fixes the initial weights (None: random); fit's own ``seed`` fixes the data order."""
+        """``seed`` fixes the initial weights (None: random); fit's own ``seed`` fixes the data order.
+        ``task``: ``"single_label"`` (one class an image) or ``"multi_label"`` (any number of the
+        ``class_names`` an image: multi-hot labels, a sigmoid and a threshold a label)."""
         if class_names is None:
             if num_classes is None:
                 raise ValueError("Give class_names (or num_classes). Received neither.")
@@ -93,7 +96,9 @@ class Classifier:
             )
         self.history: History | None = None
         # The kind of labels (cnnkit.tasks): the loss, the output activation, the decision.
-        self.task = SINGLE_LABEL
+        self.task = get_task(task)
+        # Multi-label: a probability threshold a label (choose_thresholds; None: 0.5 each).
+        self.thresholds: list[float] | None = None
         # Added to the logits at prediction: a post-hoc adjustment for imbalanced classes (None: none).
         self.logit_offset: list[float] | None = None
         self.recipe: Recipe | None = None  # the recipe it was trained with
@@ -128,18 +133,20 @@ class Classifier:
         patience: int = 0,
         monitor: str = "val_accuracy",
     ) -> History:
-        """Train on uint8 images ``x`` and integer labels ``y``, Keras-style.
+        """Train on uint8 images ``x`` and integer labels ``y`` (a multi-label classifier: multi-hot
+        ``(N, labels)``), Keras-style.
 
         The recipe (a name, a YAML file or a ``Recipe``) gives every setting not passed here; it
         defaults to the Keras tutorial's (Adam, batch 32, 5 epochs), which is what this method
         reproduces, while ``cnnkit train`` defaults to the fast recipe. ``validation_split`` holds
         out a stratified, seeded share of ``x`` (not Keras's tail, which on class-sorted data holds
-        whole classes out); 0, Keras's default, holds out nothing. ``patience`` > 0 stops after
-        that many epochs without a better ``monitor`` value and restores the best weights.
+        whole classes out; multi-label data is split by iterative stratification); 0, Keras's
+        default, holds out nothing. ``patience`` > 0 stops after that many epochs without a better
+        ``monitor`` value and restores the best weights (multi-label: ``val_accuracy`` means mAP).
         ``verbose`` prints a progress bar and a line per epoch.
         """
-        train = _as_image_data(x, y, self.class_names)
-        val = _as_image_data(*validation_data, self.class_names) if validation_data else None
+        train = self._image_data(x, y)
+        val = self._image_data(*validation_data) if validation_data else None
         if val is None and validation_split:
             train, val = split_train_val(train, validation_split, seed)
         overrides = {
@@ -150,7 +157,7 @@ class Classifier:
             "validation_split": validation_split,
             "seed": seed,
             "patience": patience,
-            "monitor": monitor,
+            "monitor": self.task.monitor_for(monitor),
         }
         chosen = load_recipe(recipe, {key: value for key, value in overrides.items() if value is not None})
         self.normalization = Normalization.for_recipe(chosen.normalization, train.images)
@@ -175,6 +182,13 @@ class Classifier:
         task and input size; the rest is the run's (see ``cnnkit.engine.job.TrainingJob``)."""
         from cnnkit.engine.job import TrainingData, TrainingJob  # the engine loads only to train
 
+        if train.multi_label != self.task.multi_label:
+            raise ValueError(
+                f"A {self.task.name} classifier trains on "
+                f"{'multi-hot' if self.task.multi_label else 'class'} labels. "
+                f"Received: labels of shape {tuple(train.labels.shape)}"
+            )
+        recipe = recipe.replace(monitor=self.task.monitor_for(recipe.monitor))
         data = TrainingData(train.images, train.labels)
         if val is not None:
             data.val_images, data.val_labels = val.images, val.labels
@@ -210,14 +224,18 @@ class Classifier:
         x: ArrayLike,
         y: ArrayLike,
         batch_size: int = 1024,
-        metrics: Sequence[str] = ("loss", "accuracy"),
+        metrics: Sequence[str] | None = None,
     ) -> dict[str, float]:
-        """``{"loss", "accuracy", "count"}`` on labelled images, or the ``metrics`` named (any of
-        ``cnnkit.engine.metrics.METRICS``: ``balanced_accuracy``, ``macro_f1``...)."""
-        data = _as_image_data(x, y, self.class_names)
+        """``{"loss", "accuracy", "count"}`` on labelled images (multi-label: loss, mAP, micro- and
+        macro-F1 at the thresholds), or the ``metrics`` named (any of
+        ``cnnkit.engine.metrics.METRICS`` the task has: ``balanced_accuracy``, ``macro_f1``...)."""
+        data = self._image_data(x, y)
         if len(data.labels) == 0:
             raise ValueError("Cannot evaluate on an empty set of images.")
-        return score_logits(self.logits(data.images, batch_size), data.labels, metrics)
+        if metrics is None:
+            metrics = self.task.metric_names(False) if self.task.multi_label else ("loss", "accuracy")
+        logits = self.logits(data.images, batch_size)
+        return score_logits(logits, data.labels, metrics, self.task, self.thresholds)
 
     def predict(self, x: ArrayLike, batch_size: int = 1024) -> np.ndarray:
         """Class probabilities, shape ``(N, classes)``: the task's output activation (softmax) of
@@ -247,7 +265,11 @@ class Classifier:
         the test set) is highest; none when nothing beats the plain logits, or when a class has
         fewer than 5 images in ``x``. Kept by ``save``. Returns ``{"tau", "offset", "before",
         "after", ...}`` (see ``SingleLabelTask.choose_logit_adjustment``)."""
-        data = _as_image_data(x, y, self.class_names)
+        if self.task.multi_label:
+            raise ValueError(
+                "adjust_for_imbalance is for single-label classifiers; multi-label ones choose_thresholds."
+            )
+        data = self._image_data(x, y)
         if len(class_counts) != len(self.class_names):
             raise ValueError(
                 f"class_counts needs one count a class ({len(self.class_names)}). "
@@ -258,6 +280,9 @@ class Classifier:
         self.logit_offset = choice["offset"]
         return choice
 
+    def _image_data(self, x: ArrayLike, y: ArrayLike) -> ImageData:
+        return _as_image_data(x, y, self.class_names, self.task.multi_label)
+
     def model_view(self, images: torch.Tensor) -> torch.Tensor:
         """Images at ``resize_size`` (as a run stores them) cropped to the centre ``image_size``;
         any other size as given."""
@@ -265,9 +290,37 @@ class Classifier:
             return center_crop_images(images, self.image_size)
         return images
 
-    def predict_classes(self, x: ArrayLike) -> list[str]:
-        """The most probable class name for each image."""
-        return [self.class_names[index] for index in self.task.decide(self.predict(x))]
+    def choose_thresholds(self, x: ArrayLike, y: ArrayLike) -> dict[str, Any]:
+        """Multi-label: a threshold a label where that label's F1 on ``x``, ``y`` (a validation
+        split, never the test set) is highest; 0.5 for a label without a positive image there. Kept
+        by ``save``. Returns ``{"thresholds", "before", "after"}``: micro- and macro-F1 at 0.5 and
+        at the chosen thresholds on ``x``."""
+        if not self.task.multi_label:
+            raise ValueError("choose_thresholds is for multi-label classifiers (task='multi_label').")
+        data = self._image_data(x, y)
+        logits = self.logits(data.images)
+        chosen = self.task.choose_thresholds(self.task.probabilities(logits).numpy(), data.labels.numpy())
+        # A score of exactly 0 or 1 (a saturated float32 sigmoid) is no usable threshold.
+        thresholds = [min(max(value, 1e-6), 1 - 1e-6) for value in chosen]
+        names = ("micro_f1", "macro_f1")
+        before = score_logits(logits, data.labels, names, self.task)
+        after = score_logits(logits, data.labels, names, self.task, thresholds)
+        self.thresholds = thresholds
+        return {
+            "thresholds": dict(zip(self.class_names, thresholds, strict=True)),
+            "before": {name: before[name] for name in names},
+            "after": {name: after[name] for name in names},
+        }
+
+    def predict_classes(self, x: ArrayLike, threshold: float | None = None) -> list[str] | list[list[str]]:
+        """The most probable class name for each image; multi-label: each image's labels at or above
+        their thresholds (``threshold``: one for every label instead), most probable first."""
+        probabilities = self.predict(x)
+        if self.task.multi_label:
+            limits = self.thresholds if threshold is None else threshold
+            sets = self.task.label_sets(probabilities, self.class_names, limits)
+            return [[name for name, _ in labels] for labels in sets]
+        return [self.class_names[index] for index in self.task.decide(probabilities)]
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a self-describing checkpoint (atomically)."""
@@ -287,6 +340,7 @@ class Classifier:
             resize_size=self.resize_size,
             task=self.task.name,
             logit_offset=self.logit_offset,
+            thresholds=self.thresholds,
             recipe=self.recipe,
             config=config or {},
             epoch=epoch,
@@ -317,14 +371,15 @@ class Classifier:
             normalization=checkpoint.normalization,
             device=device,
             precision=precision,
+            task=checkpoint.task,
             **arguments,
         )
         load_weights(classifier.network, checkpoint.state_dict, source)
         classifier.network.to(classifier.device, memory_format=torch.channels_last)
         classifier.recipe, classifier.tta = checkpoint.recipe, checkpoint.tta
         classifier.resize_size = checkpoint.resize_size
-        classifier.task = get_task(checkpoint.task)
         classifier.logit_offset = checkpoint.logit_offset
+        classifier.thresholds = checkpoint.thresholds
         return classifier
 
 
@@ -335,8 +390,18 @@ def _as_images(x: ArrayLike | StoredImages) -> torch.Tensor | StoredImages:
     return torch.as_tensor(x)
 
 
-def _as_image_data(x: ArrayLike, y: ArrayLike, class_names: list[str]) -> ImageData:
+def _as_image_data(
+    x: ArrayLike, y: ArrayLike, class_names: list[str], multi_label: bool = False
+) -> ImageData:
     images = _as_images(x)
+    if multi_label:
+        labels = torch.as_tensor(y).long()
+        if labels.shape != (len(images), len(class_names)) or bool(((labels != 0) & (labels != 1)).any()):
+            raise ValueError(
+                f"A multi-label classifier takes multi-hot labels of 0 and 1, shape (N, {len(class_names)}) "
+                f"for {len(images)} images. Received: y of shape {tuple(labels.shape)}"
+            )
+        return ImageData(images=images, labels=labels, class_names=class_names)
     labels = torch.as_tensor(y).long().reshape(-1)  # Keras-style (N, 1) labels are welcome too
     if len(labels) != len(images):
         raise ValueError(f"x and y differ in length. Received: len(x)={len(images)}, len(y)={len(labels)}")

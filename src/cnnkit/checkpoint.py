@@ -20,6 +20,7 @@ from torch import nn
 
 from cnnkit import __version__
 from cnnkit.fileio import atomic_write_with
+from cnnkit.messages import short_repr
 from cnnkit.models import create_model
 from cnnkit.recipes import Recipe
 from cnnkit.reports.splits import metrics_by_split
@@ -58,6 +59,9 @@ class Checkpoint:
     # Added to the logits at prediction (a post-hoc logit adjustment for imbalanced classes, one
     # number a class; None: none). Part of the model: evaluate, predict, export and serve apply it.
     logit_offset: list[float] | None = None
+    # Multi-label only: a probability threshold a label, chosen on the validation split for that
+    # label's best F1 (None: 0.5 each, e.g. trained without a validation split).
+    thresholds: list[float] | None = None
 
     def __post_init__(self) -> None:
         self.resize_size = int(self.resize_size or self.image_size)
@@ -67,6 +71,17 @@ class Checkpoint:
                 f"logit_offset needs one number a class ({len(self.class_names)}). "
                 f"Received: {len(self.logit_offset)} numbers"
             )
+        if self.thresholds is not None:
+            values = list(self.thresholds)
+            if len(values) != len(self.class_names) or not all(
+                isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1
+                for value in values
+            ):
+                raise ValueError(
+                    f"thresholds needs one probability in (0, 1) a label ({len(self.class_names)}). "
+                    f"Received: {short_repr(self.thresholds)}"
+                )
+            self.thresholds = [float(value) for value in values]
 
     @property
     def tta(self) -> int:
@@ -120,6 +135,7 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
         "resize_size": int(checkpoint.resize_size),
         "task": checkpoint.task,
         "logit_offset": checkpoint.logit_offset,
+        "thresholds": checkpoint.thresholds,
         "normalization": checkpoint.normalization.to_dict(),
         "recipe": checkpoint.recipe.to_dict() if checkpoint.recipe is not None else None,
         "config": to_plain({key: value for key, value in checkpoint.config.items() if key != "recipe"}),
@@ -191,6 +207,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             resize_size=contents.get("resize_size"),
             task=contents.get("task") or "single_label",  # every checkpoint before tasks was single-label
             logit_offset=contents.get("logit_offset"),
+            thresholds=contents.get("thresholds"),
         )
     except ValueError as error:  # a field out of range (task, logit_offset): name the file
         raise ValueError(f"{path}: {error}") from None

@@ -19,8 +19,8 @@ object behind this same protocol.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import ClassVar
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
 
 import torch
 
@@ -294,13 +294,24 @@ def metric_values(states: dict[str, torch.Tensor], count: int, num_classes: int)
 
 
 def score_logits(
-    logits: torch.Tensor, labels: torch.Tensor, names: Iterable[str] = ("loss", "accuracy")
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    names: Iterable[str] = ("loss", "accuracy"),
+    task: Any = None,
+    thresholds: Sequence[float] | None = None,
 ) -> dict[str, float]:
-    """The metrics ``names`` of ``logits`` against ``labels`` (loss: the single-label task's
-    evaluation loss, mean cross-entropy), plus ``count``."""
+    """The metrics ``names`` of ``logits`` against ``labels``, plus ``count``. The loss is the
+    ``task``'s evaluation loss (default single-label: mean cross-entropy). Multi-label decisions
+    (the F1 figures) are taken at each label's ``thresholds`` (None: 0.5), as prediction does."""
     from cnnkit.tasks import SINGLE_LABEL
 
+    task = task or SINGLE_LABEL
     labels = labels.long().to(logits.device)
-    metrics = MetricSet(names, logits.shape[-1], logits.device)
-    metrics.update(SINGLE_LABEL.evaluation_loss_sum(logits, labels), logits, labels)
+    metrics = MetricSet(names, logits.shape[-1], logits.device, multi_label=task.multi_label)
+    decided = logits
+    if task.multi_label and thresholds is not None:
+        # A label's threshold is a shift of its logit: predicted where logit > log(t / (1 - t)).
+        limits = torch.as_tensor(thresholds, dtype=torch.float64).clamp(1e-7, 1 - 1e-7)
+        decided = logits - torch.log(limits / (1 - limits)).to(logits.device, logits.dtype)
+    metrics.update(task.evaluation_loss_sum(logits, labels), decided, labels)
     return {**metrics.values(), "count": metrics.count}

@@ -2,9 +2,9 @@
 loss (with class weights), the output activation, how a prediction is decided, the metrics shown
 and monitored by default, and what predictions, reports, export and the service return.
 
-Today's runs have one class an image: ``SINGLE_LABEL``. ``MULTI_LABEL`` (several labels an image:
+Most runs have one class an image: ``SINGLE_LABEL``. ``MULTI_LABEL`` (several labels an image:
 sigmoid outputs, binary cross-entropy, a threshold a label) is the second task object, with the
-same methods; loading and training do not create it yet (issue 21).
+same methods; data with a ``labels.csv`` table gets it (issue 21).
 Importing this package needs no torch: the methods that use it import it.
 """
 

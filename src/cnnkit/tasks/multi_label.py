@@ -1,8 +1,8 @@
 """Any number of labels an image (issue 21): multi-hot targets, one sigmoid a label, binary
 cross-entropy, a threshold a label.
 
-Not yet wired into loading and training (``data.label_table`` reads the labels); the methods are
-those of ``SingleLabelTask``, so that the trainer, metrics and prediction take either.
+Loading creates it for data with a ``labels.csv`` (``data.label_table``); the methods are those of
+``SingleLabelTask``, so that the trainer, metrics and prediction take either.
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ class MultiLabelTask:
     def is_imbalanced(self, labels: Any, num_classes: int) -> bool:
         """The most frequent label has over ``IMBALANCE_RATIO`` times the images of the rarest."""
         return counts_imbalanced(self.class_counts(labels, num_classes))
+
+    def monitor_for(self, monitor: str) -> str:
+        """The column a run monitors: the recipes' default ``val_accuracy`` (a single-label metric)
+        becomes mAP; any other name is kept (and refused by the metrics if not multi-label)."""
+        return {"val_accuracy": self.default_monitor, "accuracy": "map"}.get(monitor, monitor)
 
     def metric_names(self, imbalanced: bool = True, monitor: str | None = None) -> tuple[str, ...]:
         """Loss, mAP, micro- and macro-F1 (at each label's threshold), and what ``monitor`` follows."""
@@ -110,7 +115,7 @@ class MultiLabelTask:
     @staticmethod
     def choose_thresholds(probabilities: np.ndarray, targets: np.ndarray) -> list[float]:
         """A threshold a label maximising that label's F1 on these (validation) images: predicted
-        where the probability is at least it. ``DEFAULT_THRESHOLD`` for a label with no positive."""
+        where the probability is at least it (halfway between the lowest score kept and the next). ``DEFAULT_THRESHOLD`` for a label with no positive."""
         probabilities, targets = np.asarray(probabilities, dtype=np.float64), np.asarray(targets) > 0.5
         thresholds = []
         for scores, actual in zip(probabilities.T, targets.T, strict=True):
@@ -125,7 +130,10 @@ class MultiLabelTask:
             # Cut only between distinct scores: equal scores are decided together.
             distinct = np.append(scores[order][1:] != scores[order][:-1], True)
             best = int(np.argmax(np.where(distinct, f1, -1)))
-            thresholds.append(float(scores[order][best]))
+            ranked = scores[order]
+            # Halfway to the next lower score: the same decisions here, a margin for new images.
+            below = ranked[best + 1] if best + 1 < len(ranked) else ranked[best]
+            thresholds.append(float((ranked[best] + below) / 2))
         return thresholds
 
     # -- prediction -----------------------------------------------------------------------------
@@ -142,6 +150,19 @@ class MultiLabelTask:
         (``DEFAULT_THRESHOLD`` without them)."""
         limits = DEFAULT_THRESHOLD if thresholds is None else np.asarray(thresholds, dtype=np.float64)
         return np.asarray(probabilities) >= limits
+
+    def label_sets(
+        self, probabilities: np.ndarray, class_names: list[str], thresholds: Any = None
+    ) -> list[list[tuple[str, float]]]:
+        """Each image's labels at or above their thresholds, as (name, probability), most probable first."""
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        decided = self.decide(probabilities, thresholds)
+        sets = []
+        for row, chosen in zip(probabilities, decided, strict=True):
+            indices = np.flatnonzero(chosen)
+            indices = indices[np.argsort(-row[indices], kind="stable")]
+            sets.append([(class_names[index], float(row[index])) for index in indices])
+        return sets
 
     @staticmethod
     def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -41,6 +41,11 @@ class SingleLabelTask:
         has none), as ``data.balance`` says when loading."""
         return counts_imbalanced(self.class_counts(labels, num_classes))
 
+    @staticmethod
+    def monitor_for(monitor: str) -> str:
+        """The column a run monitors: ``monitor`` as given."""
+        return monitor
+
     def metric_names(self, imbalanced: bool, monitor: str | None = None) -> tuple[str, ...]:
         """What epoch lines and reports show: loss and accuracy; with imbalanced classes, balanced
         accuracy and macro-F1 too; and whatever ``monitor`` follows."""
