@@ -91,3 +91,32 @@ def server() -> Iterator[http.server.ThreadingHTTPServer]:
     yield httpd
     httpd.shutdown()
     httpd.server_close()
+
+
+def make_quadrant_sets(count: int, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-label: uint8 noisy images with any number of bright quadrants (none to all four), and
+    their multi-hot (count, 4) labels, one column a quadrant of ``CLASS_NAMES``."""
+    generator = np.random.default_rng(seed)
+    labels = (generator.random((count, len(CLASS_NAMES))) < 0.4).astype(np.int64)
+    images = generator.integers(0, 90, size=(count, size, size, 3), dtype=np.uint8)
+    half = size // 2
+    for index, row in enumerate(labels):
+        for label in np.flatnonzero(row):
+            top = 0 if label >= 2 else half
+            left = 0 if label % 2 == 0 else half
+            images[index, top : top + half, left : left + half] = generator.integers(150, 256, size=3)
+    return images, labels
+
+
+def write_label_table_data(
+    root: Path, images: np.ndarray, labels: np.ndarray, folder: str = "images"
+) -> Path:
+    """``root/<folder>/<index>.png`` for each image and ``root/labels.csv`` naming their labels."""
+    rows = ["image,labels"]
+    for index, (image, row) in enumerate(zip(images, labels, strict=True)):
+        name = f"{folder}/{index:04d}.png"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / name)
+        rows.append(f"{name},{' '.join(CLASS_NAMES[label] for label in np.flatnonzero(row))}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root

@@ -58,6 +58,12 @@ def add_parser(commands: Any) -> None:
         help="cifar10 (the default, downloaded), its .tar.gz or cifar-10-batches-py folder, "
         "or an image folder or .zip",
     )
+    train.add_argument(
+        "--labels",
+        metavar="CSV",
+        help="multi-label: a table of image,labels rows (labels separated by spaces, ; or |), paths "
+        "below the data's root; a labels.csv inside the data is found without this flag",
+    )
     source = train.add_mutually_exclusive_group()
     source.add_argument("--recipe", help="a named recipe (see `cnnkit models`) or a YAML recipe file")
     source.add_argument(
@@ -155,11 +161,13 @@ def _train_or_resume(arguments: argparse.Namespace) -> int:
         )
         return _print_result(result)
     data, precision, strict, init = arguments.data, arguments.precision, arguments.strict, arguments.init
+    labels = arguments.labels
     recipe = arguments.recipe  # None: cnnkit chooses for the data (fast, photo, finetune)
     if arguments.config:
         config = read_run_config(arguments.config)
         recipe, data, precision = config.recipe, data or config.data, precision or config.precision
         strict, init = strict or config.strict, init or config.values.get("init")
+        labels = labels or config.values.get("labels")
     result = train(
         data or "cifar10",
         recipe,
@@ -173,6 +181,7 @@ def _train_or_resume(arguments: argparse.Namespace) -> int:
         overrides=overrides,
         init=init,
         pretrained=arguments.pretrained,
+        labels=labels,
     )
     return _print_result(result)
 
@@ -181,6 +190,8 @@ _RESULT_FIGURES = {
     "loss": "loss",
     "accuracy": "accuracy",
     "balanced_accuracy": "balanced accuracy",
+    "map": "mAP",
+    "micro_f1": "micro-F1",
     "macro_f1": "macro-F1",
 }
 
@@ -206,7 +217,8 @@ def _print_result(result: Any) -> int:
         print(describe_failure(report["chance"]))
         return 0
     best = shlex.quote(str(result.run_folder / "best.pt"))
-    print(f"Where it fails, class by class: {_cnnkit_command()} evaluate {best}")
+    kind = "label" if "map" in (evaluation or {}) else "class"
+    print(f"Where it fails, {kind} by {kind}: {_cnnkit_command()} evaluate {best}")
     return 0
 
 

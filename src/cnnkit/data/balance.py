@@ -13,12 +13,21 @@ IMBALANCE_RATIO = 3.0
 
 def class_balance_summary(labels: Sequence[int] | Any, class_names: Sequence[str]) -> dict[str, Any]:
     """``{"class_counts": {name: count}, "imbalance_ratio": largest / smallest}`` of integer
-    ``labels`` (a sequence, numpy array or tensor); the ratio is None when a class has no image."""
+    ``labels`` (a sequence, numpy array or tensor; or multi-hot rows, one column a label, whose
+    counts are images a label); the ratio is None when a class has no image."""
+    shape = getattr(labels, "shape", ())
+    if len(shape) == 2:
+        counts = [int(count) for count in (labels > 0).sum(0).tolist()]
+        return _summary(counts, class_names)
     counts = [0] * len(class_names)
     for label in (int(value) for value in labels):
         if not 0 <= label < len(class_names):
             raise ValueError(f"Labels must be in [0, {len(class_names)}). Received: label={label}")
         counts[label] += 1
+    return _summary(counts, class_names)
+
+
+def _summary(counts: list[int], class_names: Sequence[str]) -> dict[str, Any]:
     smallest, largest = min(counts), max(counts)
     return {
         "class_counts": dict(zip(class_names, counts, strict=True)),
@@ -28,6 +37,7 @@ def class_balance_summary(labels: Sequence[int] | Any, class_names: Sequence[str
 
 # What the line suggests when the caller names nothing it does about the imbalance.
 SETTINGS = "To counter it: --set class_weights=balanced, logit_adjustment=1 or sampler=balanced."
+MULTI_LABEL_SETTINGS = "To weigh rare labels up: --set class_weights=balanced (positive weights)."
 
 
 def imbalance_note(summary: dict[str, Any], remedy: str = SETTINGS, shown: int = 3) -> str | None:

@@ -18,6 +18,10 @@ def check_trainable(data: ImageData, source: str = "The training data") -> None:
         data: the training images (before or after the validation split).
         source: how to name the data in the message, e.g. ``DataSplits.source``.
     """
+    if data.multi_label:  # any number of labels an image: one label present is a task already
+        if not bool((data.labels > 0).any()):
+            raise DataError(f"{source} has no image with a label; training needs labelled images")
+        return
     if len(data.class_names) < 2:
         names = ", ".join(data.class_names)
         raise DataError(

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from cnnkit.data.bounded_read import READ_ERRORS, describe_read_error, read_file
 from cnnkit.data.dataset import DataSplits, ImageData
-from cnnkit.data.errors import DataError
+from cnnkit.data.errors import DataError, ImageDecodeError
+from cnnkit.data.label_table import find_label_table, table_layout
 from cnnkit.data.layout import FolderLayout, resolve_layout
 from cnnkit.data.parallel_decode import DecodeJob, ImageOutput, decode_images
-from cnnkit.data.readers import FOLDER, ZIP, display_name, list_folder, list_zip
+from cnnkit.data.readers import FOLDER, ZIP, display_name, list_folder, list_zip, open_reader
 from cnnkit.data.skipped import (
     EMPTY_FOLDER,
     OUTSIDE_CLASSES,
@@ -48,6 +50,9 @@ class ImageSource:
     names: list[str]
     skipped: list[SkippedFile] = field(default_factory=list)
     empty_folders: list[str] = field(default_factory=list)  # relative, ending in "/"
+    # A multi-label table given apart from the data (``--labels``); else a labels.csv among the
+    # source's files is used, and without one the class folders give the labels.
+    label_file: Path | None = None
 
 
 @dataclass
@@ -99,17 +104,7 @@ def decode_source(
     Files that are not usable images are skipped and returned; with ``strict`` the first one
     that is not OS clutter raises ``DataError`` (before any decoding when the listing shows it).
     """
-    # Unsafe zip names (absolute, climbing out) are no paths in the layout: they lead nowhere.
-    others = [file.path for file in source.skipped if file.category != UNSAFE]
-    layout = resolve_layout(source.names, str(source.path), others)
-    skipped = source.skipped + [SkippedFile(path, OUTSIDE_CLASSES) for path in layout.unused(source.names)]
-    # An empty folder among the class folders is no class: say so rather than drop it silently.
-    class_levels = set(layout.prefixes().values())
-    skipped += [
-        SkippedFile(folder, EMPTY_FOLDER)
-        for folder in source.empty_folders
-        if folder[: folder.rstrip("/").rfind("/") + 1] in class_levels
-    ]
+    layout, skipped = _resolve_source_layout(source)
     problem = first_problem(displayed(source.kind, source.path, sorted(skipped, key=_by_path)))
     if strict and problem is not None:
         raise strict_error(problem)
@@ -136,6 +131,58 @@ def decode_source(
         decoded = [split for split in (train, *held_out.values()) if split is not None]
         _report_decoded(source, decoded, skipped, time.perf_counter() - started, workers)
     return DecodedSource(train, held_out["test"], skipped, held_out["validation"], layout.prefixes())
+
+
+def _resolve_source_layout(source: ImageSource) -> tuple[FolderLayout, list[SkippedFile]]:
+    """The source's layout (a label table's, else its class folders') and what it leaves out."""
+    # Unsafe zip names (absolute, climbing out) are no paths in the layout: they lead nowhere.
+    others = [file.path for file in source.skipped if file.category != UNSAFE]
+    table = _label_table(source, others)
+    if table is not None:
+        table_path, text, name = table
+        layout, left_out = table_layout(source.names, table_path, text, name)
+        return layout, [file for file in source.skipped if file.path != table_path] + left_out
+    layout = resolve_layout(source.names, str(source.path), others)
+    skipped = source.skipped + [SkippedFile(path, OUTSIDE_CLASSES) for path in layout.unused(source.names)]
+    # An empty folder among the class folders is no class: say so rather than drop it silently.
+    class_levels = set(layout.prefixes().values())
+    skipped += [
+        SkippedFile(folder, EMPTY_FOLDER)
+        for folder in source.empty_folders
+        if folder[: folder.rstrip("/").rfind("/") + 1] in class_levels
+    ]
+    return layout, skipped
+
+
+def _label_table(source: ImageSource, other_files: list[str]) -> tuple[str, str, str] | None:
+    """(its relative path, its text, its name for messages) of the source's label table, or None."""
+    if source.label_file is not None:
+        # Given apart from the data: it names images from the data's root.
+        name = str(source.label_file)
+        try:
+            data = read_file(source.label_file)
+        except READ_ERRORS as error:
+            raise DataError(f"Cannot read the label table {name} ({describe_read_error(error)})") from None
+        return "", _table_text(data, name), name
+    table_path = find_label_table(other_files)
+    if table_path is None:
+        return None
+    reader = open_reader(source.kind, source.path)
+    try:
+        data = reader.read(table_path)
+    except ImageDecodeError as error:
+        raise DataError(f"{error.name}: cannot read the label table ({error.reason})") from None
+    finally:
+        reader.close()
+    name = display_name(source.kind, source.path, table_path)
+    return table_path, _table_text(data, name), name
+
+
+def _table_text(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{name} is not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
 def load_image_folder(
@@ -205,10 +252,13 @@ def _decode_split(
     # Named by where the images are, not by their role: evaluate decodes a test folder this way too.
     where = job.display_name(prefix) if prefix else job.path
     decoded = decode_images(job, names, workers, progress, f"Decoding images in {where}", strict, output)
-    all_labels = torch.tensor([label for _, label in labelled], dtype=torch.int64)
+    # One class index an image, or (a label table) one row of 0 and 1 an image.
+    shape = (len(labelled), len(layout.class_names)) if layout.multi_label else (len(labelled),)
+    all_labels = torch.tensor([label for _, label in labelled], dtype=torch.int64).reshape(shape)
     labels = all_labels[torch.from_numpy(decoded.kept)]
     failures = [SkippedFile(name, reason) for name, reason in decoded.failures]
-    _check_classes_decoded(job, labelled, labels, layout.class_names, prefix, failures)
+    if not layout.multi_label:
+        _check_classes_decoded(job, labelled, labels, layout.class_names, prefix, failures)
     kept_names = [name for name, kept in zip(names, decoded.kept.tolist(), strict=True) if kept]
     images = torch.from_numpy(decoded.images) if isinstance(decoded.images, np.ndarray) else decoded.images
     return ImageData(images, labels, layout.class_names, kept_names), failures

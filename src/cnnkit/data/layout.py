@@ -23,7 +23,8 @@ class FolderLayout:
 
     Attributes:
         class_names: sorted class folder names of the training split (label index -> name).
-        train: ``(path, label)`` of each training image, sorted by label then path.
+        train: ``(path, label)`` of each training image, sorted by label then path; for a
+            multi-label table, the label is a tuple of 0 and 1 (one a label), in the table's order.
         test: same for the test split (a ``test/`` folder), or ``None`` without one.
         validation: same for the validation split (``val/``, ``valid/`` or ``validation/``), or ``None``.
         train_prefix: the path of the training class folders' parent ("" or ending in "/").
@@ -37,6 +38,11 @@ class FolderLayout:
     test_prefix: str | None = None
     validation: list[tuple[str, int]] | None = None
     validation_prefix: str | None = None
+
+    @property
+    def multi_label(self) -> bool:
+        """Labels from a table (``data.label_table``): each a tuple of 0 and 1, one a label."""
+        return bool(self.train) and isinstance(self.train[0][1], tuple)
 
     def unused(self, paths: list[str]) -> list[str]:
         """The ``paths`` in no split: images beside the class folders or in other folders."""

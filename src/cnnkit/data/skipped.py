@@ -21,11 +21,14 @@ HIDDEN = "hidden"
 UNUSED = "unused"
 UNSAFE = "unsafe"
 EMPTY = "empty"
+LABEL_MISMATCH = "label table"
 
 HIDDEN_FILE = "hidden file"
 HIDDEN_FOLDER = "hidden folder"
 OUTSIDE_CLASSES = "image outside the class folders"
 EMPTY_FOLDER = "empty folder: no class is made of it"
+# A multi-label table's rows and images that do not match (data.label_table).
+LABEL_TABLE_PREFIX = "labels: "
 _UNSAFE_PREFIX = "unsafe path in the archive"
 _NOT_IMAGE_PREFIX = "not an image file"
 _UNSUPPORTED_PREFIX = "unsupported image format"
@@ -39,6 +42,7 @@ _CATEGORY_PREFIXES = (
     (OUTSIDE_CLASSES, UNUSED),
     (_UNSAFE_PREFIX, UNSAFE),
     (EMPTY_FOLDER, EMPTY),
+    (LABEL_TABLE_PREFIX, LABEL_MISMATCH),
 )
 # (singular, plural) in summaries, in the order they are listed.
 _CATEGORY_LABELS = {
@@ -49,6 +53,7 @@ _CATEGORY_LABELS = {
     UNUSED: ("outside the class folders", "outside the class folders"),
     UNSAFE: ("unsafe path", "unsafe paths"),
     EMPTY: ("empty folder", "empty folders"),
+    LABEL_MISMATCH: ("not matched by the label table", "not matched by the label table"),
 }
 # Files and folders that operating systems, photo tools and NAS boxes drop into folders.
 _SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -59,6 +60,7 @@ def load_dataset(
     strict: bool = False,
     in_memory: bool | None = None,
     refresh_cache: bool = False,
+    labels: str | os.PathLike | None = None,
 ) -> DataSplits:
     """Load a data set, decoding it once into a store on disk and reading the store afterwards.
 
@@ -84,6 +86,10 @@ def load_dataset(
             a zip's bytes again). A folder's store is keyed by its files' names, sizes and
             modification times, not their bytes: a file rewritten with the same size and time
             is not noticed until the store is refreshed. A damaged store is rebuilt anyway.
+        labels: a multi-label table (``image,labels`` rows, see ``data.label_table``) for an image
+            folder or zip, naming its images by their paths below its root. Without it, a
+            ``labels.csv`` in the data (at its root, or the shallowest one) is used; without
+            either, the class folders give one label an image.
 
     Raises:
         DataError: missing or unsupported source, corrupt archive, a class folder without a
@@ -96,9 +102,13 @@ def load_dataset(
             f"image_size must be a positive integer or None. Received: image_size={image_size!r}"
         )
     workers = resolve_workers(workers)
+    label_file = _label_file(labels)
     home = Path(cache_dir).expanduser() if cache_dir is not None else cnnkit_home()
-    loader = _SourceLoader(home / "cache", image_size, workers, progress, strict, in_memory, refresh_cache)
+    loader = _SourceLoader(
+        home / "cache", image_size, workers, progress, strict, in_memory, refresh_cache, label_file
+    )
     if source is None or source == CIFAR10_NAME:
+        loader.refuse_label_table(CIFAR10_NAME)  # before any download
         md5 = expected_cifar10_md5()
         archive = download_cifar10(home, md5=md5, progress=progress)
         # download_cifar10 verified the md5, which identifies the content: no second hash.
@@ -127,6 +137,7 @@ class _SourceLoader:
         strict: bool,
         in_memory: bool | None = None,
         refresh: bool = False,
+        label_file: Path | None = None,
     ):
         self.cache_dir = cache_dir
         self.image_size = image_size
@@ -135,6 +146,7 @@ class _SourceLoader:
         self.strict = strict
         self.in_memory = in_memory
         self.refresh = refresh
+        self.label_file = label_file
 
     def cached(
         self,
@@ -165,8 +177,17 @@ class _SourceLoader:
                 print(skipped_summary(splits.skipped, count + len(splits.skipped)), file=sys.stderr)
         return splits
 
+    def refuse_label_table(self, source: str) -> None:
+        """A label table is for image folders and zips: CIFAR-10 brings its own labels."""
+        if self.label_file is not None:
+            raise DataError(
+                f"A label table is for image folders and zips; {source} is CIFAR-10, labelled by its "
+                f"own batches. Received: labels={str(self.label_file)!r}"
+            )
+
     def cifar10(self, content_hash: str, read: Callable[[], Splits], source: str) -> Splits:
         """Store and (unless the size is the native 32) resize CIFAR-10 splits."""
+        self.refuse_label_table(source)
         size = self.image_size
         if size in (None, _CIFAR10_SIDE):
             # Both mean "as stored": they share one store. The writer stores what read() returns.
@@ -186,13 +207,22 @@ class _SourceLoader:
     def images(self, kind: str, path: Path, content_hash: str, scan: Callable[[], ImageSource]) -> DataSplits:
         """Load the image folder or zip at ``path`` (listed by ``scan()``) through its store."""
 
+        if self.label_file is not None:
+            # The table is part of the content: another table is another store.
+            table = hashlib.sha256(self.label_file.read_bytes()).hexdigest()
+            content_hash = f"{content_hash}|labels:{table}"
+
         def build(writer: StoreWriter | None) -> CachedSplits:
-            decoded = decode_source(scan(), self.image_size, self.workers, self.progress, self.strict, writer)
+            source = scan()
+            source.label_file = self.label_file
+            decoded = decode_source(source, self.image_size, self.workers, self.progress, self.strict, writer)
             return CachedSplits(
                 decoded.train, decoded.test, decoded.skipped, decoded.validation, decoded.folders
             )
 
         description = f"image {kind} ({path})"
+        if self.label_file is not None:
+            description = f"image {kind} ({path}, labels {self.label_file})"
         splits = self.cached(kind, content_hash, self.image_size, build, description)
         skipped = displayed(kind, path, splits.skipped)
         # A strict load that decodes raises before anything is stored; one that finds a store
@@ -202,6 +232,20 @@ class _SourceLoader:
             raise strict_error(problem)
         folders = displayed_folders(kind, path, splits.folders)
         return DataSplits(splits.train, splits.test, description, skipped, splits.validation, folders)
+
+
+def _label_file(labels: str | os.PathLike | None) -> Path | None:
+    """The label table given apart from the data, checked to be a file."""
+    if labels is None:
+        return None
+    if not isinstance(labels, str | os.PathLike):
+        raise ValueError(f"labels must be a path to a .csv table or None. Received: labels={labels!r}")
+    path = Path(labels).expanduser()
+    if not path.is_file():
+        raise DataError(
+            f"Label table {path} does not exist or is not a file (expected a .csv of image,labels rows)"
+        )
+    return path
 
 
 def _load_folder(loader: _SourceLoader, path: Path) -> DataSplits:

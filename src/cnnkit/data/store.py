@@ -2,7 +2,7 @@
 
 A store ``<cache>/<kind>-<key>/`` (the key: the source's content and the image size) holds
     images.npy   uint8 (N, H, W, 3): every split's images, one split after another
-    labels.npy   int64 (N,)
+    labels.npy   int64 (N,), or (N, labels) multi-hot for multi-label data
     names.bin    each image's path in its source, NUL-separated (absent for CIFAR-10: no files)
     meta.json    the format version, class names, each split's rows, the skipped files, the
                  folder each split came from, the source, the checksums; written last
@@ -305,7 +305,7 @@ def _read_store(folder: Path, in_memory: bool | None) -> CachedSplits:
     labels_bytes = (folder / LABELS_FILE).read_bytes()
     check_bytes(labels_bytes, meta.checksums["labels"], LABELS_FILE)
     labels = torch.from_numpy(np.load(io.BytesIO(labels_bytes), allow_pickle=False))
-    if labels.shape != (count,):
+    if labels.shape not in ((count,), (count, len(meta.class_names))):
         raise StoreDamage(f"{LABELS_FILE} holds {tuple(labels.shape)} labels for {count} images")
     names = None
     if meta.names:

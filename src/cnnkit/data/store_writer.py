@@ -123,7 +123,9 @@ class StoreWriter:
                 self.append(splits.split(name).images.numpy())
                 self.ranges[name] = (start, self.rows)
         self._close_images()
-        labels = np.zeros(self.rows, dtype=np.int64)
+        # One class index an image, or (multi-label) a multi-hot row an image.
+        label_shape = tuple(splits.train.labels.shape[1:])
+        labels = np.zeros((self.rows, *label_shape), dtype=np.int64)
         names: list[str] = [""] * self.rows
         has_names = splits.train.names is not None
         for name, (start, stop) in self.ranges.items():

@@ -35,8 +35,38 @@ def chance_verdict(accuracy: float, class_counts: Sequence[int]) -> dict[str, An
     }
 
 
+def map_chance_verdict(
+    mean_average_precision: float, positives: Sequence[int], images: int
+) -> dict[str, Any]:
+    """Multi-label: whether mAP on ``images`` images, whose labels have ``positives`` images each
+    (labels without one left out), is clearly above what random scores reach. A label's expected
+    average precision under a random ranking is its share of positive images; the margin is a
+    rough binomial one on the mean share (``STANDARD_ERRORS`` standard errors, at least 1/images).
+    """
+    shares = [count / images for count in positives if count] if images > 0 else []
+    if not shares:
+        raise ValueError(f"positives must hold a labelled image. Received: positives={list(positives)}")
+    chance = sum(shares) / len(shares)
+    margin = max(STANDARD_ERRORS * math.sqrt(chance * (1 - chance) / images), 1 / images)
+    return {
+        "learned": bool(mean_average_precision > chance + margin),
+        "metric": "map",
+        "map": float(mean_average_precision),
+        "chance_map": chance,
+        "noise_margin": margin,
+        "images": images,
+    }
+
+
 def describe_failure(verdict: dict[str, Any]) -> str:
     """The plain line for a model that learned nothing (``verdict`` with its ``split``)."""
+    if verdict.get("metric") == "map":
+        return (
+            f"This model learned nothing: its best {verdict['split']} mAP ({verdict['map']:.4f}) is "
+            f"within noise (±{verdict['noise_margin']:.4f}) of random scores' "
+            f"({verdict['chance_map']:.4f}, each label's share of {verdict['images']} images). Do not "
+            "use its checkpoints as a result; try more epochs, or check that labels.csv matches the images."
+        )
     return (
         f"This model learned nothing: its best {verdict['split']} accuracy ({verdict['accuracy']:.4f}) "
         "is within noise "

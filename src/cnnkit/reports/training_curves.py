@@ -28,7 +28,7 @@ def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float]]:
 
 
 def plot_curves(path: str | os.PathLike, rows: list[dict[str, float]], title: str = "") -> None:
-    """Loss and accuracy, train vs validation: the picture that shows overfitting."""
+    """Loss and accuracy (multi-label: mAP), train vs validation: the picture that shows overfitting."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -37,7 +37,8 @@ def plot_curves(path: str | os.PathLike, rows: list[dict[str, float]], title: st
 
     epochs = [int(row["epoch"]) for row in rows]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
+    score = "accuracy" if "accuracy" in rows[0] else "map"
+    for axis, metric in zip(axes, ("loss", score), strict=True):
         axis.plot(epochs, [row[metric] for row in rows], "o-", label=f"train {metric}")
         if "val_" + metric in rows[0]:
             axis.plot(epochs, [row["val_" + metric] for row in rows], "o-", label=f"validation {metric}")

@@ -64,6 +64,8 @@ def wants_adjustment(recipe: Any, imbalance_ratio: float | None, has_validation:
 def adjust_best_checkpoint(run: Any) -> dict[str, Any] | None:
     """Choose ``tau`` on ``run``'s validation split for its ``best.pt`` and write the offset into it
     (unless the plain logits score best). Returns what was chosen (None when the run does not adjust)."""
+    if run.classifier.task.multi_label:  # a threshold a label instead (runs.thresholds)
+        return None
     validation = run.val_data
     has_validation = validation is not None and len(validation) > 0
     counts = run.classifier.task.class_counts(run.train_data.labels, len(run.classifier.class_names))

@@ -16,7 +16,7 @@ from cnnkit.data import DataSplits
 from cnnkit.data.balance import IMBALANCE_RATIO
 from cnnkit.engine.callbacks import History
 from cnnkit.recipes import Recipe
-from cnnkit.reports.chance import chance_verdict
+from cnnkit.reports.chance import chance_verdict, map_chance_verdict
 from cnnkit.reports.splits import metrics_by_split
 from cnnkit.runs.splits import report_split, split_roles
 from cnnkit.runtime.device import precision_name
@@ -67,7 +67,12 @@ def final_report(run: Any, history: History, seconds: float) -> dict[str, Any]:
 def learning_check(val_data, history: History, evaluation: dict | None, evaluation_data) -> dict[str, Any]:
     """``{"learned": bool, "chance": verdict}`` (see ``reports.chance``): the best validation
     accuracy of any epoch against the validation split's largest class; without validation, the
-    final evaluation's. Empty when nothing held out was scored."""
+    final evaluation's. Multi-label: the best validation mAP against random scores'. Empty when
+    nothing held out was scored."""
+    if getattr(val_data, "multi_label", False) or (
+        evaluation_data is not None and evaluation_data.multi_label
+    ):
+        return _multi_label_check(val_data, history, evaluation, evaluation_data)
     accuracies = [row["val_accuracy"] for row in history.rows if "val_accuracy" in row]
     if val_data is not None and len(val_data) and accuracies:
         split, accuracy, labels = "validation", max(accuracies), val_data.labels
@@ -77,6 +82,23 @@ def learning_check(val_data, history: History, evaluation: dict | None, evaluati
         return {}
     counts = torch.bincount(torch.as_tensor(labels).flatten().long()).tolist()
     verdict = {"split": split, **chance_verdict(accuracy, [count for count in counts if count])}
+    return {"learned": verdict["learned"], "chance": verdict}
+
+
+def _multi_label_check(
+    val_data, history: History, evaluation: dict | None, evaluation_data
+) -> dict[str, Any]:
+    scores = [row["val_map"] for row in history.rows if "val_map" in row]
+    if val_data is not None and len(val_data) and scores:
+        split, score, labels = "validation", max(scores), val_data.labels
+    elif evaluation is not None and "map" in evaluation:
+        split, score, labels = evaluation["split"], evaluation["map"], evaluation_data.labels
+    else:
+        return {}
+    positives = torch.as_tensor(labels).sum(0).tolist()
+    if not any(positives):
+        return {}
+    verdict = {"split": split, **map_chance_verdict(score, positives, len(labels))}
     return {"learned": verdict["learned"], "chance": verdict}
 
 
@@ -98,6 +120,7 @@ def run_config(
         "strict": strict,
         "model": classifier.model_name,
         "model_arguments": dict(classifier.network.model_arguments),
+        "task": classifier.task.name,
         "class_names": classifier.class_names,
         "image_size": classifier.image_size,
         "resize_size": classifier.resize_size,

@@ -29,7 +29,7 @@ from cnnkit.data import (
     skipped_summary,
     write_skipped_list,
 )
-from cnnkit.data.balance import SETTINGS, class_balance_summary, imbalance_note
+from cnnkit.data.balance import MULTI_LABEL_SETTINGS, SETTINGS, class_balance_summary, imbalance_note
 from cnnkit.data.survey import SizeSurvey, survey_image_sizes
 from cnnkit.engine import distributed
 from cnnkit.engine.callbacks import CallbackList, History
@@ -46,8 +46,10 @@ from cnnkit.runs.initialization import InitialWeights, apply_initial_weights, in
 from cnnkit.runs.recorder import RunRecorder
 from cnnkit.runs.records import final_report, run_config
 from cnnkit.runs.splits import training_splits
+from cnnkit.runs.thresholds import choose_best_thresholds, describe_thresholds
 from cnnkit.runtime.device import configure_process, precision_name, precision_warning, resolve_device
 from cnnkit.runtime.normalization import Normalization
+from cnnkit.tasks import MULTI_LABEL, SINGLE_LABEL
 
 
 @dataclass
@@ -75,6 +77,7 @@ def train(
     init: str | os.PathLike | None = None,
     pretrained: str | os.PathLike | bool | None = None,
     callbacks: Sequence[object] = (),
+    labels: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Load ``data``, train ``recipe`` into a new run folder, and evaluate ``best.pt``.
 
@@ -86,6 +89,8 @@ def train(
     (True, or a local file) from the published ImageNet weights of the recipe's model.
     ``callbacks`` listen to the training beside the console and the run folder (e.g. a tuner's
     pruning hook, see ``cnnkit.engine.callbacks``).
+    Data with a label table (``labels``, or a ``labels.csv`` in the data) trains a multi-label
+    model: one sigmoid a label, mAP monitored, a threshold a label chosen on validation.
     The final evaluation uses the data's test split, or the validation split where there is none.
     Files that are not usable images are skipped and listed in the run's ``skipped.txt``;
     ``strict`` makes the first of them an error instead. ``refresh_cache`` decodes the data again
@@ -111,15 +116,24 @@ def train(
             if line:
                 print(line, file=sys.stderr)
     splits = load_dataset(
-        data, image_size=sizes.stored_size, progress=verbose, strict=strict, refresh_cache=refresh_cache
+        data,
+        image_size=sizes.stored_size,
+        progress=verbose,
+        strict=strict,
+        refresh_cache=refresh_cache,
+        labels=labels,
     )
     check_trainable(splits.train, splits.source)
     train_data, val_data = training_splits(splits, recipe)
     balance = class_balance_summary(train_data.labels, train_data.class_names)
-    recipe, countering = imbalance_plan(recipe, balance["imbalance_ratio"], bool(val_data), overrides)
+    task = MULTI_LABEL if train_data.multi_label else SINGLE_LABEL
+    if task.multi_label:  # a label table: mAP monitored, rare labels weighed up only if asked
+        recipe, countering = recipe.replace(monitor=task.monitor_for(recipe.monitor)), MULTI_LABEL_SETTINGS
+    else:
+        recipe, countering = imbalance_plan(recipe, balance["imbalance_ratio"], bool(val_data), overrides)
     if verbose:
         _note_setup(splits, train_data, val_data, device, precision)
-    classifier = _new_classifier(recipe, train_data, sizes.input_size, device, precision)
+    classifier = _new_classifier(recipe, train_data, sizes.input_size, device, precision, task.name)
     if initial is not None:
         line = apply_initial_weights(classifier, initial)
         if verbose:
@@ -127,6 +141,7 @@ def train(
     folder = _create_shared_run_folder(out, name, job)
     config = run_config(data, splits, recipe, classifier, train_data, val_data, strict)
     config["init"] = initial.source if initial is not None else None
+    config["labels"] = os.path.abspath(labels) if labels is not None else None
     config.update(balance)  # class_counts, imbalance_ratio: also in report.json
     _plan_on_data(config, recipe, len(train_data), job.world_size, verbose)
     if verbose and (note := imbalance_note(balance, countering or SETTINGS)):
@@ -135,8 +150,9 @@ def train(
         write_config(folder, config)
         _report_skipped(folder, splits, verbose)
     if verbose:
+        kind = f"{len(train_data.class_names)}-label " if task.multi_label else ""
         stream.write(
-            f"Training {recipe.model} ({recipe.name} recipe) on {splits.source} "
+            f"Training {kind}{recipe.model} ({recipe.name} recipe) on {splits.source} "
             f"at {classifier.image_size} px: "
             f"{len(train_data)} train, {len(val_data) if val_data else 0} validation images, "
             f"{classifier.device.type} {precision_name(classifier.precision)}\n"
@@ -180,7 +196,12 @@ def _resolve_recipe(
 
 
 def _new_classifier(
-    recipe: Recipe, train_data: ImageData, input_size: int | None, device: str, precision: str
+    recipe: Recipe,
+    train_data: ImageData,
+    input_size: int | None,
+    device: str,
+    precision: str,
+    task: str = "single_label",
 ) -> Classifier:
     """The untrained classifier: the input size planned (else the images' own), stored larger by
     the recipe's evaluation crop, normalised as the recipe says."""
@@ -193,6 +214,7 @@ def _new_classifier(
         device=device,
         precision=precision,
         seed=recipe.seed,
+        task=task,
         **recipe.model_arguments,
     )
     classifier.resize_size = stored
@@ -240,7 +262,9 @@ def resume(
     job, device = distributed.initialize(device)
     verbose = verbose and job.is_main
     stored_size = config.get("resize_size", recipe.image_size)  # runs before resize_size: the recipe's
-    splits = load_dataset(config["data"], image_size=stored_size, progress=verbose)
+    splits = load_dataset(
+        config["data"], image_size=stored_size, progress=verbose, labels=config.get("labels")
+    )
     train_data, val_data = training_splits(splits, recipe)
     if train_data.class_names != checkpoint.class_names:
         raise ValueError(
@@ -321,9 +345,14 @@ def _train_in_folder(
     adjustment = adjust_best_checkpoint(run)  # imbalanced classes: best.pt decides for the prior
     if adjustment is not None and stream is not None:
         print(describe_adjustment(adjustment), file=sys.stderr)
+    thresholds = choose_best_thresholds(run)  # multi-label: a threshold a label, on validation
+    if thresholds is not None and stream is not None:
+        print(describe_thresholds(thresholds), file=sys.stderr)
     report = final_report(run, history, time.perf_counter() - started)
     if adjustment is not None:
         report["decision_adjustment"] = adjustment
+    if thresholds is not None:
+        report["thresholds"] = thresholds
     write_report(folder, report)
     CallbackList(callbacks).call("on_report", report)  # e.g. an experiment tracker's summary
     return TrainResult(folder, history, report, classifier)
