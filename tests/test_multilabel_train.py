@@ -133,6 +133,11 @@ def test_cnnkit_train_on_a_zip_with_labels_csv_trains_a_multi_label_model_with_n
     assert report["learned"] is True and report["chance"]["metric"] == "map"
     header = (out / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"map", "micro_f1", "macro_f1", "val_map"} <= set(header) and "accuracy" not in header
+    # compare shows the run by its mAP and F1, with no empty accuracy columns.
+    assert main(["compare", str(out / "run"), "--out", str(tmp_path / "compared")]) == 0
+    table = capsys.readouterr().out
+    assert "best val_map" in table and "best val_macro_f1" in table and "val_acc" not in table
+    assert (tmp_path / "compared" / "comparison.png").is_file()
 
 
 def test_without_a_validation_split_every_label_keeps_one_half_and_the_report_says_so(tmp_path, capsys):

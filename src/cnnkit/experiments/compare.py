@@ -248,8 +248,12 @@ def differing_fields(runs: Sequence[RunSummary]) -> list[str]:
 def format_comparison_table(runs: Sequence[RunSummary], fields: Sequence[str]) -> str:
     """One row a run: model, recipe, the differing fields, then size, time and the figures."""
     extra = [key for key in fields if key not in _OWN_COLUMNS]
-    header = ["run", "model", "recipe", *extra, "params", "epochs", "time", "best val_acc", "final val_acc"]
-    header += ["best val_loss", "lowest val_loss epoch", "final val_loss", "test acc"]
+    # Multi-label runs have no accuracy: their columns go when no run has one (mAP and F1 follow).
+    accuracy = any(run.best_val_accuracy is not None or run.test_accuracy is not None for run in runs)
+    header = ["run", "model", "recipe", *extra, "params", "epochs", "time"]
+    header += ["best val_acc", "final val_acc"] if accuracy else []
+    header += ["best val_loss", "lowest val_loss epoch", "final val_loss"]
+    header += ["test acc"] if accuracy else []
     others = list(dict.fromkeys(key for run in runs for key in run.best_other))
     header += [f"best {name}" for name in others]
     lines = [header]
@@ -261,17 +265,18 @@ def format_comparison_table(runs: Sequence[RunSummary], fields: Sequence[str]) -
         if run.best_val_accuracy_epoch is not None:
             best_accuracy += f" ({run.best_val_accuracy_epoch})"
         row = [run.label, run.model, run.recipe, *(format_value(run.settings.get(key, "-")) for key in extra)]
-        row += [_count(run.parameters), epochs, _duration(run.train_seconds), best_accuracy]
-        row += [_figure(run.final_val_accuracy), _figure(run.best_val_loss)]
-        row += [_integer(run.lowest_val_loss_epoch), _figure(run.final_val_loss), _figure(run.test_accuracy)]
+        row += [_count(run.parameters), epochs, _duration(run.train_seconds)]
+        row += [best_accuracy, _figure(run.final_val_accuracy)] if accuracy else []
+        row += [_figure(run.best_val_loss), _integer(run.lowest_val_loss_epoch), _figure(run.final_val_loss)]
+        row += [_figure(run.test_accuracy)] if accuracy else []
         row += [_figure(run.best_other.get(name)) for name in others]
         lines.append(row)
     return align_columns(lines)
 
 
 def plot_comparison(path: str | os.PathLike, runs: Sequence[RunSummary]) -> None:
-    """Loss and accuracy by epoch, one colour a run: training dashed, validation solid, and a
-    ring where validation loss was lowest (the overfitting point)."""
+    """Loss and accuracy (multi-label runs alone: mAP) by epoch, one colour a run: training dashed,
+    validation solid, and a ring where validation loss was lowest (the overfitting point)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -279,12 +284,13 @@ def plot_comparison(path: str | os.PathLike, runs: Sequence[RunSummary]) -> None
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
+    score = "accuracy" if any(run.history and "accuracy" in run.history[0] for run in runs) else "map"
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, run in enumerate(runs):
         colour = colours[index % len(colours)]
         epochs = [int(row["epoch"]) for row in run.history]
-        for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for axis, metric in zip(axes, ("loss", score), strict=True):
             if run.history and metric in run.history[0]:
                 axis.plot(epochs, [row[metric] for row in run.history], "--", color=colour, alpha=0.8)
             if run.history and "val_" + metric in run.history[0]:
@@ -295,7 +301,7 @@ def plot_comparison(path: str | os.PathLike, runs: Sequence[RunSummary]) -> None
             axes[0].plot(
                 run.lowest_val_loss_epoch, run.best_val_loss, "o", color=colour, fillstyle="none", ms=10
             )
-    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
+    for axis, metric in zip(axes, ("loss", score), strict=True):
         axis.set_xlabel("epoch")
         axis.set_ylabel(metric)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
