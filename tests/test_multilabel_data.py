@@ -27,9 +27,9 @@ def test_the_table_gives_a_multi_hot_matrix_and_skips_what_it_cannot_use_with_re
     assert table.label_counts() == {"dog": 1, "people": 1, "sand": 1, "sea": 2}
     reasons = {file.path: file.reason for file in table.skipped}
     assert reasons == {
-        "labels.csv row 5: beach/1.jpg": "a second row for the same image (the first is kept)",
-        "labels.csv row 6: gone.jpg": "names no image of the data",
-        "4.png": "no row in labels.csv",
+        "labels.csv row 5: beach/1.jpg": "labels: a second row for the same image (the first is kept)",
+        "labels.csv row 6: gone.jpg": "labels: names no image of the data",
+        "4.png": "labels: no row in labels.csv",
     }
 
 

@@ -27,7 +27,9 @@ def add_parsers(commands: Any) -> None:
     evaluate.set_defaults(handler=_evaluate)
 
     predict = commands.add_parser(
-        "predict", help="top classes of images: files, folders, glob patterns, .zip archives"
+        "predict",
+        help="top classes (multi-label models: label sets) of images: files, folders, glob patterns, "
+        ".zip archives",
     )
     predict.add_argument("checkpoint", help="a checkpoint, or an .onnx model from `cnnkit export` (no torch)")
     predict.add_argument(
@@ -36,7 +38,14 @@ def add_parsers(commands: Any) -> None:
         metavar="PATH",
         help="an image, a folder (searched recursively), a glob pattern or a .zip (images inside)",
     )
-    predict.add_argument("--top-k", type=int, default=5, help="classes per image (default: 5)")
+    predict.add_argument("--top-k", type=int, help="classes per image (default: 5; single-label models)")
+    predict.add_argument(
+        "--threshold",
+        type=float,
+        metavar="T",
+        help="multi-label models: one probability threshold in (0, 1) for every label (default: "
+        "the model's own, chosen a label on its validation split; 0.5 where it has none)",
+    )
     predict.add_argument("--format", choices=["table", "json", "csv"], default="table")
     # Deprecated alias kept so scripts written against --json keep working.
     predict.add_argument(
@@ -77,26 +86,39 @@ def _evaluate(arguments: argparse.Namespace) -> int:
 def _predict(arguments: argparse.Namespace) -> int:
     from cnnkit.inference.batch_prediction import (
         check_output_path,
+        check_threshold,
         predict_paths,
         write_predictions,
         write_predictions_file,
     )
+    from cnnkit.inference.predictor import load_predictor
 
+    check_threshold(arguments.threshold, name="--threshold")  # a bad value: refused before any work
     if arguments.output:  # before any work: an output that would replace a file is refused
         check_output_path(arguments.output, arguments.checkpoint, arguments.images, arguments.force)
-    results = predict_paths(
-        arguments.checkpoint,
-        arguments.images,
-        arguments.top_k,
-        arguments.batch_size,
-        device=arguments.device,
-        precision=arguments.precision or "auto",
+    model = load_predictor(
+        arguments.checkpoint, device=arguments.device, precision=arguments.precision or "auto"
     )
+    multi_label = model.task.multi_label
+    check_threshold(arguments.threshold, multi_label, name="--threshold")
+    if multi_label and arguments.top_k is not None:
+        raise ValueError(
+            "--top-k is for single-label models; a multi-label model gives every label at or above "
+            f"its threshold (see --threshold). Received: top_k={arguments.top_k}"
+        )
+    results = predict_paths(
+        model,
+        arguments.images,
+        5 if arguments.top_k is None else arguments.top_k,
+        arguments.batch_size,
+        threshold=arguments.threshold,
+    )
+    labels = model.class_names if multi_label else None  # the CSV's columns, one a label
     if arguments.output:
-        summary = write_predictions_file(arguments.output, results, arguments.format)
+        summary = write_predictions_file(arguments.output, results, arguments.format, labels)
         print(f"{summary.count} images, {summary.failed} failed, written to {arguments.output}")
     else:
-        summary = write_predictions(results, sys.stdout, arguments.format)
+        summary = write_predictions(results, sys.stdout, arguments.format, labels)
     # Every result is out either way; the exit code tells scripts that some inputs failed.
     return 1 if summary.failed else 0
 

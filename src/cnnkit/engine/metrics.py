@@ -192,19 +192,24 @@ class MicroF1(Metric):
 class MeanAveragePrecision(Metric):
     """Multi-label: the mean over labels (those with a positive image) of the average precision,
     the area under the label's precision-recall curve (scikit-learn's ``average_precision_score``,
-    macro). Scores are counted in ``BINS`` probability bins a label, so the state stays small and
-    sums across ranks; AP is then exact up to ties within a bin (1/1000 of probability)."""
+    macro). Scores are counted in ``BINS`` bins a label, so the state stays small and sums across
+    ranks; AP is then exact up to ties within a bin. The bins split the logits, not the
+    probabilities: confident images crowd probabilities near 1 (in equal probability bins a
+    trained model's confident positives and negatives tie, measured 0.961 against 0.978 exact),
+    while logits from -``LOGIT_RANGE`` to +``LOGIT_RANGE`` stay 0.024 apart a bin."""
 
     name = "map"
     single_label, multi_label = False, True
-    BINS = 1000
+    BINS = 2000
+    LOGIT_RANGE = 24.0
 
     def state_shape(self):
         return (self.num_classes, 2, self.BINS)  # label, negative / positive, score bin
 
     def batch_state(self, loss_sum, logits, targets):
-        labels, bins = self.num_classes, self.BINS
-        scores = (torch.sigmoid(logits.float()) * bins).long().clamp(0, bins - 1)
+        labels, bins, span = self.num_classes, self.BINS, self.LOGIT_RANGE
+        scaled = (logits.float().clamp(-span, span) + span) * (bins / (2 * span))
+        scores = scaled.long().clamp(0, bins - 1)
         positive = (targets > 0.5).long()
         cells = (torch.arange(labels, device=logits.device) * 2 + positive) * bins + scores
         return torch.bincount(cells.flatten(), minlength=labels * 2 * bins).view(labels, 2, bins)
@@ -307,11 +312,24 @@ def score_logits(
 
     task = task or SINGLE_LABEL
     labels = labels.long().to(logits.device)
-    metrics = MetricSet(names, logits.shape[-1], logits.device, multi_label=task.multi_label)
-    decided = logits
-    if task.multi_label and thresholds is not None:
-        # A label's threshold is a shift of its logit: predicted where logit > log(t / (1 - t)).
-        limits = torch.as_tensor(thresholds, dtype=torch.float64).clamp(1e-7, 1 - 1e-7)
-        decided = logits - torch.log(limits / (1 - limits)).to(logits.device, logits.dtype)
-    metrics.update(task.evaluation_loss_sum(logits, labels), decided, labels)
-    return {**metrics.values(), "count": metrics.count}
+    names = list(names)
+    loss_sum = task.evaluation_loss_sum(logits, labels)
+    if not (task.multi_label and thresholds is not None):
+        metrics = MetricSet(names, logits.shape[-1], logits.device, multi_label=task.multi_label)
+        metrics.update(loss_sum, logits, labels)
+        return {**metrics.values(), "count": metrics.count}
+    # A label's threshold is a shift of its logit: predicted where logit > log(t / (1 - t)). The
+    # decisions (F1) see the shifted logits; the ranking (mAP) and the loss the model's own.
+    limits = torch.as_tensor(thresholds, dtype=torch.float64).clamp(1e-7, 1 - 1e-7)
+    decided = logits - torch.log(limits / (1 - limits)).to(logits.device, logits.dtype)
+    values: dict[str, float] = {}
+    for group, group_logits in ((_DECISIONS, decided), (None, logits)):
+        chosen = [name for name in names if (name in _DECISIONS) == (group is not None)]
+        metrics = MetricSet(chosen, logits.shape[-1], logits.device, multi_label=True)
+        metrics.update(loss_sum, group_logits, labels)
+        values.update(metrics.values())
+    return {**{name: values[name] for name in names}, "count": len(labels)}
+
+
+# Multi-label metrics that depend on each label's threshold (the rest rank or measure the loss).
+_DECISIONS = frozenset({"micro_f1", "macro_f1"})

@@ -5,11 +5,12 @@ The graph takes raw pixels and does everything ``Classifier.predict`` does::
     images  uint8 (N, H, W, 3) RGB            (or float (N, 3, H, W) in [0, 1]: input_format="float")
       -> float, channels first, (pixel / 255 - mean) / std   (the checkpoint's normalisation)
       -> the network, averaged over the test-time views of the checkpoint's recipe (optional)
-      -> outputs "probabilities" (softmax, (N, classes)) and "logits" ((N, classes))
+      -> outputs "probabilities" ((N, classes): the task's activation, softmax; multi-label: a
+         sigmoid a label) and "logits" ((N, classes))
 
 N (the batch) is dynamic; H = W = the checkpoint's image size. The file's ``metadata_props``
 describe the model (see ``cnnkit.inference.onnx_runtime``), which ``OnnxClassifier`` reads with
-ONNX Runtime alone.
+ONNX Runtime alone; a multi-label model's thresholds (one a label) are among them.
 
 Before anything is written, ONNX Runtime's probabilities are compared with PyTorch's (float32, on
 CPU) on real images: the user's, else the run's own data, else deterministic synthetic images.
@@ -51,6 +52,7 @@ from cnnkit.runtime.constants import FLOAT_NCHW, ONNX_SUFFIX, UINT8_NHWC
 from cnnkit.runtime.normalization import Normalization
 from cnnkit.runtime.pixel_classifier import PixelClassifier, WithProbabilities
 from cnnkit.tasks import get_task
+from cnnkit.tasks.multi_label import DEFAULT_THRESHOLD
 
 INPUT_FORMATS = {"uint8": UINT8_NHWC, "float": FLOAT_NCHW}
 EXPORTERS = ("dynamo", "torchscript")
@@ -265,10 +267,21 @@ def _metadata(checkpoint: Checkpoint, pixel_format: str, tta: int, exporter: str
         "epoch": int(checkpoint.epoch),
         "recipe": checkpoint.recipe.name if checkpoint.recipe is not None else "",
         "task": checkpoint.task,  # what the outputs mean (cnnkit.tasks); read as single-label if absent
+        **_thresholds(checkpoint),
         "cnnkit_version": __version__,
         "exporter": f"{exporter} (torch {torch.__version__})",
         "opset": str(opset),
     }
+
+
+def _thresholds(checkpoint: Checkpoint) -> dict[str, list[float]]:
+    """A multi-label model's ``{"thresholds": one a label}`` (those it stores, else the default
+    for each), so that the file decides as the checkpoint does; nothing for a single-label one."""
+    if not get_task(checkpoint.task).multi_label:
+        return {}
+    stored = checkpoint.thresholds
+    default = [DEFAULT_THRESHOLD] * len(checkpoint.class_names)
+    return {"thresholds": list(stored) if stored is not None else default}
 
 
 def _set_metadata(model: Any, metadata: dict) -> None:
@@ -283,10 +296,13 @@ def _set_metadata(model: Any, metadata: dict) -> None:
         if metadata["input_format"] == UINT8_NHWC
         else (f"float32 (N, 3, {size}, {size}) RGB in [0, 1]")
     )
+    task = get_task(metadata.get("task"))
+    kind = "multi-label classifier of" if task.multi_label else "classifier of"
     model.doc_string = (
-        f"{metadata['model_name']} classifier of {len(metadata['class_names'])} classes. Input "
-        f"'{INPUT_NAME}': {shape}, normalised inside. Outputs '{PROBABILITIES}' (softmax) and "
-        f"'{LOGITS}', (N, classes); test-time augmentation level {metadata['tta']}."
+        f"{metadata['model_name']} {kind} {len(metadata['class_names'])} classes. Input "
+        f"'{INPUT_NAME}': {shape}, normalised inside. Outputs '{PROBABILITIES}' "
+        f"({task.output_activation}) and '{LOGITS}', (N, classes); test-time augmentation level "
+        f"{metadata['tta']}."
     )
 
 

@@ -1,6 +1,10 @@
 """Predicting many images: classify what paths name (see ``image_paths``) in bounded chunks, and
 write the results as a table, JSON or CSV as they come.
 
+A single-label model gives each image its ``top_k`` classes; a multi-label one (issue 21) gives
+each image its label set, every label at or above its threshold (the model's, or one ``threshold``
+for all), most probable first, maybe none, and every label's probability.
+
 A bad input never stops a run: it becomes an error entry in its place among the results.
 Nothing here imports torch: a checkpoint loads it (``load_predictor``), an ONNX model never does.
 """
@@ -9,9 +13,11 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
+import math
 import os
 import textwrap
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TextIO
 
@@ -28,6 +34,10 @@ FORMATS = ("table", "json", "csv")
 # An existing file predictions may replace: a text of results, never a model, image or archive.
 RESULT_FILE_SUFFIXES = (".csv", ".json", ".jsonl", ".txt", ".tsv")
 CSV_COLUMNS = ("path", "rank", "class", "probability", "error")
+# A multi-label model's CSV: these, then one column a label holding its probability.
+MULTI_LABEL_CSV_COLUMNS = ("path", "labels", "error")
+# Between the names of an image's labels in the CSV's "labels" column.
+LABEL_SEPARATOR = ";"
 # Images decoded and held at once. Decoding runs in this thread: on 2 busy cores a pool of 2-4
 # threads or 2 processes decoded no faster (tiny PNGs, 500x375 JPEGs and PNGs), and the model
 # costs 0.5-10 ms an image against 0.1-5 ms to decode, so a pool would mostly add contention.
@@ -39,6 +49,7 @@ __all__ = [
     "PredictionResult",
     "PredictionSummary",
     "check_output_path",
+    "check_threshold",
     "expand_inputs",
     "format_predictions",
     "predict_files",
@@ -57,20 +68,40 @@ class Prediction(NamedTuple):
 
 @dataclass(frozen=True)
 class PredictionResult:
-    """The top classes of one image, most probable first, or the error that stopped it."""
+    """The top classes of one image, most probable first, or the error that stopped it.
+
+    A multi-label model's result has ``labels`` (those at or above their thresholds, most probable
+    first; maybe none) and ``probabilities`` (every label's, in the model's order) instead of
+    ``predictions``; both are None for a single-label model.
+    """
 
     path: str
     predictions: tuple[Prediction, ...] = ()
     error: str | None = None
+    labels: tuple[Prediction, ...] | None = None
+    probabilities: tuple[Prediction, ...] | None = None
 
     @property
     def failed(self) -> bool:
         return self.error is not None
 
+    @property
+    def multi_label(self) -> bool:
+        """A multi-label model's result (a label set), not a ranking of classes."""
+        return self.probabilities is not None
+
     def to_dict(self) -> dict[str, Any]:
-        """``{"path", "predictions": [{"class", "probability"}, ...]}``, or ``{"path", "error"}``."""
+        """``{"path", "predictions": [{"class", "probability"}, ...]}``, or ``{"path", "error"}``;
+        multi-label: ``{"path", "labels": [{"label", "probability"}, ...], "probabilities":
+        {label: probability}}``."""
         if self.failed:
             return {"path": self.path, "error": self.error}
+        if self.labels is not None and self.probabilities is not None:
+            return {
+                "path": self.path,
+                "labels": [{"label": name, "probability": value} for name, value in self.labels],
+                "probabilities": dict(self.probabilities),
+            }
         predictions = [{"class": name, "probability": value} for name, value in self.predictions]
         return {"path": self.path, "predictions": predictions}
 
@@ -90,8 +121,10 @@ def predict_paths(
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "auto",
     precision: str = "auto",
+    threshold: float | None = None,
 ) -> Iterator[PredictionResult]:
-    """The ``top_k`` classes of every image ``paths`` name (see ``expand_inputs``), lazily, in order.
+    """The ``top_k`` classes of every image ``paths`` name (see ``expand_inputs``), lazily, in order;
+    a multi-label model's label set of each (see ``PredictionResult``).
 
     Images are read, decoded and classified ``batch_size`` at a time, so memory stays bounded
     however many there are. A path without images, or a file that cannot be read or decoded,
@@ -100,30 +133,55 @@ def predict_paths(
     Args:
         model: a ``Classifier`` (or any ``Predictor``), or the path of a checkpoint to load onto
             ``device`` or of an ``.onnx`` file (see ``load_predictor``).
-        top_k: classes per image, at most the model's class count.
+        top_k: classes per image, at most the model's class count (single-label models).
         device, precision: used to load a checkpoint (see ``Classifier``); a given model keeps its own.
+        threshold: a multi-label model's one threshold for every label, in (0, 1), instead of its
+            own (``model.thresholds``; 0.5 each where it has none). Refused for a single-label model.
     """
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1. Received: top_k={top_k}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
+    check_threshold(threshold)
     classifier = (
         load_predictor(model, device=device, precision=precision)
         if isinstance(model, str | os.PathLike)
         else model
     )
+    check_threshold(threshold, classifier.task.multi_label)
+    # The decision of a multi-label model: the one threshold given, else its own (None: 0.5 each).
+    thresholds = threshold if threshold is not None else getattr(classifier, "thresholds", None)
     items = expand_inputs(paths)
-    return _predict_items(classifier, items, min(top_k, len(classifier.class_names)), batch_size)
+    top_k = min(top_k, len(classifier.class_names))
+    return _predict_items(classifier, items, top_k, batch_size, thresholds)
+
+
+def check_threshold(threshold: Any, multi_label: bool = True, name: str = "threshold") -> None:
+    """Refuse, in one line naming ``name`` and the value, a threshold outside (0, 1) or one given
+    for a single-label model (``multi_label`` False). None (the model's own) always passes."""
+    if threshold is None:
+        return
+    if not (isinstance(threshold, int | float) and not isinstance(threshold, bool)) or not (
+        math.isfinite(threshold) and 0 < threshold < 1
+    ):
+        raise ValueError(
+            f"{name} must be a probability between 0 and 1 (both excluded). Received: threshold={threshold!r}"
+        )
+    if not multi_label:
+        raise ValueError(
+            f"{name} is for multi-label models; this model is single-label (it predicts its "
+            f"most probable classes, see top_k). Received: threshold={threshold!r}"
+        )
 
 
 def _predict_items(
-    classifier: Predictor, items: list[InputItem], top_k: int, batch_size: int
+    classifier: Predictor, items: list[InputItem], top_k: int, batch_size: int, thresholds: Any
 ) -> Iterator[PredictionResult]:
     with ItemReader() as reader:
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             images = [_decode_item(item, classifier, reader) for item in chunk]
-            yield from _classify_chunk(classifier, chunk, images, top_k, batch_size)
+            yield from _classify_chunk(classifier, chunk, images, top_k, batch_size, thresholds)
 
 
 def _classify_chunk(
@@ -132,24 +190,48 @@ def _classify_chunk(
     images: list[np.ndarray | str],
     top_k: int,
     batch_size: int,
+    thresholds: Any,
 ) -> Iterator[PredictionResult]:
     decoded = [image for image in images if not isinstance(image, str)]
-    ranked: Iterator[tuple[list[float], list[int]]] = iter(())
+    outcomes: Iterator[dict[str, Any]] = iter(())
     if decoded:
         probabilities = classifier.predict(np.stack(decoded), batch_size)
-        # The task ranks them (single-label: most probable first; of equals, the first class).
-        indices, values = classifier.task.top_k(probabilities, top_k)
-        ranked = zip(values.tolist(), indices.tolist(), strict=True)
+        outcomes = iter(_outcomes(classifier, probabilities, top_k, thresholds))
     for item, image in zip(chunk, images, strict=True):
         if isinstance(image, str):
             yield PredictionResult(item.path, error=image)
-            continue
-        values, indices = next(ranked)
-        predictions = tuple(
-            Prediction(classifier.class_names[index], round(value, 6))
-            for value, index in zip(values, indices, strict=True)
-        )
-        yield PredictionResult(item.path, predictions)
+        else:
+            yield PredictionResult(item.path, **next(outcomes))
+
+
+def _outcomes(
+    classifier: Predictor, probabilities: np.ndarray, top_k: int, thresholds: Any
+) -> list[dict[str, Any]]:
+    """Each image's ``PredictionResult`` fields: its ``top_k`` classes, or (multi-label) its label
+    set at ``thresholds`` and every label's probability. Probabilities are rounded to 6 places
+    after the decision, which takes them as the model gave them."""
+    names = classifier.class_names
+    if classifier.task.multi_label:
+        sets = classifier.task.label_sets(probabilities, names, thresholds)
+        return [
+            {
+                "labels": tuple(Prediction(name, round(value, 6)) for name, value in chosen),
+                "probabilities": tuple(
+                    Prediction(name, round(value, 6)) for name, value in zip(names, row, strict=True)
+                ),
+            }
+            for chosen, row in zip(sets, probabilities.astype(np.float64).tolist(), strict=True)
+        ]
+    # The task ranks them (single-label: most probable first; of equals, the first class).
+    indices, values = classifier.task.top_k(probabilities, top_k)
+    return [
+        {
+            "predictions": tuple(
+                Prediction(names[index], round(value, 6)) for value, index in zip(row, order, strict=True)
+            )
+        }
+        for row, order in zip(values.tolist(), indices.tolist(), strict=True)
+    ]
 
 
 def _decode_item(item: InputItem, classifier: Predictor, reader: ItemReader) -> np.ndarray | str:
@@ -176,39 +258,56 @@ def predict_files(
     top_k: int = 5,
     device: str = "auto",
     precision: str = "auto",
+    threshold: float | None = None,
 ) -> list[dict[str, Any]]:
     """Top-k classes and probabilities of every image ``paths`` name (see ``expand_inputs``), with
     the checkpoint or ``.onnx`` model at ``checkpoint_path``.
 
-    Returns one ``{"path", "predictions": [{"class", "probability"}]}`` per image, or
-    ``{"path", "error"}`` for an input that yields no decodable image (instead of raising).
+    Returns one ``{"path", "predictions": [{"class", "probability"}]}`` per image (multi-label:
+    ``{"path", "labels", "probabilities"}``, see ``PredictionResult.to_dict``; ``threshold`` as
+    in ``predict_paths``), or ``{"path", "error"}`` for an input that yields no decodable image
+    (instead of raising).
     """
-    results = predict_paths(checkpoint_path, paths, top_k, device=device, precision=precision)
+    results = predict_paths(
+        checkpoint_path, paths, top_k, device=device, precision=precision, threshold=threshold
+    )
     return [result.to_dict() for result in results]
 
 
 def write_predictions(
-    results: Iterable[PredictionResult], file: TextIO, format: str = "table"
+    results: Iterable[PredictionResult],
+    file: TextIO,
+    format: str = "table",
+    label_names: Sequence[str] | None = None,
 ) -> PredictionSummary:
     """Write ``results`` to ``file`` as each comes, in ``format``, and count them.
 
-    ``table``: ``path: class probability, ...`` a line, ``path: error: message`` for an error.
+    ``table``: ``path: class probability, ...`` a line, ``path: error: message`` for an error;
+    multi-label: ``path: label (0.930), label (0.710)``, or ``path: (no labels)``.
     ``json``: a list of ``PredictionResult.to_dict()`` (the same text as ``json.dumps(indent=2)``).
     ``csv``: columns ``path, rank, class, probability, error``; a row per (image, rank), or one
-    row with only the path and error.
+    row with only the path and error. Multi-label: columns ``path, labels`` (the label set joined
+    by ``;``), ``error``, then one a label holding its probability; a row an image.
+    ``label_names``: a multi-label model's labels, the CSV's columns even when every image fails
+    (default: those of the first multi-label result).
     """
-    writers = {"table": _write_table, "json": _write_json, "csv": _write_csv}
-    if format not in writers:
+    if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}. Received: format={format!r}")
     summary = PredictionSummary()
-    writers[format](_counted(results, summary), file)
+    counted = _counted(results, summary)
+    if format == "csv":
+        _write_csv(counted, file, label_names)
+    else:
+        {"table": _write_table, "json": _write_json}[format](counted, file)
     return summary
 
 
-def format_predictions(results: Iterable[PredictionResult], format: str = "table") -> str:
+def format_predictions(
+    results: Iterable[PredictionResult], format: str = "table", label_names: Sequence[str] | None = None
+) -> str:
     """``results`` as text in ``format`` (see ``write_predictions``)."""
     buffer = io.StringIO()
-    write_predictions(results, buffer, format)
+    write_predictions(results, buffer, format, label_names)
     return buffer.getvalue()
 
 
@@ -248,11 +347,14 @@ def _input_file(path: PathArgument) -> str:
 
 
 def write_predictions_file(
-    path: PathArgument, results: Iterable[PredictionResult], format: str = "table"
+    path: PathArgument,
+    results: Iterable[PredictionResult],
+    format: str = "table",
+    label_names: Sequence[str] | None = None,
 ) -> PredictionSummary:
     """Write ``results`` to ``path`` atomically: an interrupted run leaves no partial file."""
     with atomic_open(path, "w") as file:
-        return write_predictions(results, file, format)
+        return write_predictions(results, file, format, label_names)
 
 
 def _counted(results: Iterable[PredictionResult], summary: PredictionSummary) -> Iterator[PredictionResult]:
@@ -266,6 +368,9 @@ def _write_table(results: Iterable[PredictionResult], file: TextIO) -> None:
     for result in results:
         if result.failed:
             file.write(f"{result.path}: error: {result.error}\n")
+        elif result.labels is not None:
+            chosen = ", ".join(f"{name} ({value:.3f})" for name, value in result.labels)
+            file.write(f"{result.path}: {chosen or '(no labels)'}\n")
         else:
             ranked = ", ".join(f"{name} {value:.3f}" for name, value in result.predictions)
             file.write(f"{result.path}: {ranked}\n")
@@ -280,7 +385,27 @@ def _write_json(results: Iterable[PredictionResult], file: TextIO) -> None:
     file.write("[]\n" if opening == "[\n" else "\n]\n")
 
 
-def _write_csv(results: Iterable[PredictionResult], file: TextIO) -> None:
+def _write_csv(
+    results: Iterable[PredictionResult], file: TextIO, label_names: Sequence[str] | None = None
+) -> None:
+    results = iter(results)
+    if label_names is None:
+        # The columns follow the first image classified (the errors before it wait for it).
+        waiting = []
+        for result in results:
+            waiting.append(result)
+            if not result.failed:
+                if result.probabilities is not None:
+                    label_names = [name for name, _ in result.probabilities]
+                break
+        results = itertools.chain(waiting, results)
+    if label_names is not None:
+        _write_label_set_csv(results, file, list(label_names))
+    else:
+        _write_ranked_csv(results, file)
+
+
+def _write_ranked_csv(results: Iterable[PredictionResult], file: TextIO) -> None:
     writer = csv.writer(file, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for result in results:
@@ -290,3 +415,17 @@ def _write_csv(results: Iterable[PredictionResult], file: TextIO) -> None:
         writer.writerows(
             [result.path, rank, name, value, ""] for rank, (name, value) in enumerate(result.predictions, 1)
         )
+
+
+def _write_label_set_csv(results: Iterable[PredictionResult], file: TextIO, label_names: list[str]) -> None:
+    """A row an image: path, its label set, error, then every label's probability."""
+    # A label named like a fixed column gets its own name in the header all the same.
+    columns = [f"{name} (probability)" if name in MULTI_LABEL_CSV_COLUMNS else name for name in label_names]
+    writer = csv.writer(file, lineterminator="\n")
+    writer.writerow([*MULTI_LABEL_CSV_COLUMNS, *columns])
+    for result in results:
+        if result.failed or result.labels is None or result.probabilities is None:
+            writer.writerow([result.path, "", result.error or "", *[""] * len(label_names)])
+            continue
+        chosen = LABEL_SEPARATOR.join(name for name, _ in result.labels)
+        writer.writerow([result.path, chosen, "", *[value for _, value in result.probabilities]])

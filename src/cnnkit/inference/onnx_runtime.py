@@ -3,8 +3,9 @@
 The exported graph holds everything a checkpoint's ``predict`` does: it takes raw pixels
 (uint8 ``(N, H, W, 3)`` RGB, or float ``(N, 3, H, W)`` in [0, 1] if exported with
 ``input_format="float"``), normalises them, applies the test-time augmentation the model was
-trained for, and returns softmax probabilities. The file's ``metadata_props`` describe it (see
-``METADATA_KEYS``), so this module needs nothing else, and it never imports torch.
+trained for, and returns the task's probabilities (single-label: softmax; multi-label: one
+sigmoid a label, decided at the ``thresholds`` the metadata holds). The file's ``metadata_props``
+describe it (see ``METADATA_KEYS``), so this module needs nothing else, and it never imports torch.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ JSON_KEYS = (
     "metrics",
     "epoch",
     "model_arguments",
+    "thresholds",
 )
 METADATA_KEYS = (
     "format",
@@ -54,6 +56,8 @@ METADATA_KEYS = (
     "metrics",
     "epoch",
     "recipe",
+    "task",
+    "thresholds",
     "cnnkit_version",
     "exporter",
     "opset",
@@ -88,6 +92,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _is_thresholds(value: Any) -> bool:
+    return isinstance(value, list) and all(_is_number(item) and 0 < item < 1 for item in value)
+
+
 # What each metadata field read back must be: (what is allowed, the check). The strings that are
 # only shown (model_name, recipe, cnnkit_version, exporter, opset) are strings by construction.
 METADATA_CHECKS: dict[str, tuple[str, Any]] = {
@@ -101,6 +109,7 @@ METADATA_CHECKS: dict[str, tuple[str, Any]] = {
     "normalization": ("a mapping", _is_str_mapping),
     "model_arguments": ("a mapping", _is_str_mapping),
     "metrics": ("a mapping of metrics (numbers), by split or flat", _is_metrics),
+    "thresholds": ("a list of probabilities in (0, 1), one a label", _is_thresholds),
 }
 # Written by every cnnkit export; resize_size, tta, metrics and the rest may be absent from older files.
 REQUIRED_METADATA = ("format_version", "class_names", "image_size", "input_format")
@@ -132,6 +141,11 @@ def decode_metadata(properties: dict[str, str], source: str = "the ONNX file") -
     missing = [key for key in REQUIRED_METADATA if key not in metadata]
     if missing:
         raise ValueError(f"{source}: cnnkit metadata lacks {', '.join(repr(key) for key in missing)}.")
+    if "thresholds" in metadata and len(metadata["thresholds"]) != len(metadata["class_names"]):
+        raise ValueError(
+            f"{source}: cnnkit metadata field 'thresholds' needs one a label "
+            f"({len(metadata['class_names'])}). Received: thresholds={short_repr(metadata['thresholds'])}"
+        )
     if "resize_size" in metadata and metadata["resize_size"] < metadata["image_size"]:
         raise ValueError(
             f"{source}: cnnkit metadata field 'resize_size' must be >= image_size "
@@ -158,6 +172,9 @@ class OnnxClassifier:
         metadata: the file's description: ``model_name``, ``class_names``, ``image_size``,
             ``input_format``, ``normalization``, ``tta``, ``metrics``, ``epoch``,
             ``cnnkit_version``, ... plus ``source`` (``"onnx"``) and ``path``.
+        task: what the outputs mean (``cnnkit.tasks``; files exported before tasks: single-label).
+        thresholds: a multi-label model's probability threshold a label, from the metadata (None:
+            ``DEFAULT_THRESHOLD`` for each, or a single-label model).
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
@@ -189,6 +206,8 @@ class OnnxClassifier:
         # Files exported before resize_size existed: images were resized to the input size.
         self.resize_size: int = int(self.metadata.get("resize_size", self.image_size))
         self.input_format: str = self.metadata["input_format"]
+        stored = self.metadata.get("thresholds") if self.task.multi_label else None
+        self.thresholds: list[float] | None = None if stored is None else [float(value) for value in stored]
         self.path = path
 
     def __repr__(self) -> str:
@@ -214,9 +233,19 @@ class OnnxClassifier:
             return np.empty((0, len(self.class_names)), dtype=np.float32)
         return np.concatenate(outputs)
 
-    def predict_classes(self, images: np.ndarray) -> list[str]:
-        """The most probable class name for each image."""
-        return [self.class_names[index] for index in self.task.decide(self.predict(images))]
+    def predict_classes(
+        self, images: np.ndarray, threshold: float | None = None
+    ) -> list[str] | list[list[str]]:
+        """The most probable class name for each image; multi-label: each image's labels at or above
+        their thresholds (``threshold``: one for every label instead), most probable first."""
+        probabilities = self.predict(images)
+        if self.task.multi_label:
+            limits = self.thresholds if threshold is None else threshold
+            sets = self.task.label_sets(probabilities, self.class_names, limits)
+            return [[name for name, _ in labels] for labels in sets]
+        if threshold is not None:
+            raise ValueError(f"threshold is for multi-label models. Received: threshold={threshold!r}")
+        return [self.class_names[index] for index in self.task.decide(probabilities)]
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         if self.input_format == FLOAT_NCHW:

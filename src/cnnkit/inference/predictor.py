@@ -27,6 +27,8 @@ class Predictor(Protocol):
     resize_size: int  # decode to this square, then keep the centre image_size square
     metadata: dict[str, Any]
     task: Any  # cnnkit.tasks: how a prediction is decided and ranked
+    # Multi-label: a probability threshold a label (None: DEFAULT_THRESHOLD each; single-label: None).
+    thresholds: list[float] | None
 
     def predict(self, images: np.ndarray, batch_size: int = ...) -> np.ndarray:
         """Probabilities ``(N, classes)`` of uint8 RGB ``(N, image_size, image_size, 3)`` images."""
@@ -37,9 +39,10 @@ def load_predictor(path: str | os.PathLike, device: str = "auto", precision: str
     """The model in ``path``, ready to ``predict``: an ``OnnxClassifier`` for a ``.onnx`` file,
     else a ``CheckpointPredictor`` (torch) on ``device`` with ``precision``.
 
-    Both have ``class_names``, ``image_size``, ``metadata`` (``model_name``, ``class_names``,
-    ``image_size``, ``normalization``, ``tta``, ``metrics``, ``epoch``, ``cnnkit_version``,
-    ``source``, ``path``, ...) and ``predict(uint8 images (N, H, W, 3)) -> probabilities (N, classes)``.
+    Both have ``class_names``, ``image_size``, ``task``, ``thresholds`` (multi-label), ``metadata``
+    (``model_name``, ``class_names``, ``image_size``, ``normalization``, ``tta``, ``metrics``,
+    ``epoch``, ``task``, ``cnnkit_version``, ``source``, ``path``, ...) and
+    ``predict(uint8 images (N, H, W, 3)) -> probabilities (N, classes)``.
     An ONNX model runs on the CPU in float32: ``device`` and ``precision`` may only say so.
     """
     if Path(path).suffix.lower() == ONNX_SUFFIX:
@@ -74,6 +77,7 @@ class CheckpointPredictor:
         )
         self.class_names: list[str] = list(self.classifier.class_names)
         self.task = self.classifier.task
+        self.thresholds: list[float] | None = self.classifier.thresholds if self.task.multi_label else None
         self.image_size: int = int(self.classifier.image_size)
         self.resize_size: int = int(checkpoint.resize_size)
         self.metadata: dict[str, Any] = {
@@ -88,6 +92,8 @@ class CheckpointPredictor:
             "metrics": metrics_by_split(checkpoint.metrics),
             "epoch": checkpoint.epoch,
             "recipe": checkpoint.recipe.name if checkpoint.recipe is not None else "",
+            "task": checkpoint.task,
+            **({"thresholds": self.thresholds} if self.thresholds is not None else {}),
             "cnnkit_version": checkpoint.cnnkit_version,
             "source": "checkpoint",
             "path": str(path),

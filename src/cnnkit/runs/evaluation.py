@@ -3,6 +3,9 @@
 ``evaluate_checkpoint`` is the whole job (``cnnkit evaluate``); ``evaluate_classifier`` measures
 (with the classifier's test-time augmentation); ``write_evaluation_report`` fills a report folder;
 ``format_evaluation`` is what the CLI prints. Nothing here imports the trainer.
+
+A multi-label checkpoint (issue 21) gets a ``MultiLabelReport`` instead: ``per_label.csv``, the
+precision-recall curves, the worst label sets and ``report.json`` (with ``task: "multi_label"``).
 """
 
 from __future__ import annotations
@@ -25,9 +28,18 @@ from cnnkit.reports.classification import (
     write_per_class_csv,
 )
 from cnnkit.reports.evaluation_plots import plot_confusion_matrix, plot_misclassified
+from cnnkit.reports.multi_label import (
+    MultiLabelReport,
+    format_multi_label_table,
+    multi_label_report,
+    plot_label_set_gallery,
+    plot_precision_recall,
+    write_per_label_csv,
+)
 from cnnkit.runs.folders import create_run_folder
 from cnnkit.runs.splits import training_splits
 from cnnkit.runtime.device import configure_process
+from cnnkit.tasks.multi_label import DEFAULT_THRESHOLD
 
 # The headline figures of an evaluation, by the metric objects the epoch lines use.
 REPORTED_METRICS = ("loss", "accuracy", "balanced_accuracy", "macro_f1")
@@ -40,6 +52,14 @@ REPORT_FILES = {
     "report_json": "report.json",
 }
 
+# A multi-label report's files, by kind.
+MULTI_LABEL_REPORT_FILES = {
+    "per_label_csv": "per_label.csv",
+    "precision_recall": "precision_recall.png",
+    "worst_images": "worst_images.png",
+    "report_json": "report.json",
+}
+
 
 def evaluate_classifier(
     classifier: Classifier,
@@ -47,16 +67,19 @@ def evaluate_classifier(
     labels: torch.Tensor | None = None,
     batch_size: int = 1024,
     misclassified_limit: int = 25,
-) -> ClassificationReport:
+) -> ClassificationReport | MultiLabelReport:
     """The full report of ``classifier`` on ``data`` (``labels`` override ``data.labels``, e.g. matched).
 
     Probabilities and loss come from the same test-time-augmented logits that
-    ``Classifier.evaluate`` uses, so accuracy and loss agree with it.
+    ``Classifier.evaluate`` uses, so accuracy and loss agree with it. A multi-label classifier
+    gets a ``MultiLabelReport`` at its thresholds (``misclassified_limit``: its worst images).
     """
     if len(data) == 0:
         raise ValueError("Cannot evaluate on an empty set of images.")
     labels = (data.labels if labels is None else labels).long().cpu()
     logits = classifier.logits(data.images, batch_size)
+    if classifier.task.multi_label:
+        return _multi_label_report(classifier, data, labels, logits, misclassified_limit)
     headline = score_logits(logits, labels, REPORTED_METRICS)
     report = classification_report(
         labels.numpy(),
@@ -69,6 +92,39 @@ def evaluate_classifier(
     )
     report.balanced_accuracy, report.macro_f1 = headline["balanced_accuracy"], headline["macro_f1"]
     return report
+
+
+def _multi_label_report(
+    classifier: Classifier, data: ImageData, labels: torch.Tensor, logits: torch.Tensor, limit: int
+) -> MultiLabelReport:
+    """The multi-label report of ``logits``: the loss as ``Classifier.evaluate`` scores it, the
+    rest from the sigmoid probabilities at the classifier's thresholds."""
+    if labels.dim() != 2:
+        raise ValueError(
+            "A multi-label classifier is evaluated on multi-hot labels (N, labels). "
+            f"Received: labels of shape {tuple(labels.shape)}"
+        )
+    headline = score_logits(logits, labels, ("loss",), classifier.task, classifier.thresholds)
+    return multi_label_report(
+        labels.numpy(),
+        # In float64: a float32 sigmoid ties every confident image at exactly 1, blunting AP's ranking.
+        classifier.task.probabilities(logits.double()).numpy(),
+        classifier.class_names,
+        classifier.thresholds,
+        loss=headline["loss"],
+        names=getattr(data, "names", None),
+        worst_limit=limit,
+    )
+
+
+def _task_fields(classifier: Classifier) -> dict[str, Any]:
+    """A multi-label result's ``thresholds_source``: "validation" where the checkpoint holds
+    thresholds (``choose_thresholds`` on a validation split), else "default 0.5" (the report
+    itself holds ``thresholds``). Nothing for a single-label classifier."""
+    if not classifier.task.multi_label:
+        return {}
+    chosen = classifier.thresholds is not None
+    return {"thresholds_source": "validation" if chosen else f"default {DEFAULT_THRESHOLD}"}
 
 
 def report_folder(checkpoint_path: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
@@ -91,22 +147,27 @@ def report_folder(checkpoint_path: str | os.PathLike, out: str | os.PathLike | N
 
 def write_evaluation_report(
     folder: str | os.PathLike,
-    report: ClassificationReport,
+    report: ClassificationReport | MultiLabelReport,
     images: Any,
     result: dict[str, Any],
 ) -> dict[str, str]:
     """Write the CSV, the three pictures and ``report.json`` (``result`` plus file paths) into ``folder``.
 
-    Returns the written files' paths by kind (the keys of ``REPORT_FILES``).
+    Returns the written files' paths by kind (the keys of ``REPORT_FILES``). A multi-label report
+    writes ``per_label.csv``, the precision-recall curves, the worst label sets and ``report.json``
+    (the keys of ``MULTI_LABEL_REPORT_FILES``).
     """
     folder = Path(folder)
-    files = {kind: str(folder / name) for kind, name in REPORT_FILES.items()}
-    write_per_class_csv(files["per_class_csv"], report)
-    plot_confusion_matrix(files["confusion_matrix"], report.confusion_matrix, report.class_names)
-    plot_confusion_matrix(
-        files["confusion_matrix_normalized"], report.confusion_matrix, report.class_names, normalize=True
-    )
-    plot_misclassified(files["misclassified"], images, report.misclassified, report.misclassified_count)
+    if isinstance(report, MultiLabelReport):
+        files = _write_multi_label_files(folder, report, images)
+    else:
+        files = {kind: str(folder / name) for kind, name in REPORT_FILES.items()}
+        write_per_class_csv(files["per_class_csv"], report)
+        plot_confusion_matrix(files["confusion_matrix"], report.confusion_matrix, report.class_names)
+        plot_confusion_matrix(
+            files["confusion_matrix_normalized"], report.confusion_matrix, report.class_names, normalize=True
+        )
+        plot_misclassified(files["misclassified"], images, report.misclassified, report.misclassified_count)
     contents = {**result, "report_folder": str(folder), "files": files}
     atomic_write_text(
         files["report_json"], json_text(to_plain(contents), indent=2, ensure_ascii=False) + "\n"
@@ -114,10 +175,24 @@ def write_evaluation_report(
     return files
 
 
+def _write_multi_label_files(folder: Path, report: MultiLabelReport, images: Any) -> dict[str, str]:
+    """The CSV and the two pictures of a multi-label report; the paths of all its files."""
+    files = {kind: str(folder / name) for kind, name in MULTI_LABEL_REPORT_FILES.items()}
+    write_per_label_csv(files["per_label_csv"], report)
+    plot_precision_recall(files["precision_recall"], report)
+    plot_label_set_gallery(files["worst_images"], images, report.worst, report.wrong_count)
+    return files
+
+
 def format_evaluation(result: dict[str, Any]) -> str:
     """The text ``cnnkit evaluate`` prints for an ``evaluate_checkpoint`` result."""
     lines = [f"{result['data']} [{result['split']}] {result['count']} images", ""]
-    lines.append(format_report_table(ClassificationReport.from_dict(result)))
+    if result.get("task") == "multi_label":
+        lines.append(format_multi_label_table(MultiLabelReport.from_dict(result)))
+        if result.get("thresholds_source"):
+            lines.append(f"Thresholds: {result['thresholds_source']}")
+    else:
+        lines.append(format_report_table(ClassificationReport.from_dict(result)))
     if result.get("report_folder"):
         lines.append(f"Report folder: {result['report_folder']}")
     return "\n".join(lines)
@@ -139,7 +214,10 @@ def evaluate_checkpoint(
     matrix, most confident errors, ``missing_classes`` (see ``ClassificationReport.to_dict``), plus
     ``split``, ``data`` and ``checkpoint``. With ``reports``, the report's files are written to
     ``out`` (a new or empty folder) or to a new ``evaluate``, ``evaluate2``... folder beside the
-    checkpoint, and ``report_folder`` and ``files`` name them.
+    checkpoint, and ``report_folder`` and ``files`` name them. A multi-label checkpoint gives
+    ``MultiLabelReport.to_dict`` (``task`` "multi_label", loss, mAP, micro- and macro-F1, exact
+    match, Hamming loss, per label figures, the worst images) plus ``thresholds`` and
+    ``thresholds_source``, and writes ``MULTI_LABEL_REPORT_FILES``.
     """
     configure_process()
     checkpoint = load_checkpoint(checkpoint_path)
@@ -149,10 +227,11 @@ def evaluate_checkpoint(
         checkpoint, device=device, precision=precision, source=checkpoint_path
     )
     evaluation_data, split_name, source = _evaluation_data(checkpoint, data)
-    labels = match_labels(evaluation_data, checkpoint.class_names)
+    labels = match_labels(evaluation_data, checkpoint.class_names, classifier.task.multi_label)
     report = evaluate_classifier(classifier, evaluation_data, labels, batch_size)
     result = {
         **report.to_dict(),
+        **_task_fields(classifier),
         "split": split_name,
         "data": source,
         "checkpoint": str(checkpoint_path),
@@ -169,8 +248,10 @@ def _evaluation_data(checkpoint: Checkpoint, data) -> tuple[ImageData, str, str]
     """The images to score: ``data``'s test split (else its validation folder, else all of it), or
     without ``data`` the run's own test split, validation folder or exactly the share it held out."""
     source = data if data is not None else checkpoint.config.get("data", "cifar10")
+    # The run's own data with the label table it was given apart (--labels), if any.
+    labels = checkpoint.config.get("labels") if data is None else None
     # Decoded as the run stored its images (resize_size); the classifier crops the centre it sees.
-    splits = load_dataset(source, image_size=checkpoint.resize_size)
+    splits = load_dataset(source, image_size=checkpoint.resize_size, labels=labels)
     if splits.test is not None:
         return splits.test, "test", splits.folders.get("test", splits.source)
     if splits.validation is not None:
@@ -185,14 +266,30 @@ def _evaluation_data(checkpoint: Checkpoint, data) -> tuple[ImageData, str, str]
     return validation, "validation", splits.source
 
 
-def match_labels(data: ImageData, class_names: list[str]) -> torch.Tensor:
-    """Labels of ``data`` re-indexed to ``class_names`` by name (folder order may differ)."""
+def match_labels(data: ImageData, class_names: list[str], multi_label: bool | None = None) -> torch.Tensor:
+    """Labels of ``data`` re-indexed to ``class_names`` by name (folder order may differ).
+
+    ``multi_label`` (the model's task; None: the data's): multi-hot label columns are re-ordered to
+    the model's labels, a model label the data lacks getting a column of zeros.
+    """
+    multi_label = data.multi_label if multi_label is None else multi_label
+    if multi_label != data.multi_label:
+        raise ValueError(
+            f"A {'multi' if multi_label else 'single'}-label model cannot be evaluated on "
+            f"{'multi-hot labels' if data.multi_label else 'one class an image'}: give data labelled "
+            f"as it was trained. Received: labels of shape {tuple(data.labels.shape)}"
+        )
+    what = "labels" if multi_label else "classes"
     index = {name: position for position, name in enumerate(class_names)}
     unknown = [name for name in data.class_names if name not in index]
     if unknown:
         raise ValueError(
-            f"The data has classes the model does not know: {', '.join(unknown)}. "
-            f"Model classes: {', '.join(class_names)}."
+            f"The data has {what} the model does not know: {', '.join(unknown)}. "
+            f"Model {what}: {', '.join(class_names)}."
         )
+    if multi_label:
+        columns = torch.zeros((len(data), len(class_names)), dtype=torch.long)
+        columns[:, [index[name] for name in data.class_names]] = data.labels.long()
+        return columns
     mapping = torch.tensor([index[name] for name in data.class_names], dtype=torch.long)
     return mapping[data.labels.long()]

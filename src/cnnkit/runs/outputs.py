@@ -37,6 +37,10 @@ FOLDER_KINDS: dict[str, tuple[str, frozenset[str]]] = {
             }
         ),
     ),
+    "multi-label evaluation report": (
+        "per_label.csv",
+        frozenset({"per_label.csv", "precision_recall.png", "worst_images.png", "report.json"}),
+    ),
     "tuning study": (
         "study.db",
         frozenset(

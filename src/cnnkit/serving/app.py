@@ -39,6 +39,7 @@ from cnnkit.serving.uploads import (
     split_uploads,
 )
 from cnnkit.tasks import SINGLE_LABEL
+from cnnkit.tasks.multi_label import DEFAULT_THRESHOLD
 
 STATIC_DIRECTORY = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
@@ -193,6 +194,7 @@ def _add_predict_route(
     large_decoder: ThreadPoolExecutor,
 ) -> None:
     class_names = list(predictor.class_names)
+    thresholds = getattr(predictor, "thresholds", None)  # multi-label (None: 0.5 each)
 
     def read_uploads(content_type: str | None, body: bytes) -> tuple[list[Upload], int]:
         uploads = split_uploads(content_type, body, limits.max_images_per_request)
@@ -203,15 +205,19 @@ def _add_predict_route(
         response_model=PredictResponse,
         responses=_ERRORS,
         openapi_extra=PREDICT_REQUEST_BODY,
-        summary="Top classes of one or more images",
+        summary="Top classes (multi-label: label sets) of one or more images",
     )
     async def predict(
         request: Request,
-        top_k: Annotated[int, Query(ge=1, le=1000, description="Classes per image (at most all).")] = 5,
+        top_k: Annotated[
+            int, Query(ge=1, le=1000, description="Classes per image (at most all; single-label models).")
+        ] = 5,
     ) -> JSONResponse:
         """Images as multipart/form-data (field `files`, repeated, or `file`) or one raw image body
         (`Content-Type: image/*`). Results come in the order the images were sent; an image that
-        cannot be decoded gets an `error` in its place (or 415 when it is the only one)."""
+        cannot be decoded gets an `error` in its place (or 415 when it is the only one). A
+        multi-label model (`task` "multi_label") gives each image its `labels` at or above their
+        thresholds and every label's `probabilities` instead of the top classes."""
         body = await read_body(request, limits.max_upload_bytes)
         split = functools.partial(read_uploads, request.headers.get("content-type"), body)
         uploads, pixels = split() if len(body) <= INLINE_SPLIT_BYTES else await _in_thread(split)
@@ -227,8 +233,9 @@ def _add_predict_route(
             raise RequestError(500, f"The model failed ({type(error).__name__}: {error})") from None
         if len(outcomes) == 1 and isinstance(outcomes[0], str):
             raise RequestError(415, outcomes[0])
-        ranked = rank_results(uploads, outcomes, class_names, min(top_k, len(class_names)), predictor.task)
-        return JSONResponse({"results": ranked})
+        top_k = min(top_k, len(class_names))
+        ranked = rank_results(uploads, outcomes, class_names, top_k, predictor.task, thresholds)
+        return JSONResponse({"task": predictor.task.name, "results": ranked})
 
 
 async def _in_thread(function: functools.partial) -> Any:
@@ -241,28 +248,57 @@ def rank_results(
     class_names: list[str],
     top_k: int,
     task: Any = SINGLE_LABEL,
+    thresholds: Any = None,
 ) -> list[dict[str, Any]]:
-    """One result dict per upload (see ``schemas.ImageResult``) from its probabilities or error."""
+    """One result dict per upload (see ``schemas.ImageResult``) from its probabilities or error:
+    its ``top_k`` classes, or (a multi-label ``task``) its label set at ``thresholds`` (None: 0.5
+    each) and every label's probability."""
     rows = [outcome for outcome in outcomes if not isinstance(outcome, str)]
-    ranked: list[tuple[list[int], list[float]]] = []
+    found: list[dict[str, Any]] = []
     if rows:
         probabilities = np.stack(rows)
-        order, values = task.top_k(probabilities, top_k)  # the task ranks them (cnnkit.tasks)
-        values = values.astype(np.float64).round(6)
-        ranked = list(zip(order.tolist(), values.tolist(), strict=True))
+        found = (
+            _label_sets(probabilities, class_names, task, thresholds)
+            if task.multi_label
+            else _top_classes(probabilities, class_names, task, top_k)
+        )
     results = []
-    next_ranked = iter(ranked)
+    next_found = iter(found)
     for upload, outcome in zip(uploads, outcomes, strict=True):
         if isinstance(outcome, str):
             results.append({"name": upload.name, "error": outcome})
-            continue
-        indices, values = next(next_ranked)
-        predictions = [
-            {"class": class_names[index], "probability": value}
-            for index, value in zip(indices, values, strict=True)
-        ]
-        results.append({"name": upload.name, "predictions": predictions})
+        else:
+            results.append({"name": upload.name, **next(next_found)})
     return results
+
+
+def _top_classes(probabilities: np.ndarray, class_names: list[str], task: Any, top_k: int) -> list[dict]:
+    """Each row's ``{"predictions"}``: its ``top_k`` classes, ranked by the task (cnnkit.tasks)."""
+    order, values = task.top_k(probabilities, top_k)
+    values = values.astype(np.float64).round(6)
+    return [
+        {
+            "predictions": [
+                {"class": class_names[index], "probability": value}
+                for index, value in zip(indices, row, strict=True)
+            ]
+        }
+        for indices, row in zip(order.tolist(), values.tolist(), strict=True)
+    ]
+
+
+def _label_sets(probabilities: np.ndarray, class_names: list[str], task: Any, thresholds: Any) -> list[dict]:
+    """Each row's ``{"labels", "probabilities"}``: the labels at or above their ``thresholds``,
+    most probable first (decided before rounding), and every label's probability."""
+    sets = task.label_sets(probabilities, class_names, thresholds)
+    rounded = probabilities.astype(np.float64).round(6).tolist()
+    return [
+        {
+            "labels": [{"label": name, "probability": round(value, 6)} for name, value in chosen],
+            "probabilities": dict(zip(class_names, row, strict=True)),
+        }
+        for chosen, row in zip(sets, rounded, strict=True)
+    ]
 
 
 def describe_model(predictor: Predictor, limits: ServiceLimits) -> dict[str, Any]:
@@ -295,10 +331,21 @@ def describe_model(predictor: Predictor, limits: ServiceLimits) -> dict[str, Any
             "backend": backend,
             "tta": int(metadata.get("tta", 0)),
             "file": Path(str(metadata.get("path", ""))).name,  # not the server's folders
+            "task": predictor.task.name,
+            **_thresholds(predictor),
             "details": {key: metadata[key] for key in shown if key in metadata},
             "limits": asdict(limits),
         }
     )
+
+
+def _thresholds(predictor: Predictor) -> dict[str, dict[str, float]]:
+    """A multi-label model's ``{"thresholds": {label: threshold}}`` (0.5 where it has none)."""
+    if not predictor.task.multi_label:
+        return {}
+    stored = getattr(predictor, "thresholds", None)
+    limits = stored if stored is not None else [DEFAULT_THRESHOLD] * len(predictor.class_names)
+    return {"thresholds": dict(zip(predictor.class_names, limits, strict=True))}
 
 
 def _json_safe(value: Any) -> Any:

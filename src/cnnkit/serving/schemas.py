@@ -20,17 +20,40 @@ class RankedClass(BaseModel):
     probability: float = Field(ge=0, le=1, description="Softmax probability, rounded to 6 decimals.")
 
 
+class ChosenLabel(BaseModel):
+    """One label of a multi-label model's label set."""
+
+    label: str = Field(description="The label's name.")
+    probability: float = Field(ge=0, le=1, description="Sigmoid probability, rounded to 6 decimals.")
+
+
 class ImageResult(BaseModel):
-    """One image's top classes, most probable first, or why it could not be classified."""
+    """One image's top classes, most probable first (a multi-label model: its label set and every
+    label's probability), or why it could not be classified."""
 
     name: str = Field(description="The uploaded file's name ('request body' for a raw image body).")
-    predictions: list[RankedClass] | None = Field(default=None, description="Absent when 'error' is set.")
+    predictions: list[RankedClass] | None = Field(
+        default=None, description="A single-label model's top classes. Absent when 'error' is set."
+    )
+    labels: list[ChosenLabel] | None = Field(
+        default=None,
+        description="A multi-label model's labels at or above their thresholds, most probable first "
+        "(maybe none). Absent when 'error' is set.",
+    )
+    probabilities: dict[str, float] | None = Field(
+        default=None, description="A multi-label model's probability of every label, in its order."
+    )
     error: str | None = Field(default=None, description="Why this image was not classified.")
 
 
 class PredictResponse(BaseModel):
     """The results of a prediction request, one per image, in the order they were sent."""
 
+    task: str = Field(
+        default="single_label",
+        description="'single_label' (results hold 'predictions') or 'multi_label' (results hold "
+        "'labels' and 'probabilities').",
+    )
     results: list[ImageResult]
 
 
@@ -59,6 +82,10 @@ class ModelInfo(BaseModel):
     backend: str = Field(description="What runs the model, e.g. 'torch (cpu, bf16)' or 'onnxruntime (cpu)'.")
     tta: int = Field(description="Test-time augmentation level: 0 none, 1 mirror, 2 mirror and shifts.")
     file: str = Field(description="The model file's name.")
+    task: str = Field(default="single_label", description="'single_label' or 'multi_label'.")
+    thresholds: dict[str, float] | None = Field(
+        default=None, description="A multi-label model's probability threshold of each label."
+    )
     details: dict[str, Any] = Field(description="Epoch, recipe, cnnkit version and other metadata.")
     limits: Limits
 

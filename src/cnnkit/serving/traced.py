@@ -50,6 +50,7 @@ class TracedPredictor:
         # The very module Classifier.predict runs (runtime.pixel_classifier), the task's output
         # activation (single-label: softmax) included.
         self.task = classifier.task
+        self.thresholds = predictor.thresholds  # multi-label: a threshold a label (None: 0.5 each)
         module = WithProbabilities(
             PixelClassifier(
                 classifier.network,

@@ -115,7 +115,8 @@ class MultiLabelTask:
     @staticmethod
     def choose_thresholds(probabilities: np.ndarray, targets: np.ndarray) -> list[float]:
         """A threshold a label maximising that label's F1 on these (validation) images: predicted
-        where the probability is at least it (halfway between the lowest score kept and the next). ``DEFAULT_THRESHOLD`` for a label with no positive."""
+        where the probability is at least it (halfway between the lowest score kept and the next).
+        ``DEFAULT_THRESHOLD`` for a label with no positive."""
         probabilities, targets = np.asarray(probabilities, dtype=np.float64), np.asarray(targets) > 0.5
         thresholds = []
         for scores, actual in zip(probabilities.T, targets.T, strict=True):

@@ -1,5 +1,6 @@
 // cnnkit classifier page: choose, drop or paste images; each is sent to POST v1/predict on its own
-// (the server batches concurrent requests), shown as a preview with its top classes as bars.
+// (the server batches concurrent requests), shown as a preview with its top classes as bars; a
+// multi-label model's answer ("task": "multi_label") shows its label set as chips instead.
 "use strict";
 
 const MAX_PARALLEL_REQUESTS = 4;
@@ -9,6 +10,7 @@ const page = {
   dropZone: document.getElementById("drop-zone"),
   fileInput: document.getElementById("file-input"),
   topK: document.getElementById("top-k"),
+  topKLabel: document.querySelector("label[for=top-k]"),
   clear: document.getElementById("clear"),
   status: document.getElementById("status"),
   results: document.getElementById("results"),
@@ -26,9 +28,12 @@ async function loadModelDescription() {
     state.maxUploadBytes = model.limits.max_upload_bytes;
     page.topK.max = String(model.classes.length);
     page.topK.value = String(Math.min(Number(page.topK.value), model.classes.length));
+    const multiLabel = model.task === "multi_label";
+    // A multi-label model answers with every label at or above its threshold: no top-k to choose.
+    page.topK.hidden = page.topKLabel.hidden = multiLabel;
     const parts = [
       `Model ${model.name}`,
-      `${model.classes.length} classes`,
+      multiLabel ? `${model.classes.length} labels (multi-label)` : `${model.classes.length} classes`,
       `${model.input_size}×${model.input_size} input`,
       `test-time augmentation ${model.tta}`,
       model.backend,
@@ -40,17 +45,27 @@ async function loadModelDescription() {
   }
 }
 
+function percent(value) {
+  return `${(value * 100).toFixed(1)} %`;
+}
+
+// A split's headline figure: accuracy, or a multi-label model's mean average precision.
+function headline(figures) {
+  if (typeof figures?.accuracy === "number") return ["accuracy", figures.accuracy];
+  if (typeof figures?.map === "number") return ["mAP", figures.map];
+  return null;
+}
+
 // Each figure says what data it was measured on; a training figure is never shown as a validation one.
 function accuracyLabels(metrics) {
-  const percent = (value) => `${(value * 100).toFixed(1)} %`;
   const labels = [];
   for (const [split, name] of [["validation", "validation"], ["test", "test"]]) {
-    const accuracy = metrics[split]?.accuracy;
-    if (typeof accuracy === "number") labels.push(`${name} accuracy ${percent(accuracy)}`);
+    const figure = headline(metrics[split]);
+    if (figure) labels.push(`${name} ${figure[0]} ${percent(figure[1])}`);
   }
-  const training = metrics.train?.accuracy;
-  if (labels.length === 0 && typeof training === "number") {
-    labels.push(`training accuracy ${percent(training)} (no held-out data measured)`);
+  const training = headline(metrics.train);
+  if (labels.length === 0 && training) {
+    labels.push(`training ${training[0]} ${percent(training[1])} (no held-out data measured)`);
   }
   return labels;
 }
@@ -147,6 +162,7 @@ async function classify(job) {
     }
     const result = answer.results[0];
     if (result.error) showError(card, result.error);
+    else if (answer.task === "multi_label") showLabelSet(card, result.labels, result.probabilities);
     else showPredictions(card, result.predictions);
   } catch (error) {
     if (current()) showError(card, `The request failed: ${error.message}`);
@@ -165,11 +181,11 @@ function showPending(card) {
   card.querySelector(".outcome").replaceChildren(element("p", "pending", "Classifying…"));
 }
 
-function showPredictions(card, predictions) {
+// Probabilities as bars, in the order given: [[name, probability], ...].
+function bars(entries, description) {
   const list = element("ol", "bars");
-  list.setAttribute("aria-label", `Top ${predictions.length} classes for ${card.file.name}`);
-  for (const { class: name, probability } of predictions) {
-    const percent = `${(probability * 100).toFixed(1)} %`;
+  list.setAttribute("aria-label", description);
+  for (const [name, probability] of entries) {
     const row = element("li");
     const label = element("span", "label", name);
     label.title = name;
@@ -177,14 +193,48 @@ function showPredictions(card, predictions) {
     bar.setAttribute("aria-hidden", "true");
     const fill = element("span", "fill");
     bar.append(fill);
-    row.append(label, bar, element("span", "value", percent));
+    row.append(label, bar, element("span", "value", percent(probability)));
     list.append(row);
     // Set after insertion so the width animates; CSSOM, which the page's CSP allows.
     requestAnimationFrame(() => {
       fill.style.width = `${Math.max(probability * 100, 0.5)}%`;
     });
   }
-  card.querySelector(".outcome").replaceChildren(list);
+  return list;
+}
+
+function showPredictions(card, predictions) {
+  const entries = predictions.map(({ class: name, probability }) => [name, probability]);
+  showOutcome(card, bars(entries, `Top ${predictions.length} classes for ${card.file.name}`));
+}
+
+// A multi-label answer: the labels at or above their thresholds as chips (or a line saying there
+// are none), then every label's probability as bars, folded away.
+function showLabelSet(card, labels, probabilities) {
+  let chosen;
+  if (labels.length) {
+    chosen = element("ul", "chips");
+    chosen.setAttribute("aria-label", `Labels of ${card.file.name}`);
+    for (const { label, probability } of labels) {
+      const chip = element("li", "chip");
+      chip.title = label;
+      chip.append(element("span", "label", label), element("span", "value", percent(probability)));
+      chosen.append(chip);
+    }
+  } else {
+    chosen = element("p", "no-labels", "No label reaches its threshold.");
+  }
+  const everything = element("details", "all-labels");
+  const ranked = Object.entries(probabilities).sort((one, other) => other[1] - one[1]);
+  everything.append(
+    element("summary", "", "All labels"),
+    bars(ranked, `Every label's probability for ${card.file.name}`),
+  );
+  showOutcome(card, chosen, everything);
+}
+
+function showOutcome(card, ...nodes) {
+  card.querySelector(".outcome").replaceChildren(...nodes);
   card.dataset.state = "done";
   card.removeAttribute("aria-busy");
 }
