@@ -151,3 +151,61 @@ def test_without_a_validation_split_every_label_keeps_one_half_and_the_report_sa
     assert load_checkpoint(out / "run" / "best.pt").thresholds is None
     report = json.loads((out / "run" / "report.json").read_text())
     assert report["thresholds"] == {"chosen_on": None, "thresholds": dict.fromkeys(CLASS_NAMES, 0.5)}
+
+
+def test_a_stopped_multi_label_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    import contextlib
+
+    import cnnkit.runs.training as training_jobs
+    from cnnkit.engine.interrupt import TrainingInterrupted
+    from cnnkit.recipes import get_recipe
+    from tests.run_helpers import learning_metrics
+    from tests.test_resume import StopAfter, assert_same_weights
+
+    images, labels = make_quadrant_sets(80, seed=7)
+    data = write_label_table_data(tmp_path / "data", images, labels)
+    recipe = get_recipe("tutorial").replace(epochs=2, batch_size=8, seed=3)
+    whole = training_jobs.train(data, recipe, device="cpu", out=tmp_path, name="whole", verbose=False)
+
+    @contextlib.contextmanager
+    def stop_midway():
+        yield StopAfter(12)  # 8 steps an epoch: in the middle of epoch 2
+
+    monkeypatch.setattr(training_jobs, "stop_on_signals", stop_midway)
+    with pytest.raises(TrainingInterrupted):
+        training_jobs.train(data, recipe, device="cpu", out=tmp_path, name="cut", verbose=False)
+    monkeypatch.undo()
+    resumed = training_jobs.resume(tmp_path / "cut", device="cpu", verbose=False)
+    assert learning_metrics(tmp_path / "cut") == learning_metrics(whole.run_folder)
+    assert_same_weights(tmp_path / "cut" / "best.pt", whole.run_folder / "best.pt")
+    assert resumed.report["thresholds"] == whole.report["thresholds"]
+    assert (
+        load_checkpoint(tmp_path / "cut" / "best.pt").thresholds
+        == load_checkpoint(whole.run_folder / "best.pt").thresholds
+    )
+
+
+def test_tune_scores_multi_label_trials_by_validation_map(tmp_path, capsys):
+    pytest.importorskip("optuna")
+    images, labels = make_quadrant_sets(60, seed=8)
+    data = write_label_table_data(tmp_path / "data", images, labels)
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        yaml.safe_dump({"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})
+    )
+    command = [
+        "tune",
+        "--data",
+        str(data),
+        "--recipe",
+        "tutorial",
+        "--set",
+        "epochs=2",
+        "--space",
+        str(space),
+    ]
+    assert main([*command, "--trials", "2", "--out", str(tmp_path / "runs"), "--device", "cpu"]) == 0
+    output = capsys.readouterr().out
+    assert "val_map" in output and "val_accuracy" not in output
+    trial = json.loads((tmp_path / "runs" / "tune" / "trial-0" / "report.json").read_text())
+    assert trial["thresholds"]["chosen_on"] == "validation"

@@ -185,6 +185,18 @@ def _table_text(data: bytes, name: str) -> str:
         raise DataError(f"{name} is not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
+def has_label_table(path: str | os.PathLike) -> bool:
+    """Whether the folder or zip at ``path`` holds a ``labels.csv``: its runs are multi-label."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        source, _ = scan_folder(path)
+    elif path.is_file() and path.suffix.lower() == ".zip":
+        source = scan_zip(path)
+    else:
+        return False
+    return find_label_table([file.path for file in source.skipped if file.category != UNSAFE]) is not None
+
+
 def load_image_folder(
     path: str | os.PathLike,
     image_size: int | None = None,

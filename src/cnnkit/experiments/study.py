@@ -114,6 +114,12 @@ def new_study_settings(
         recipe, _ = default_recipe(survey_image_sizes(data), None)
     overrides = overrides or {}
     base = load_recipe(recipe, overrides)
+    from cnnkit.data.folders import has_label_table
+    from cnnkit.tasks import MULTI_LABEL
+
+    if str(data) != "cifar10" and has_label_table(data):
+        # Multi-label data: trials are scored by what its runs monitor (mAP for the default).
+        base = base.replace(monitor=MULTI_LABEL.monitor_for(base.monitor))
     if space is None:
         chosen, source = default_space(base), f"the {base.name} recipe's default space"
     elif isinstance(space, Mapping):
