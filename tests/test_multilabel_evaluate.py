@@ -257,7 +257,10 @@ def test_evaluate_checkpoint_writes_the_multi_label_report(trained, tmp_path, mo
         assert float(row["threshold"]) == pytest.approx(saved["thresholds"][row["label"]], abs=1e-6)
     text = format_evaluation(result)
     assert "quadrant sets [test] 40 images" in text and "bottom_right" in text and "micro avg" in text
-    assert "Thresholds: validation" in text and text.endswith(f"Report folder: {out}")
+    assert (
+        "Thresholds: one a label, chosen on the training run's validation split." in text
+        and text.endswith(f"Report folder: {out}")
+    )
 
 
 def test_a_checkpoint_without_thresholds_is_evaluated_at_one_half(trained, tmp_path, monkeypatch):

@@ -189,8 +189,11 @@ def format_evaluation(result: dict[str, Any]) -> str:
     lines = [f"{result['data']} [{result['split']}] {result['count']} images", ""]
     if result.get("task") == "multi_label":
         lines.append(format_multi_label_table(MultiLabelReport.from_dict(result)))
-        if result.get("thresholds_source"):
-            lines.append(f"Thresholds: {result['thresholds_source']}")
+        source = result.get("thresholds_source")
+        if source == "validation":
+            lines.append("Thresholds: one a label, chosen on the training run's validation split.")
+        elif source:
+            lines.append(f"Thresholds: {source.removeprefix('default ')} for every label (none chosen).")
     else:
         lines.append(format_report_table(ClassificationReport.from_dict(result)))
     if result.get("report_folder"):
