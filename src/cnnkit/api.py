@@ -315,12 +315,8 @@ class Classifier:
     def predict_classes(self, x: ArrayLike, threshold: float | None = None) -> list[str] | list[list[str]]:
         """The most probable class name for each image; multi-label: each image's labels at or above
         their thresholds (``threshold``: one for every label instead), most probable first."""
-        probabilities = self.predict(x)
-        if self.task.multi_label:
-            limits = self.thresholds if threshold is None else threshold
-            sets = self.task.label_sets(probabilities, self.class_names, limits)
-            return [[name for name, _ in labels] for labels in sets]
-        return [self.class_names[index] for index in self.task.decide(probabilities)]
+        limits = self.thresholds if threshold is None else threshold
+        return self.task.decided_names(self.predict(x), self.class_names, limits)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a self-describing checkpoint (atomically)."""

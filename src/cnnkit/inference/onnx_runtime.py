@@ -238,14 +238,8 @@ class OnnxClassifier:
     ) -> list[str] | list[list[str]]:
         """The most probable class name for each image; multi-label: each image's labels at or above
         their thresholds (``threshold``: one for every label instead), most probable first."""
-        probabilities = self.predict(images)
-        if self.task.multi_label:
-            limits = self.thresholds if threshold is None else threshold
-            sets = self.task.label_sets(probabilities, self.class_names, limits)
-            return [[name for name, _ in labels] for labels in sets]
-        if threshold is not None:
-            raise ValueError(f"threshold is for multi-label models. Received: threshold={threshold!r}")
-        return [self.class_names[index] for index in self.task.decide(probabilities)]
+        limits = self.thresholds if threshold is None else threshold
+        return self.task.decided_names(self.predict(images), self.class_names, limits)
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         if self.input_format == FLOAT_NCHW:

@@ -103,28 +103,42 @@ def plot_misclassified(
 
     ``images`` is indexable by ``Misclassification.index`` and yields uint8 ``(H, W, 3)`` pixels.
     """
-    plt = _pyplot()
     total = len(errors) if total_errors is None else total_errors
     if not errors:
-        figure, axis = plt.subplots(figsize=(4, 1.5), constrained_layout=True)
-        axis.axis("off")
-        axis.text(0.5, 0.5, "No misclassified images", ha="center", va="center", fontsize=12)
-        _save(figure, path)
+        save_empty_gallery(path, "No misclassified images")
         return
-    columns = min(GALLERY_COLUMNS, len(errors))
-    rows = math.ceil(len(errors) / columns)
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(2.3 * columns, 2.7 * rows), squeeze=False, constrained_layout=True
-    )
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, error in zip(axes.flat, errors, strict=False):
+    figure, axes = gallery_figure(len(errors), 2.3, 2.7)
+    for axis, error in zip(axes, errors, strict=False):
         axis.imshow(np.asarray(images[error.index]), interpolation="nearest")
         lines = [f"true: {error.true_class}", f"pred: {error.predicted_class} ({error.probability:.2f})"]
         lines.append(_shorten(error.name) if error.name else f"#{error.index}")
         axis.set_title("\n".join(lines), fontsize=8)
     heading = title or "Most confident errors"
     figure.suptitle(f"{heading}: {len(errors)} of {total}, highest predicted probability first")
+    _save(figure, path)
+
+
+def gallery_figure(count: int, panel_width: float, panel_height: float) -> tuple[Any, list[Any]]:
+    """A figure of ``count`` image panels, ``GALLERY_COLUMNS`` a row, their axes hidden."""
+    columns = min(GALLERY_COLUMNS, count)
+    rows = math.ceil(count / columns)
+    figure, axes = _pyplot().subplots(
+        rows,
+        columns,
+        figsize=(panel_width * columns, panel_height * rows),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    for axis in axes.flat:
+        axis.axis("off")
+    return figure, list(axes.flat)
+
+
+def save_empty_gallery(path: str | os.PathLike, message: str) -> None:
+    """A small picture saying there was nothing to show."""
+    figure, axis = _pyplot().subplots(figsize=(4, 1.5), constrained_layout=True)
+    axis.axis("off")
+    axis.text(0.5, 0.5, message, ha="center", va="center", fontsize=12)
     _save(figure, path)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import textwrap
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit.fileio import atomic_write_text
-from cnnkit.reports.evaluation_plots import GALLERY_COLUMNS, _pyplot, _save, _shorten
+from cnnkit.reports.evaluation_plots import _pyplot, _save, _shorten, gallery_figure, save_empty_gallery
 from cnnkit.tasks.multi_label import DEFAULT_THRESHOLD, MultiLabelTask
 
 # Above this many labels the precision-recall legend names only the best and worst halves of it.
@@ -392,22 +391,12 @@ def plot_label_set_gallery(
 
     ``images`` is indexable by ``WrongLabelSet.index`` and yields uint8 ``(H, W, 3)`` pixels.
     """
-    plt = _pyplot()
     total = len(worst) if total is None else total
     if not worst:
-        figure, axis = plt.subplots(figsize=(4, 1.5), constrained_layout=True)
-        axis.axis("off")
-        axis.text(0.5, 0.5, "No image with a wrong label set", ha="center", va="center", fontsize=12)
-        _save(figure, path)
+        save_empty_gallery(path, "No image with a wrong label set")
         return
-    columns = min(GALLERY_COLUMNS, len(worst))
-    rows = math.ceil(len(worst) / columns)
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(2.5 * columns, 2.9 * rows), squeeze=False, constrained_layout=True
-    )
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, image in zip(axes.flat, worst, strict=False):
+    figure, axes = gallery_figure(len(worst), 2.5, 2.9)
+    for axis, image in zip(axes, worst, strict=False):
         axis.imshow(np.asarray(images[image.index]), interpolation="nearest")
         # A no-break space keeps each label with its probability when the line wraps.
         predicted = [f"{name}\u00a0{image.probabilities[name]:.2f}" for name in image.predicted_labels]

@@ -69,36 +69,25 @@ def learning_check(val_data, history: History, evaluation: dict | None, evaluati
     accuracy of any epoch against the validation split's largest class; without validation, the
     final evaluation's. Multi-label: the best validation mAP against random scores'. Empty when
     nothing held out was scored."""
-    if getattr(val_data, "multi_label", False) or (
-        evaluation_data is not None and evaluation_data.multi_label
-    ):
-        return _multi_label_check(val_data, history, evaluation, evaluation_data)
-    accuracies = [row["val_accuracy"] for row in history.rows if "val_accuracy" in row]
-    if val_data is not None and len(val_data) and accuracies:
-        split, accuracy, labels = "validation", max(accuracies), val_data.labels
-    elif evaluation is not None and "accuracy" in evaluation:
-        split, accuracy, labels = evaluation["split"], evaluation["accuracy"], evaluation_data.labels
-    else:
-        return {}
-    counts = torch.bincount(torch.as_tensor(labels).flatten().long()).tolist()
-    verdict = {"split": split, **chance_verdict(accuracy, [count for count in counts if count])}
-    return {"learned": verdict["learned"], "chance": verdict}
-
-
-def _multi_label_check(
-    val_data, history: History, evaluation: dict | None, evaluation_data
-) -> dict[str, Any]:
-    scores = [row["val_map"] for row in history.rows if "val_map" in row]
+    multi_label = any(getattr(data, "multi_label", False) for data in (val_data, evaluation_data))
+    metric = "map" if multi_label else "accuracy"
+    scores = [row["val_" + metric] for row in history.rows if "val_" + metric in row]
     if val_data is not None and len(val_data) and scores:
         split, score, labels = "validation", max(scores), val_data.labels
-    elif evaluation is not None and "map" in evaluation:
-        split, score, labels = evaluation["split"], evaluation["map"], evaluation_data.labels
+    elif evaluation is not None and metric in evaluation:
+        split, score, labels = evaluation["split"], evaluation[metric], evaluation_data.labels
     else:
         return {}
-    positives = torch.as_tensor(labels).sum(0).tolist()
-    if not any(positives):
-        return {}
-    verdict = {"split": split, **map_chance_verdict(score, positives, len(labels))}
+    labels = torch.as_tensor(labels)
+    if multi_label:
+        positives = labels.sum(0).tolist()
+        if not any(positives):
+            return {}
+        verdict = map_chance_verdict(score, positives, len(labels))
+    else:
+        counts = torch.bincount(labels.flatten().long()).tolist()
+        verdict = chance_verdict(score, [count for count in counts if count])
+    verdict = {"split": split, **verdict}
     return {"learned": verdict["learned"], "chance": verdict}
 
 

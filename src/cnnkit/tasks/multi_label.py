@@ -165,6 +165,13 @@ class MultiLabelTask:
             sets.append([(class_names[index], float(row[index])) for index in indices])
         return sets
 
+    def decided_names(
+        self, probabilities: np.ndarray, class_names: list[str], thresholds: Any = None
+    ) -> list[list[str]]:
+        """Each image's label names at or above their thresholds, most probable first."""
+        sets = self.label_sets(probabilities, class_names, thresholds)
+        return [[name for name, _ in labels] for labels in sets]
+
     @staticmethod
     def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most probable labels of each row, best first: (indices, probabilities)."""

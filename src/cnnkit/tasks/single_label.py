@@ -180,6 +180,14 @@ class SingleLabelTask:
         """The predicted class index of each row: the most probable."""
         return np.asarray(probabilities).argmax(axis=1)
 
+    def decided_names(
+        self, probabilities: np.ndarray, class_names: list[str], thresholds: Any = None
+    ) -> list[str]:
+        """Each image's most probable class name; thresholds are for multi-label models."""
+        if thresholds is not None:
+            raise ValueError(f"threshold is for multi-label models. Received: threshold={thresholds!r}")
+        return [class_names[index] for index in self.decide(probabilities)]
+
     @staticmethod
     def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most probable classes of each row, best first: (indices, probabilities)."""
