@@ -223,6 +223,7 @@ def test_evaluate_writes_a_numbered_report_folder_beside_the_checkpoint(evaluati
         "confusion_matrix.png",
         "confusion_matrix_normalized.png",
         "misclassified.png",
+        "reliability.png",
         "report.json",
     }
     rows = read_per_class_csv(folder / "per_class.csv")

@@ -99,6 +99,8 @@ class Classifier:
         self.task = get_task(task)
         # Multi-label: a probability threshold a label (choose_thresholds; None: 0.5 each).
         self.thresholds: list[float] | None = None
+        # Divides the logits before the output activation (calibrate; None: 1, as trained).
+        self.temperature: float | None = None
         # Added to the logits at prediction: a post-hoc adjustment for imbalanced classes (None: none).
         self.logit_offset: list[float] | None = None
         self.recipe: Recipe | None = None  # the recipe it was trained with
@@ -237,15 +239,18 @@ class Classifier:
         logits = self.logits(data.images, batch_size)
         return score_logits(logits, data.labels, metrics, self.task, self.thresholds)
 
-    def predict(self, x: ArrayLike, batch_size: int = 1024) -> np.ndarray:
+    def predict(self, x: ArrayLike, batch_size: int = 1024, calibrated: bool = True) -> np.ndarray:
         """Class probabilities, shape ``(N, classes)``: the task's output activation (softmax) of
-        the network's logits."""
-        return self.task.probabilities(self.logits(_as_images(x), batch_size)).numpy()
+        the network's logits, divided by the ``temperature`` unless ``calibrated`` is False."""
+        return self.task.probabilities(self.logits(_as_images(x), batch_size, calibrated)).numpy()
 
-    def logits(self, images: torch.Tensor | StoredImages, batch_size: int = 1024) -> torch.Tensor:
+    def logits(
+        self, images: torch.Tensor | StoredImages, batch_size: int = 1024, calibrated: bool = True
+    ) -> torch.Tensor:
         """The logits ``predict`` and ``evaluate`` start from (float32, CPU): the centre crop the
-        network sees, the test-time augmentation and the logit offset (a post-hoc adjustment for
-        imbalanced classes, ``adjust_for_imbalance``) included."""
+        network sees, the test-time augmentation, the logit offset (a post-hoc adjustment for
+        imbalanced classes, ``adjust_for_imbalance``) and, if ``calibrated``, the temperature
+        (``calibrate``) included."""
         self.network.to(self.device)
         return predict_logits(
             self.network,
@@ -256,6 +261,7 @@ class Classifier:
             batch_size,
             self.tta,
             self.logit_offset,
+            self.temperature if calibrated else None,
         )
 
     def adjust_for_imbalance(self, x: ArrayLike, y: ArrayLike, class_counts: Sequence[int]) -> dict[str, Any]:
@@ -289,6 +295,28 @@ class Classifier:
         if self.resize_size != self.image_size and tuple(images.shape[1:3]) == (self.resize_size,) * 2:
             return center_crop_images(images, self.image_size)
         return images
+
+    def calibrate(self, x: ArrayLike, y: ArrayLike) -> dict[str, Any]:
+        """Temperature scaling: from now on the logits are divided by the temperature minimising the
+        negative log-likelihood on ``x``, ``y`` (a validation split, never the test set); decisions do
+        not change. Kept by ``save``. Returns ``{"temperature", "before", "after"}``: expected
+        calibration error (15 bins), NLL and Brier score on ``x`` as trained and calibrated."""
+        from cnnkit.reports.calibration import calibration_metrics
+        from cnnkit.tasks.calibration import fit_temperature
+
+        if self.task.multi_label:
+            raise ValueError(
+                "calibrate is for single-label classifiers; a multi-label one decides by a threshold a "
+                "label chosen on validation (choose_thresholds)."
+            )
+        data = self._image_data(x, y)
+        raw = self.logits(data.images, calibrated=False)
+        temperature = fit_temperature(self.task, raw, data.labels)
+        labels = data.labels.numpy()
+        before = calibration_metrics(self.task.probabilities(raw).double().numpy(), labels)
+        after = calibration_metrics(self.task.probabilities(raw.double() / temperature).numpy(), labels)
+        self.temperature = temperature
+        return {"temperature": temperature, "before": before, "after": after}
 
     def choose_thresholds(self, x: ArrayLike, y: ArrayLike) -> dict[str, Any]:
         """Multi-label: a threshold a label where that label's F1 on ``x``, ``y`` (a validation
@@ -337,6 +365,7 @@ class Classifier:
             task=self.task.name,
             logit_offset=self.logit_offset,
             thresholds=self.thresholds,
+            temperature=self.temperature,
             recipe=self.recipe,
             config=config or {},
             epoch=epoch,
@@ -376,6 +405,7 @@ class Classifier:
         classifier.resize_size = checkpoint.resize_size
         classifier.logit_offset = checkpoint.logit_offset
         classifier.thresholds = checkpoint.thresholds
+        classifier.temperature = checkpoint.temperature
         return classifier
 
 

@@ -62,6 +62,9 @@ class Checkpoint:
     # Multi-label only: a probability threshold a label, chosen on the validation split for that
     # label's best F1 (None: 0.5 each, e.g. trained without a validation split).
     thresholds: list[float] | None = None
+    # The logits are divided by it before the output activation (temperature scaling, chosen on
+    # the validation split: runs.calibration); None: 1, the probabilities as trained.
+    temperature: float | None = None
 
     def __post_init__(self) -> None:
         self.resize_size = int(self.resize_size or self.image_size)
@@ -82,6 +85,11 @@ class Checkpoint:
                     f"Received: {short_repr(self.thresholds)}"
                 )
             self.thresholds = [float(value) for value in values]
+        if self.temperature is not None:
+            value = self.temperature
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+                raise ValueError(f"temperature must be a positive number. Received: temperature={value!r}")
+            self.temperature = float(value)
 
     @property
     def tta(self) -> int:
@@ -136,6 +144,7 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
         "task": checkpoint.task,
         "logit_offset": checkpoint.logit_offset,
         "thresholds": checkpoint.thresholds,
+        "temperature": checkpoint.temperature,
         "normalization": checkpoint.normalization.to_dict(),
         "recipe": checkpoint.recipe.to_dict() if checkpoint.recipe is not None else None,
         "config": to_plain({key: value for key, value in checkpoint.config.items() if key != "recipe"}),
@@ -208,6 +217,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             task=contents.get("task") or "single_label",  # every checkpoint before tasks was single-label
             logit_offset=contents.get("logit_offset"),
             thresholds=contents.get("thresholds"),
+            temperature=contents.get("temperature"),
         )
     except ValueError as error:  # a field out of range (task, logit_offset): name the file
         raise ValueError(f"{path}: {error}") from None

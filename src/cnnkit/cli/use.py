@@ -46,6 +46,18 @@ def add_parsers(commands: Any) -> None:
         help="multi-label models: one probability threshold in (0, 1) for every label (default: "
         "the model's own, chosen a label on its validation split; 0.5 where it has none)",
     )
+    predict.add_argument(
+        "--min-confidence",
+        type=float,
+        metavar="P",
+        help="single-label models: an image whose top probability is below P is 'uncertain', its "
+        "top classes best guesses, not an answer",
+    )
+    predict.add_argument(
+        "--uncalibrated",
+        action="store_true",
+        help="the probabilities as trained, not scaled by the model's temperature (a checkpoint)",
+    )
     predict.add_argument("--format", choices=["table", "json", "csv"], default="table")
     # Deprecated alias kept so scripts written against --json keep working.
     predict.add_argument(
@@ -85,6 +97,7 @@ def _evaluate(arguments: argparse.Namespace) -> int:
 
 def _predict(arguments: argparse.Namespace) -> int:
     from cnnkit.inference.batch_prediction import (
+        check_min_confidence,
         check_output_path,
         check_threshold,
         predict_paths,
@@ -94,13 +107,18 @@ def _predict(arguments: argparse.Namespace) -> int:
     from cnnkit.inference.predictor import load_predictor
 
     check_threshold(arguments.threshold, name="--threshold")  # a bad value: refused before any work
+    check_threshold(arguments.min_confidence, name="--min-confidence")
     if arguments.output:  # before any work: an output that would replace a file is refused
         check_output_path(arguments.output, arguments.checkpoint, arguments.images, arguments.force)
     model = load_predictor(
-        arguments.checkpoint, device=arguments.device, precision=arguments.precision or "auto"
+        arguments.checkpoint,
+        device=arguments.device,
+        precision=arguments.precision or "auto",
+        calibrated=not arguments.uncalibrated,
     )
     multi_label = model.task.multi_label
     check_threshold(arguments.threshold, multi_label, name="--threshold")
+    check_min_confidence(arguments.min_confidence, multi_label, name="--min-confidence")
     if multi_label and arguments.top_k is not None:
         raise ValueError(
             "--top-k is for single-label models; a multi-label model gives every label at or above "
@@ -112,6 +130,7 @@ def _predict(arguments: argparse.Namespace) -> int:
         5 if arguments.top_k is None else arguments.top_k,
         arguments.batch_size,
         threshold=arguments.threshold,
+        min_confidence=arguments.min_confidence,
     )
     labels = model.class_names if multi_label else None  # the CSV's columns, one a label
     if arguments.output:
@@ -153,6 +172,11 @@ def _add_export_parser(commands) -> None:
         help="images to verify on (default: the run's data if present, else synthetic images)",
     )
     export.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
+    export.add_argument(
+        "--uncalibrated",
+        action="store_true",
+        help="output the probabilities as trained, without the model's temperature scaling",
+    )
     export.set_defaults(handler=_export)
 
 
@@ -167,6 +191,7 @@ def _export(arguments: argparse.Namespace) -> int:
         verify_data=arguments.verify_data,
         exporter=arguments.exporter,
         force=arguments.force,
+        calibrated=not arguments.uncalibrated,
     )
     print(
         f"Exported {arguments.checkpoint} to {result.path} ({result.size_bytes / 2**20:.1f} MiB, "
@@ -212,6 +237,17 @@ def _add_serve_parser(commands) -> None:
         help="test-time augmentation level for a checkpoint (default: 0, one view: 3-6x faster than 2)",
     )
     serve.add_argument("--threads", type=int, help="model threads (default: every core but one)")
+    serve.add_argument(
+        "--min-confidence",
+        type=float,
+        metavar="P",
+        help="single-label models: answer 'uncertain' (with the top classes) below this top probability",
+    )
+    serve.add_argument(
+        "--uncalibrated",
+        action="store_true",
+        help="a checkpoint's probabilities as trained, not scaled by its temperature",
+    )
     serve.add_argument("--access-log", action="store_true", help="log a line per request")
     add_runtime_arguments(serve)
     serve.set_defaults(handler=_serve)
@@ -233,5 +269,7 @@ def _serve(arguments: argparse.Namespace) -> int:
         precision=arguments.precision or "auto",
         threads=arguments.threads,
         access_log=arguments.access_log,
+        min_confidence=arguments.min_confidence,
+        calibrated=not arguments.uncalibrated,
     )
     return 0

@@ -104,6 +104,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     exporter: str = "dynamo",
     force: bool = False,
+    calibrated: bool = True,
 ) -> ExportResult:
     """Export the checkpoint at ``checkpoint_path`` to ONNX, verify it, then write it atomically.
 
@@ -144,19 +145,31 @@ def export_onnx(
     # (single-label: softmax) beside the logits.
     task = get_task(checkpoint.task)
     offset = checkpoint.logit_offset  # a post-hoc adjustment for imbalanced classes: in the graph
+    # Temperature scaling (calibrated probabilities), in the graph too unless asked otherwise.
+    temperature = checkpoint.temperature if calibrated else None
     classifier = PixelClassifier(
-        network, checkpoint.normalization, level, pixel_format=pixel_format, logit_offset=offset
+        network,
+        checkpoint.normalization,
+        level,
+        pixel_format=pixel_format,
+        logit_offset=offset,
+        temperature=temperature,
     )
     module = WithProbabilities(classifier, keep_logits=True, task=task).eval()
 
     started = time.perf_counter()
     model = _export(module, checkpoint.image_size, pixel_format, opset, exporter)
     export_seconds = time.perf_counter() - started
-    _set_metadata(model, _metadata(checkpoint, pixel_format, level, exporter, opset))
+    metadata = _metadata(checkpoint, pixel_format, level, exporter, opset)
+    if temperature is not None:
+        metadata["temperature"] = temperature  # the probabilities are calibrated by it
+    _set_metadata(model, metadata)
     data = model.SerializeToString()
 
     images, source = verification_images(checkpoint, verify_data, verify_count)
-    expected = _pytorch_probabilities(network, checkpoint.normalization, images, level, task, offset)
+    expected = _pytorch_probabilities(
+        network, checkpoint.normalization, images, level, task, offset, temperature
+    )
     difference = _max_difference(data, pixel_format, images, expected)
     if not difference <= tolerance:  # also catches NaN
         raise ExportVerificationError(
@@ -313,11 +326,19 @@ def _pytorch_probabilities(
     tta: int,
     task: Any,
     logit_offset: list[float] | None,
+    temperature: float | None = None,
 ) -> np.ndarray:
     """The reference: cnnkit's own prediction path (InputTransform, tta_logits), float32 on CPU."""
     pixels, cpu = torch.from_numpy(images), torch.device("cpu")
     logits = predict_logits(
-        network, pixels, normalization, cpu, torch.float32, tta=tta, logit_offset=logit_offset
+        network,
+        pixels,
+        normalization,
+        cpu,
+        torch.float32,
+        tta=tta,
+        logit_offset=logit_offset,
+        temperature=temperature,
     )
     return task.probabilities(logits).numpy()
 

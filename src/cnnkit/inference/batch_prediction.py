@@ -80,6 +80,9 @@ class PredictionResult:
     error: str | None = None
     labels: tuple[Prediction, ...] | None = None
     probabilities: tuple[Prediction, ...] | None = None
+    # With a minimum confidence: whether the top class's probability is below it (then the
+    # predictions are best guesses, not an answer); None without one.
+    uncertain: bool | None = None
 
     @property
     def failed(self) -> bool:
@@ -103,7 +106,9 @@ class PredictionResult:
                 "probabilities": dict(self.probabilities),
             }
         predictions = [{"class": name, "probability": value} for name, value in self.predictions]
-        return {"path": self.path, "predictions": predictions}
+        if self.uncertain is None:
+            return {"path": self.path, "predictions": predictions}
+        return {"path": self.path, "uncertain": self.uncertain, "predictions": predictions}
 
 
 @dataclass
@@ -122,6 +127,8 @@ def predict_paths(
     device: str = "auto",
     precision: str = "auto",
     threshold: float | None = None,
+    min_confidence: float | None = None,
+    calibrated: bool = True,
 ) -> Iterator[PredictionResult]:
     """The ``top_k`` classes of every image ``paths`` name (see ``expand_inputs``), lazily, in order;
     a multi-label model's label set of each (see ``PredictionResult``).
@@ -137,23 +144,46 @@ def predict_paths(
         device, precision: used to load a checkpoint (see ``Classifier``); a given model keeps its own.
         threshold: a multi-label model's one threshold for every label, in (0, 1), instead of its
             own (``model.thresholds``; 0.5 each where it has none). Refused for a single-label model.
+        min_confidence: single-label: an image whose top probability is below it is ``uncertain``
+            (its top classes are then best guesses, not an answer). Refused for a multi-label model.
+        calibrated: load a checkpoint with its calibrated probabilities (its temperature), or as
+            trained (see ``load_predictor``).
     """
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1. Received: top_k={top_k}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
     check_threshold(threshold)
+    check_threshold(min_confidence, name="min_confidence")
     classifier = (
-        load_predictor(model, device=device, precision=precision)
+        load_predictor(model, device=device, precision=precision, calibrated=calibrated)
         if isinstance(model, str | os.PathLike)
         else model
     )
     check_threshold(threshold, classifier.task.multi_label)
+    check_min_confidence(min_confidence, classifier.task.multi_label)
     # The decision of a multi-label model: the one threshold given, else its own (None: 0.5 each).
     thresholds = threshold if threshold is not None else getattr(classifier, "thresholds", None)
     items = expand_inputs(paths)
     top_k = min(top_k, len(classifier.class_names))
-    return _predict_items(classifier, items, top_k, batch_size, thresholds)
+    return _predict_items(classifier, items, top_k, batch_size, Decision(thresholds, min_confidence))
+
+
+class Decision(NamedTuple):
+    """How results are decided: a multi-label model's thresholds (None: 0.5 each), a single-label
+    model's minimum confidence (None: always an answer)."""
+
+    thresholds: Any = None
+    min_confidence: float | None = None
+
+
+def check_min_confidence(min_confidence: Any, multi_label: bool, name: str = "min_confidence") -> None:
+    """Refuse a minimum confidence for a multi-label model, which decides by thresholds instead."""
+    if min_confidence is not None and multi_label:
+        raise ValueError(
+            f"{name} is for single-label models; a multi-label model decides by a threshold a label "
+            f"(see threshold). Received: {name}={min_confidence!r}"
+        )
 
 
 def check_threshold(threshold: Any, multi_label: bool = True, name: str = "threshold") -> None:
@@ -161,27 +191,28 @@ def check_threshold(threshold: Any, multi_label: bool = True, name: str = "thres
     for a single-label model (``multi_label`` False). None (the model's own) always passes."""
     if threshold is None:
         return
+    key = name.lstrip("-").replace("-", "_")  # --min-confidence: Received: min_confidence=...
     if not (isinstance(threshold, int | float) and not isinstance(threshold, bool)) or not (
         math.isfinite(threshold) and 0 < threshold < 1
     ):
         raise ValueError(
-            f"{name} must be a probability between 0 and 1 (both excluded). Received: threshold={threshold!r}"
+            f"{name} must be a probability between 0 and 1 (both excluded). Received: {key}={threshold!r}"
         )
     if not multi_label:
         raise ValueError(
             f"{name} is for multi-label models; this model is single-label (it predicts its "
-            f"most probable classes, see top_k). Received: threshold={threshold!r}"
+            f"most probable classes, see top_k). Received: {key}={threshold!r}"
         )
 
 
 def _predict_items(
-    classifier: Predictor, items: list[InputItem], top_k: int, batch_size: int, thresholds: Any
+    classifier: Predictor, items: list[InputItem], top_k: int, batch_size: int, decision: Decision
 ) -> Iterator[PredictionResult]:
     with ItemReader() as reader:
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             images = [_decode_item(item, classifier, reader) for item in chunk]
-            yield from _classify_chunk(classifier, chunk, images, top_k, batch_size, thresholds)
+            yield from _classify_chunk(classifier, chunk, images, top_k, batch_size, decision)
 
 
 def _classify_chunk(
@@ -190,13 +221,13 @@ def _classify_chunk(
     images: list[np.ndarray | str],
     top_k: int,
     batch_size: int,
-    thresholds: Any,
+    decision: Decision,
 ) -> Iterator[PredictionResult]:
     decoded = [image for image in images if not isinstance(image, str)]
     outcomes: Iterator[dict[str, Any]] = iter(())
     if decoded:
         probabilities = classifier.predict(np.stack(decoded), batch_size)
-        outcomes = iter(_outcomes(classifier, probabilities, top_k, thresholds))
+        outcomes = iter(_outcomes(classifier, probabilities, top_k, decision))
     for item, image in zip(chunk, images, strict=True):
         if isinstance(image, str):
             yield PredictionResult(item.path, error=image)
@@ -205,14 +236,14 @@ def _classify_chunk(
 
 
 def _outcomes(
-    classifier: Predictor, probabilities: np.ndarray, top_k: int, thresholds: Any
+    classifier: Predictor, probabilities: np.ndarray, top_k: int, decision: Decision
 ) -> list[dict[str, Any]]:
-    """Each image's ``PredictionResult`` fields: its ``top_k`` classes, or (multi-label) its label
-    set at ``thresholds`` and every label's probability. Probabilities are rounded to 6 places
-    after the decision, which takes them as the model gave them."""
+    """Each image's ``PredictionResult`` fields: its ``top_k`` classes (and whether it is
+    ``uncertain``), or (multi-label) its label set at the thresholds and every label's probability.
+    Probabilities are rounded to 6 places after the decision, which takes them as given."""
     names = classifier.class_names
     if classifier.task.multi_label:
-        sets = classifier.task.label_sets(probabilities, names, thresholds)
+        sets = classifier.task.label_sets(probabilities, names, decision.thresholds)
         return [
             {
                 "labels": tuple(Prediction(name, round(value, 6)) for name, value in chosen),
@@ -224,13 +255,15 @@ def _outcomes(
         ]
     # The task ranks them (single-label: most probable first; of equals, the first class).
     indices, values = classifier.task.top_k(probabilities, top_k)
+    uncertain = classifier.task.uncertain(probabilities, decision.min_confidence)
     return [
         {
             "predictions": tuple(
                 Prediction(names[index], round(value, 6)) for value, index in zip(row, order, strict=True)
-            )
+            ),
+            "uncertain": doubt,
         }
-        for row, order in zip(values.tolist(), indices.tolist(), strict=True)
+        for row, order, doubt in zip(values.tolist(), indices.tolist(), uncertain, strict=True)
     ]
 
 
@@ -373,7 +406,7 @@ def _write_table(results: Iterable[PredictionResult], file: TextIO) -> None:
             file.write(f"{result.path}: {chosen or '(no labels)'}\n")
         else:
             ranked = ", ".join(f"{name} {value:.3f}" for name, value in result.predictions)
-            file.write(f"{result.path}: {ranked}\n")
+            file.write(f"{result.path}: {'uncertain, best guesses: ' if result.uncertain else ''}{ranked}\n")
 
 
 def _write_json(results: Iterable[PredictionResult], file: TextIO) -> None:
@@ -388,17 +421,10 @@ def _write_json(results: Iterable[PredictionResult], file: TextIO) -> None:
 def _write_csv(
     results: Iterable[PredictionResult], file: TextIO, label_names: Sequence[str] | None = None
 ) -> None:
-    results = iter(results)
     if label_names is None:
-        # The columns follow the first image classified (the errors before it wait for it).
-        waiting = []
-        for result in results:
-            waiting.append(result)
-            if not result.failed:
-                if result.probabilities is not None:
-                    label_names = [name for name, _ in result.probabilities]
-                break
-        results = itertools.chain(waiting, results)
+        results, first = _first_classified(results)
+        if first is not None and first.probabilities is not None:
+            label_names = [name for name, _ in first.probabilities]
     if label_names is not None:
         _write_label_set_csv(results, file, list(label_names))
     else:
@@ -406,15 +432,37 @@ def _write_csv(
 
 
 def _write_ranked_csv(results: Iterable[PredictionResult], file: TextIO) -> None:
+    """A row an (image, rank); with a minimum confidence (seen on the first image classified) an
+    ``uncertain`` column after them, 1 where the image's top probability is below it."""
+    results, first = _first_classified(results)
+    with_doubt = first is not None and first.uncertain is not None
     writer = csv.writer(file, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow([*CSV_COLUMNS, "uncertain"] if with_doubt else CSV_COLUMNS)
+    doubt: list = []
     for result in results:
+        if with_doubt:
+            doubt = ["" if result.failed else int(bool(result.uncertain))]
         if result.failed:
-            writer.writerow([result.path, "", "", "", result.error])
+            writer.writerow([result.path, "", "", "", result.error, *doubt])
             continue
         writer.writerows(
-            [result.path, rank, name, value, ""] for rank, (name, value) in enumerate(result.predictions, 1)
+            [result.path, rank, name, value, "", *doubt]
+            for rank, (name, value) in enumerate(result.predictions, 1)
         )
+
+
+def _first_classified(
+    results: Iterable[PredictionResult],
+) -> tuple[Iterator[PredictionResult], PredictionResult | None]:
+    """(the same results, the first that is no error): a CSV's columns follow it, so the errors
+    before it wait for it."""
+    results = iter(results)
+    waiting = []
+    for result in results:
+        waiting.append(result)
+        if not result.failed:
+            return itertools.chain(waiting, results), result
+    return iter(waiting), None
 
 
 def _write_label_set_csv(results: Iterable[PredictionResult], file: TextIO, label_names: list[str]) -> None:

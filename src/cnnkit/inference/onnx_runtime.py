@@ -41,6 +41,7 @@ JSON_KEYS = (
     "epoch",
     "model_arguments",
     "thresholds",
+    "temperature",
 )
 METADATA_KEYS = (
     "format",
@@ -58,6 +59,7 @@ METADATA_KEYS = (
     "recipe",
     "task",
     "thresholds",
+    "temperature",
     "cnnkit_version",
     "exporter",
     "opset",
@@ -110,6 +112,7 @@ METADATA_CHECKS: dict[str, tuple[str, Any]] = {
     "model_arguments": ("a mapping", _is_str_mapping),
     "metrics": ("a mapping of metrics (numbers), by split or flat", _is_metrics),
     "thresholds": ("a list of probabilities in (0, 1), one a label", _is_thresholds),
+    "temperature": ("a positive number", lambda value: _is_number(value) and 0 < value < float("inf")),
 }
 # Written by every cnnkit export; resize_size, tta, metrics and the rest may be absent from older files.
 REQUIRED_METADATA = ("format_version", "class_names", "image_size", "input_format")

@@ -35,7 +35,9 @@ class Predictor(Protocol):
         ...
 
 
-def load_predictor(path: str | os.PathLike, device: str = "auto", precision: str = "auto") -> Predictor:
+def load_predictor(
+    path: str | os.PathLike, device: str = "auto", precision: str = "auto", calibrated: bool = True
+) -> Predictor:
     """The model in ``path``, ready to ``predict``: an ``OnnxClassifier`` for a ``.onnx`` file,
     else a ``CheckpointPredictor`` (torch) on ``device`` with ``precision``.
 
@@ -44,20 +46,30 @@ def load_predictor(path: str | os.PathLike, device: str = "auto", precision: str
     ``epoch``, ``task``, ``cnnkit_version``, ``source``, ``path``, ...) and
     ``predict(uint8 images (N, H, W, 3)) -> probabilities (N, classes)``.
     An ONNX model runs on the CPU in float32: ``device`` and ``precision`` may only say so.
+    ``calibrated``: the probabilities as the model's temperature scales them (``metadata``'s
+    ``temperature``), or as trained (False); an ``.onnx`` file holds one or the other.
     """
     if Path(path).suffix.lower() == ONNX_SUFFIX:
         if device not in ("auto", "cpu"):
             raise ValueError(f"An ONNX model runs on the CPU. Received: device={device!r}")
         if precision not in ("auto", "fp32"):
             raise ValueError(f"An ONNX model runs in fp32. Received: precision={precision!r}")
-        return OnnxClassifier(path)
-    return CheckpointPredictor(path, device=device, precision=precision)
+        model = OnnxClassifier(path)
+        if not calibrated and model.metadata.get("temperature") is not None:
+            raise ValueError(
+                f"{path} gives calibrated probabilities (temperature {model.metadata['temperature']:g} "
+                "in its graph): export it again with --uncalibrated for the probabilities as trained"
+            )
+        return model
+    return CheckpointPredictor(path, device=device, precision=precision, calibrated=calibrated)
 
 
 class CheckpointPredictor:
     """A checkpoint's ``cnnkit.api.Classifier`` behind the ``Predictor`` interface (imports torch)."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "auto", precision: str = "auto") -> None:
+    def __init__(
+        self, path: str | os.PathLike, device: str = "auto", precision: str = "auto", calibrated: bool = True
+    ) -> None:
         try:
             from cnnkit.api import Classifier  # torch, only for checkpoints
             from cnnkit.checkpoint import load_checkpoint
@@ -75,6 +87,8 @@ class CheckpointPredictor:
         self.classifier = Classifier.from_checkpoint(
             checkpoint, device=device, precision=precision, source=path
         )
+        if not calibrated:
+            self.classifier.temperature = None  # the probabilities as trained
         self.class_names: list[str] = list(self.classifier.class_names)
         self.task = self.classifier.task
         self.thresholds: list[float] | None = self.classifier.thresholds if self.task.multi_label else None
@@ -94,6 +108,7 @@ class CheckpointPredictor:
             "recipe": checkpoint.recipe.name if checkpoint.recipe is not None else "",
             "task": checkpoint.task,
             **({"thresholds": self.thresholds} if self.thresholds is not None else {}),
+            **({"temperature": self.classifier.temperature} if self.classifier.temperature else {}),
             "cnnkit_version": checkpoint.cnnkit_version,
             "source": "checkpoint",
             "path": str(path),

@@ -67,6 +67,8 @@ class ClassificationReport:
     missing_classes: list[str] = field(default_factory=list)
     never_predicted: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # How far the probabilities can be believed (reports.calibration.calibration_report).
+    calibration: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (lists, floats, ints, strings)."""
@@ -93,6 +95,8 @@ class ClassificationReport:
                 "notes": list(self.notes),
             }
         )
+        if self.calibration is not None:
+            result["calibration"] = self.calibration
         return result
 
     @classmethod
@@ -115,6 +119,7 @@ class ClassificationReport:
             missing_classes=list(values["missing_classes"]),
             never_predicted=list(values["never_predicted"]),
             notes=list(values["notes"]),
+            calibration=values.get("calibration"),
         )
 
 

@@ -21,6 +21,11 @@ from cnnkit.checkpoint import Checkpoint, load_checkpoint, to_plain
 from cnnkit.data import ImageData, load_dataset
 from cnnkit.engine.metrics import score_logits
 from cnnkit.fileio import atomic_write_text, json_text
+from cnnkit.reports.calibration import (
+    calibration_report,
+    describe_calibration_report,
+    plot_calibration_report,
+)
 from cnnkit.reports.classification import (
     ClassificationReport,
     classification_report,
@@ -49,6 +54,7 @@ REPORT_FILES = {
     "confusion_matrix": "confusion_matrix.png",
     "confusion_matrix_normalized": "confusion_matrix_normalized.png",
     "misclassified": "misclassified.png",
+    "reliability": "reliability.png",
     "report_json": "report.json",
 }
 
@@ -91,7 +97,17 @@ def evaluate_classifier(
         misclassified_limit=misclassified_limit,
     )
     report.balanced_accuracy, report.macro_f1 = headline["balanced_accuracy"], headline["macro_f1"]
+    report.calibration = _calibration(classifier, logits, labels)
     return report
+
+
+def _calibration(classifier: Classifier, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """The calibration section: the probabilities given and, with a temperature, those as trained
+    (the logits times the temperature: the scaling is the last step of the logits)."""
+    task, temperature = classifier.task, classifier.temperature
+    given = task.probabilities(logits.double()).numpy()
+    trained = None if temperature is None else task.probabilities(logits.double() * temperature).numpy()
+    return calibration_report(labels.numpy(), given, trained, temperature)
 
 
 def _multi_label_report(
@@ -168,6 +184,7 @@ def write_evaluation_report(
             files["confusion_matrix_normalized"], report.confusion_matrix, report.class_names, normalize=True
         )
         plot_misclassified(files["misclassified"], images, report.misclassified, report.misclassified_count)
+        plot_calibration_report(files["reliability"], report.calibration)
     contents = {**result, "report_folder": str(folder), "files": files}
     atomic_write_text(
         files["report_json"], json_text(to_plain(contents), indent=2, ensure_ascii=False) + "\n"
@@ -196,6 +213,8 @@ def format_evaluation(result: dict[str, Any]) -> str:
             lines.append(f"Thresholds: {source.removeprefix('default ')} for every label (none chosen).")
     else:
         lines.append(format_report_table(ClassificationReport.from_dict(result)))
+        if result.get("calibration"):
+            lines.append(describe_calibration_report(result["calibration"]))
     if result.get("report_folder"):
         lines.append(f"Report folder: {result['report_folder']}")
     return "\n".join(lines)

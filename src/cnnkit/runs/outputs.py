@@ -33,6 +33,7 @@ FOLDER_KINDS: dict[str, tuple[str, frozenset[str]]] = {
                 "confusion_matrix.png",
                 "confusion_matrix_normalized.png",
                 "misclassified.png",
+                "reliability.png",
                 "report.json",
             }
         ),

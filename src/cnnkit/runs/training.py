@@ -39,6 +39,7 @@ from cnnkit.engine.metrics import check_metric_name
 from cnnkit.engine.planning import min_steps_note, plan_steps
 from cnnkit.models import check_model_arguments, model_takes
 from cnnkit.recipes import DEFAULT_RECIPE, Recipe, load_recipe
+from cnnkit.runs.calibration import calibrate_best_checkpoint, describe_calibration
 from cnnkit.runs.choices import default_recipe, plan_sizes
 from cnnkit.runs.folders import CONFIG_FILE, create_run_folder, write_config, write_report
 from cnnkit.runs.imbalance import adjust_best_checkpoint, describe_adjustment, imbalance_plan
@@ -345,6 +346,9 @@ def _train_in_folder(
     adjustment = adjust_best_checkpoint(run)  # imbalanced classes: best.pt decides for the prior
     if adjustment is not None and stream is not None:
         print(describe_adjustment(adjustment), file=sys.stderr)
+    calibration = calibrate_best_checkpoint(run)  # single-label: a temperature, on validation
+    if calibration is not None and stream is not None:
+        print(describe_calibration(calibration), file=sys.stderr)
     thresholds = choose_best_thresholds(run)  # multi-label: a threshold a label, on validation
     if thresholds is not None and stream is not None:
         print(describe_thresholds(thresholds), file=sys.stderr)
@@ -353,6 +357,8 @@ def _train_in_folder(
         report["decision_adjustment"] = adjustment
     if thresholds is not None:
         report["thresholds"] = thresholds
+    if calibration is not None:
+        report["calibration"] = calibration
     write_report(folder, report)
     CallbackList(callbacks).call("on_report", report)  # e.g. an experiment tracker's summary
     return TrainResult(folder, history, report, classifier)

@@ -47,6 +47,8 @@ class PixelClassifier(nn.Module):
     cache, which tracing cannot record). An ensemble's logits are averaged over its members.
     ``logit_offset``: one number a class added to the logits (a post-hoc logit adjustment for
     imbalanced classes, ``tasks``' ``choose_logit_adjustment``; kept in the checkpoint).
+    ``temperature``: the logits (offset included) are then divided by it (temperature scaling,
+    calibrated probabilities; the decisions stay those of the plain logits).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class PixelClassifier(nn.Module):
         precision: torch.dtype = torch.float32,
         pixel_format: str = UINT8_NHWC,
         logit_offset: Sequence[float] | None = None,
+        temperature: float | None = None,
     ) -> None:
         super().__init__()
         if tta not in TTA_LEVELS:
@@ -69,6 +72,13 @@ class PixelClassifier(nn.Module):
         if logit_offset is not None:
             logit_offset = torch.tensor(logit_offset, dtype=torch.float32, device=device)
         self.register_buffer("logit_offset", logit_offset)
+        # Multiplying by the inverse is what is traced: the same float32 result in every graph.
+        scale = (
+            None
+            if temperature is None
+            else torch.tensor(1.0 / temperature, dtype=torch.float32, device=device)
+        )
+        self.register_buffer("logit_scale", scale)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         inputs = self.to_input(images)
@@ -77,9 +87,12 @@ class PixelClassifier(nn.Module):
         else:
             with torch.autocast(inputs.device.type, dtype=self.precision, cache_enabled=False):
                 logits = tta_logits(self.network, inputs, self.tta)
+        logits = logits.float()
         if self.logit_offset is not None:
-            return logits.float() + self.logit_offset
-        return logits.float()
+            logits = logits + self.logit_offset
+        if self.logit_scale is not None:
+            logits = logits * self.logit_scale
+        return logits
 
 
 class WithProbabilities(nn.Module):

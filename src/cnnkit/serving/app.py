@@ -116,6 +116,7 @@ def create_app(
     max_batch: int = DEFAULT_MAX_BATCH,
     batch_wait_ms: float = DEFAULT_MAX_WAIT_MS,
     max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
+    min_confidence: float | None = None,
 ) -> FastAPI:
     """The service for ``predictor`` (see ``cnnkit.inference.predictor.load_predictor``), as an ASGI app.
 
@@ -128,6 +129,8 @@ def create_app(
         max_batch: most images run through the model at once.
         batch_wait_ms: how long a request waits for others to share its batch.
         max_request_pixels: most pixels the images of one request may declare together (413 beyond).
+        min_confidence: single-label: each result says whether its top probability is below it
+            (``uncertain``: the top classes are then best guesses); None: no such field.
     """
     for name, value in (
         ("max_upload_bytes", max_upload_bytes),
@@ -162,7 +165,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error_response)
     app.mount("/static", StaticFiles(directory=STATIC_DIRECTORY), name="static")
     _add_information_routes(app, describe_model(predictor, limits), batcher)
-    _add_predict_route(app, predictor, batcher, limits, large_decoder)
+    _add_predict_route(app, predictor, batcher, limits, large_decoder, min_confidence)
     return app
 
 
@@ -192,6 +195,7 @@ def _add_predict_route(
     batcher: MicroBatcher,
     limits: ServiceLimits,
     large_decoder: ThreadPoolExecutor,
+    min_confidence: float | None = None,
 ) -> None:
     class_names = list(predictor.class_names)
     thresholds = getattr(predictor, "thresholds", None)  # multi-label (None: 0.5 each)
@@ -234,7 +238,9 @@ def _add_predict_route(
         if len(outcomes) == 1 and isinstance(outcomes[0], str):
             raise RequestError(415, outcomes[0])
         top_k = min(top_k, len(class_names))
-        ranked = rank_results(uploads, outcomes, class_names, top_k, predictor.task, thresholds)
+        ranked = rank_results(
+            uploads, outcomes, class_names, top_k, predictor.task, thresholds, min_confidence
+        )
         return JSONResponse({"task": predictor.task.name, "results": ranked})
 
 
@@ -249,10 +255,12 @@ def rank_results(
     top_k: int,
     task: Any = SINGLE_LABEL,
     thresholds: Any = None,
+    min_confidence: float | None = None,
 ) -> list[dict[str, Any]]:
     """One result dict per upload (see ``schemas.ImageResult``) from its probabilities or error:
-    its ``top_k`` classes, or (a multi-label ``task``) its label set at ``thresholds`` (None: 0.5
-    each) and every label's probability."""
+    its ``top_k`` classes (and, given ``min_confidence``, whether it is ``uncertain``), or (a
+    multi-label ``task``) its label set at ``thresholds`` (None: 0.5 each) and every label's
+    probability."""
     rows = [outcome for outcome in outcomes if not isinstance(outcome, str)]
     found: list[dict[str, Any]] = []
     if rows:
@@ -260,7 +268,7 @@ def rank_results(
         found = (
             _label_sets(probabilities, class_names, task, thresholds)
             if task.multi_label
-            else _top_classes(probabilities, class_names, task, top_k)
+            else _top_classes(probabilities, class_names, task, top_k, min_confidence)
         )
     results = []
     next_found = iter(found)
@@ -272,18 +280,23 @@ def rank_results(
     return results
 
 
-def _top_classes(probabilities: np.ndarray, class_names: list[str], task: Any, top_k: int) -> list[dict]:
-    """Each row's ``{"predictions"}``: its ``top_k`` classes, ranked by the task (cnnkit.tasks)."""
+def _top_classes(
+    probabilities: np.ndarray, class_names: list[str], task: Any, top_k: int, min_confidence: float | None
+) -> list[dict]:
+    """Each row's ``{"predictions"}``: its ``top_k`` classes, ranked by the task (cnnkit.tasks);
+    with ``min_confidence``, ``uncertain`` too."""
     order, values = task.top_k(probabilities, top_k)
     values = values.astype(np.float64).round(6)
+    doubts = task.uncertain(probabilities, min_confidence)
     return [
         {
+            **({} if doubt is None else {"uncertain": doubt}),
             "predictions": [
                 {"class": class_names[index], "probability": value}
                 for index, value in zip(indices, row, strict=True)
-            ]
+            ],
         }
-        for indices, row in zip(order.tolist(), values.tolist(), strict=True)
+        for indices, row, doubt in zip(order.tolist(), values.tolist(), doubts, strict=True)
     ]
 
 

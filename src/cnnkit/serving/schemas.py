@@ -43,6 +43,11 @@ class ImageResult(BaseModel):
     probabilities: dict[str, float] | None = Field(
         default=None, description="A multi-label model's probability of every label, in its order."
     )
+    uncertain: bool | None = Field(
+        default=None,
+        description="With the service's minimum confidence (serve --min-confidence): whether the top "
+        "probability is below it, the top classes then best guesses rather than an answer.",
+    )
     error: str | None = Field(default=None, description="Why this image was not classified.")
 
 

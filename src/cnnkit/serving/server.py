@@ -22,6 +22,7 @@ import numpy as np
 import uvicorn
 from fastapi import FastAPI
 
+from cnnkit.inference.batch_prediction import check_min_confidence, check_threshold
 from cnnkit.inference.onnx_runtime import OnnxClassifier
 from cnnkit.inference.predictor import CheckpointPredictor, Predictor, load_predictor
 from cnnkit.runtime.constants import ONNX_SUFFIX, TTA_LEVELS, available_cores
@@ -38,6 +39,7 @@ def load_service_predictor(
     device: str = "auto",
     precision: str = "auto",
     threads: int | None = None,
+    calibrated: bool = True,
 ) -> Predictor:
     """``load_predictor(path)`` set up for serving, and run once so the first request is not slow.
 
@@ -45,16 +47,17 @@ def load_service_predictor(
     fast recipes' own level 2 costs 6 forward passes an image instead of 1: a service's choice
     to make explicitly). An ONNX model's level is fixed when it is exported, so another level is
     refused. ``threads``: the model's
-    intra-op threads (PyTorch's or ONNX Runtime's; default: every core but one).
+    intra-op threads (PyTorch's or ONNX Runtime's; default: every core but one). ``calibrated``
+    as ``load_predictor``'s.
     """
     if tta is not None and tta not in TTA_LEVELS:
         raise ValueError(f"tta must be 0, 1 or 2. Received: tta={tta}")
     threads = threads or max(1, available_cores() - 1)
     is_plain_onnx = device in ("auto", "cpu") and precision in ("auto", "fp32")
-    if Path(path).suffix.lower() == ONNX_SUFFIX and is_plain_onnx:
+    if Path(path).suffix.lower() == ONNX_SUFFIX and is_plain_onnx and calibrated:
         predictor: Predictor = OnnxClassifier(path, threads=threads)
     else:  # a checkpoint, or an ONNX file with options load_predictor refuses in its own words
-        predictor = load_predictor(path, device=device, precision=precision)
+        predictor = load_predictor(path, device=device, precision=precision, calibrated=calibrated)
     own_level = int(predictor.metadata.get("tta", 0))
     if isinstance(predictor, CheckpointPredictor):
         predictor = _prepare_checkpoint(predictor, tta, threads)
@@ -100,22 +103,29 @@ def serve(
     threads: int | None = None,
     access_log: bool = False,
     log_level: str = "info",
+    min_confidence: float | None = None,
+    calibrated: bool = True,
 ) -> None:
     """Serve the checkpoint or ``.onnx`` model at ``model_path`` over HTTP until interrupted.
 
     Binds to ``host`` (loopback by default: pass ``0.0.0.0`` to accept other machines). See
     ``create_app`` for the routes and ``load_service_predictor`` for ``tta`` and ``threads``.
     ``access_log`` logs a line per request (off by default: at thousands of requests a second
-    it costs a noticeable share of the CPU).
+    it costs a noticeable share of the CPU). ``min_confidence``: single-label answers whose top
+    probability is below it are marked uncertain. ``calibrated``: False serves a checkpoint's
+    probabilities as trained, without its temperature.
     """
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be > 0. Received: max_upload_mb={max_upload_mb}")
     if max_request_megapixels <= 0:
         raise ValueError(f"max_request_megapixels must be > 0. Received: {max_request_megapixels}")
     check_port(port)  # before the model loads: a bad port is one line, not uvicorn's traceback
-    predictor = load_service_predictor(model_path, tta, device, precision, threads)
+    check_threshold(min_confidence, name="min_confidence")
+    predictor = load_service_predictor(model_path, tta, device, precision, threads, calibrated)
+    check_min_confidence(min_confidence, predictor.task.multi_label)
     app = create_app(
         predictor,
+        min_confidence=min_confidence,
         max_upload_bytes=int(max_upload_mb * 2**20),
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,

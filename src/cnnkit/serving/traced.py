@@ -58,6 +58,7 @@ class TracedPredictor:
                 classifier.tta,
                 classifier.precision,
                 logit_offset=classifier.logit_offset,
+                temperature=classifier.temperature,
             ),
             task=classifier.task,
         ).eval()

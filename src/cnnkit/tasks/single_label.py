@@ -180,6 +180,14 @@ class SingleLabelTask:
         """The predicted class index of each row: the most probable."""
         return np.asarray(probabilities).argmax(axis=1)
 
+    @staticmethod
+    def uncertain(probabilities: np.ndarray, min_confidence: float | None) -> list[bool | None]:
+        """Each image's doubt: its top probability below ``min_confidence`` (None: no minimum, so
+        None for each)."""
+        if min_confidence is None:
+            return [None] * len(probabilities)
+        return (np.asarray(probabilities).max(1) < min_confidence).tolist()
+
     def decided_names(
         self, probabilities: np.ndarray, class_names: list[str], thresholds: Any = None
     ) -> list[str]:

@@ -163,7 +163,7 @@ async function classify(job) {
     const result = answer.results[0];
     if (result.error) showError(card, result.error);
     else if (answer.task === "multi_label") showLabelSet(card, result.labels, result.probabilities);
-    else showPredictions(card, result.predictions);
+    else showPredictions(card, result.predictions, result.uncertain);
   } catch (error) {
     if (current()) showError(card, `The request failed: ${error.message}`);
   }
@@ -203,9 +203,18 @@ function bars(entries, description) {
   return list;
 }
 
-function showPredictions(card, predictions) {
+// The top classes as bars; below the service's minimum confidence, said first: they are guesses.
+function showPredictions(card, predictions, uncertain) {
   const entries = predictions.map(({ class: name, probability }) => [name, probability]);
-  showOutcome(card, bars(entries, `Top ${predictions.length} classes for ${card.file.name}`));
+  const ranked = bars(entries, `Top ${predictions.length} classes for ${card.file.name}`);
+  if (!uncertain) {
+    showOutcome(card, ranked);
+    return;
+  }
+  const note = element("p", "uncertain", "Uncertain: no class is probable enough. Best guesses:");
+  const both = element("div");
+  both.append(note, ranked);
+  showOutcome(card, both);
 }
 
 // A multi-label answer: the labels at or above their thresholds as chips (or a line saying there
