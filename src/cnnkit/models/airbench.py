@@ -107,6 +107,9 @@ class FastNet(nn.Module):
     """The airbench network for any square input size and number of classes."""
 
     head_name = "head"  # the classifier layer, which fine-tuning replaces for new classes
+    # What Grad-CAM explains (``cnnkit.runtime.explanation``): the last group's output, before the
+    # global max-pool (3x3 maps at 32 px; 4x4 at 64 px, with the automatic stem stride of 2).
+    feature_layer_names = ("groups",)
 
     def __init__(
         self,

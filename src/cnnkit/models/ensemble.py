@@ -35,6 +35,17 @@ class Ensemble(nn.Module):
         outputs = torch.stack([member(images) for member in self.members])
         return outputs if self.training else outputs.mean(0)
 
+    @property
+    def feature_layer_names(self) -> tuple[str, ...]:
+        """Every member's feature layer: Grad-CAM explains an ensemble by the mean of its members'
+        maps, each weighted by the gradient of the averaged logit (which is what each member
+        contributes to the decision), rather than by its first member alone."""
+        return tuple(
+            f"members.{index}.{name}"
+            for index, member in enumerate(self.members)
+            for name in getattr(member, "feature_layer_names", ())
+        )
+
     def initialize_from_data(self, images: torch.Tensor) -> None:
         for member in self.members:
             if hasattr(member, "initialize_from_data"):

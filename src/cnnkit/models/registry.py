@@ -3,6 +3,10 @@
 Builders take ``num_classes`` and ``image_size`` plus their own keyword arguments. The model
 remembers its name and arguments (``model.model_name``, ``model.model_arguments``) so that a
 checkpoint can rebuild it with nothing but the file.
+
+Each model names the layer Grad-CAM explains (its last convolutional block) in a
+``feature_layer_names`` attribute: dotted submodule names (``("layer4",)``; an ensemble names
+every member's), which ``cnnkit.runtime.explanation`` resolves with ``get_submodule``.
 """
 
 from __future__ import annotations

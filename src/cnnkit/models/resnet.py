@@ -98,6 +98,9 @@ class ResNet(nn.Module):
 
     # The final classifier layer, by attribute name: cnnkit replaces it when fine-tuning.
     head_name = "fc"
+    # What Grad-CAM explains (``cnnkit.runtime.explanation``): layer4's output, before the global
+    # average pool (1/32 of the input's side: 7x7 at 224 px, 1x1 at 32 px).
+    feature_layer_names = ("layer4",)
 
     def __init__(
         self,

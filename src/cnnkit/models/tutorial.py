@@ -20,6 +20,10 @@ from cnnkit.models.registry import register_model
 class TutorialCNN(nn.Module):
     """The tutorial's CNN for ``image_size`` x ``image_size`` RGB inputs (divisible by 4)."""
 
+    # What Grad-CAM explains (``cnnkit.runtime.explanation``): the last convolution's output, at
+    # half the input's resolution (before the second pool, so a 32-px image gets a 16x16 map).
+    feature_layer_names = ("conv2",)
+
     def __init__(self, num_classes: int = 10, image_size: int = 32, extra_conv: bool = False) -> None:
         super().__init__()
         if image_size % 4:
