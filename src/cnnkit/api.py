@@ -346,6 +346,72 @@ class Classifier:
         limits = self.thresholds if threshold is None else threshold
         return self.task.decided_names(self.predict(x), self.class_names, limits)
 
+    def explain(
+        self, x: ArrayLike, classes: int | str | Sequence[int | str] | None = None, batch_size: int = 64
+    ) -> np.ndarray:
+        """Grad-CAM heatmaps (Selvaraju et al., ICCV 2017): float32 ``(N, H, W)`` in [0, 1], where in
+        each image the network found its class; 1 at each map's peak, all 0 where nothing speaks for it.
+
+        The maps cover what the network sees: images at ``resize_size`` are centre-cropped to
+        ``image_size`` first (``model_view``), so ``H, W`` is the crop's size; draw them over
+        ``model_view(x)`` (``explanation_overlays`` does). ``classes``: None explains each image's
+        decided class (``predict``'s most probable, test-time augmentation and logit offset
+        included; multi-label: its most probable label), else one class index or name for every
+        image, or one an image. Hooks the network and sets it to eval mode while it runs: never
+        call it at the same time as another forward pass of this classifier (use a copy).
+        """
+        from cnnkit.messages import short_repr
+        from cnnkit.runtime.explanation import explain_pixels
+
+        images = _as_images(x)
+        view = self.model_view(images)
+        if len(images) == 0:  # nothing to explain (explain_pixels wants at least one image)
+            return np.zeros((0, *view.shape[1:3]), dtype=np.float32)
+        if classes is None:
+            indices = self.task.top_k(self.predict(images), 1)[0][:, 0].tolist()
+        else:
+            values = classes.tolist() if hasattr(classes, "tolist") else classes  # numpy, torch
+            if isinstance(values, int | str):
+                values = [values] * len(images)
+            if not isinstance(values, list | tuple) or len(values) != len(images):
+                raise ValueError(
+                    f"classes must be None, one class index or name, or one an image ({len(images)}). "
+                    f"Received: classes={short_repr(classes)}"
+                )
+            indices = []
+            for value in values:
+                index = self.class_names.index(value) if value in self.class_names else value
+                is_index = isinstance(index, int | np.integer) and not isinstance(index, bool)
+                if not is_index or not 0 <= index < len(self.class_names):
+                    raise ValueError(
+                        f"Each class must be an index in [0, {len(self.class_names)}) or one of the class "
+                        f"names ({short_repr(self.class_names)}). Received: classes={short_repr(classes)}"
+                    )
+                indices.append(int(index))
+        self.network.to(self.device)
+        return explain_pixels(self.network, view, self.normalization, np.asarray(indices), batch_size)
+
+    def explanation_overlays(
+        self,
+        x: ArrayLike,
+        classes: int | str | Sequence[int | str] | None = None,
+        alpha: float | None = None,
+        batch_size: int = 64,
+    ) -> np.ndarray:
+        """``explain``'s heatmaps drawn over the images the network sees (``model_view(x)``) in the
+        'jet' colours with weight ``alpha`` (None: ``reports.overlays.DEFAULT_ALPHA``): uint8
+        ``(N, H, W, 3)``, ``H, W`` the crop's size. ``classes`` as in ``explain``."""
+        from cnnkit.reports.overlays import DEFAULT_ALPHA, heatmap_overlay
+
+        images = _as_images(x)
+        heatmaps = self.explain(images, classes, batch_size)
+        view = self.model_view(images)
+        overlays = np.zeros((*heatmaps.shape, 3), dtype=np.uint8)
+        for position, heatmap in enumerate(heatmaps):  # one image read at a time from a store
+            pixels = np.asarray(view[position : position + 1])[0]
+            overlays[position] = heatmap_overlay(pixels, heatmap, DEFAULT_ALPHA if alpha is None else alpha)
+        return overlays
+
     def save(self, path: str | os.PathLike) -> None:
         """Write a self-describing checkpoint (atomically)."""
         last = self.history.rows[-1] if self.history and self.history.rows else {}

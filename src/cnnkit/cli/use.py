@@ -9,6 +9,9 @@ from typing import Any
 from cnnkit.cli.common import add_runtime_arguments
 from cnnkit.fileio import json_text
 
+# --explain without DIR: a new folder (see inference.explanations.explanation_folder).
+EXPLAIN_DEFAULT_FOLDER = ""
+
 
 def add_parsers(commands: Any) -> None:
     evaluate = commands.add_parser(
@@ -73,6 +76,16 @@ def add_parsers(commands: Any) -> None:
     predict.add_argument(
         "--batch-size", type=int, default=256, help="images decoded and classified at once (default: 256)"
     )
+    predict.add_argument(
+        "--explain",
+        nargs="?",
+        const=EXPLAIN_DEFAULT_FOLDER,
+        metavar="DIR",
+        help="a checkpoint: write each image's Grad-CAM overlay (its top class; multi-label: its most "
+        "probable label) as a PNG into DIR, a new or empty folder (--force: write into one holding "
+        "files), and add its path to the results; without DIR a new explanations folder beside "
+        "--output, or here (explanations2, ... when taken). Put it after the PATHs, or give DIR",
+    )
     add_runtime_arguments(predict)
 
     predict.set_defaults(handler=_predict)
@@ -104,12 +117,16 @@ def _predict(arguments: argparse.Namespace) -> int:
         write_predictions,
         write_predictions_file,
     )
+    from cnnkit.inference.explanations import check_explainable_path, explanation_folder
     from cnnkit.inference.predictor import load_predictor
 
     check_threshold(arguments.threshold, name="--threshold")  # a bad value: refused before any work
     check_threshold(arguments.min_confidence, name="--min-confidence")
     if arguments.output:  # before any work: an output that would replace a file is refused
         check_output_path(arguments.output, arguments.checkpoint, arguments.images, arguments.force)
+    explaining = arguments.explain is not None
+    if explaining:
+        check_explainable_path(arguments.checkpoint)
     model = load_predictor(
         arguments.checkpoint,
         device=arguments.device,
@@ -124,6 +141,10 @@ def _predict(arguments: argparse.Namespace) -> int:
             "--top-k is for single-label models; a multi-label model gives every label at or above "
             f"its threshold (see --threshold). Received: top_k={arguments.top_k}"
         )
+    folder = None
+    if explaining:  # made once the model has loaded: a bad model leaves no empty folder behind
+        given = arguments.explain if arguments.explain != EXPLAIN_DEFAULT_FOLDER else None
+        folder = explanation_folder(given, arguments.output, arguments.force)
     results = predict_paths(
         model,
         arguments.images,
@@ -131,11 +152,13 @@ def _predict(arguments: argparse.Namespace) -> int:
         arguments.batch_size,
         threshold=arguments.threshold,
         min_confidence=arguments.min_confidence,
+        explain=folder,
     )
     labels = model.class_names if multi_label else None  # the CSV's columns, one a label
     if arguments.output:
         summary = write_predictions_file(arguments.output, results, arguments.format, labels)
-        print(f"{summary.count} images, {summary.failed} failed, written to {arguments.output}")
+        overlays = f"; overlays in {folder}" if folder is not None else ""
+        print(f"{summary.count} images, {summary.failed} failed, written to {arguments.output}{overlays}")
     else:
         summary = write_predictions(results, sys.stdout, arguments.format, labels)
     # Every result is out either way; the exit code tells scripts that some inputs failed.
@@ -207,7 +230,9 @@ def _export(arguments: argparse.Namespace) -> int:
 
 def _add_serve_parser(commands) -> None:
     serve = commands.add_parser(
-        "serve", help="an HTTP service and web page classifying images (POST /v1/predict, GET /)"
+        "serve",
+        help="an HTTP service and web page classifying images (POST /v1/predict, GET /) and, for a "
+        "checkpoint, explaining them (POST /v1/explain: a Grad-CAM overlay)",
     )
     serve.add_argument("model", metavar="CHECKPOINT_OR_ONNX", help="a checkpoint or an .onnx model")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")

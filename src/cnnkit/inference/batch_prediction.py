@@ -6,6 +6,8 @@ each image its label set, every label at or above its threshold (the model's, or
 for all), most probable first, maybe none, and every label's probability.
 
 A bad input never stops a run: it becomes an error entry in its place among the results.
+With ``explain`` (a checkpoint only), each classified image's Grad-CAM overlay is written to a
+folder and its path given in the result's ``explanation`` (see ``inference.explanations``).
 Nothing here imports torch: a checkpoint loads it (``load_predictor``), an ONNX model never does.
 """
 
@@ -26,6 +28,7 @@ import numpy as np
 from cnnkit.data.bounded_read import READ_ERRORS, describe_read_error
 from cnnkit.data.decode import decode_image
 from cnnkit.fileio import atomic_open, json_text
+from cnnkit.inference.explanations import ExplanationWriter, check_explainable_path
 from cnnkit.inference.image_inputs import InputItem, ItemReader, PathArgument, expand_inputs
 from cnnkit.inference.predictor import Predictor, load_predictor
 from cnnkit.runs.outputs import check_output_file
@@ -34,6 +37,8 @@ FORMATS = ("table", "json", "csv")
 # An existing file predictions may replace: a text of results, never a model, image or archive.
 RESULT_FILE_SUFFIXES = (".csv", ".json", ".jsonl", ".txt", ".tsv")
 CSV_COLUMNS = ("path", "rank", "class", "probability", "error")
+# With explanations: the CSV's column (and JSON's field) of each image's overlay file.
+EXPLANATION_COLUMN = "explanation"
 # A multi-label model's CSV: these, then one column a label holding its probability.
 MULTI_LABEL_CSV_COLUMNS = ("path", "labels", "error")
 # Between the names of an image's labels in the CSV's "labels" column.
@@ -83,6 +88,8 @@ class PredictionResult:
     # With a minimum confidence: whether the top class's probability is below it (then the
     # predictions are best guesses, not an answer); None without one.
     uncertain: bool | None = None
+    # With explanations (predict --explain): the path of the image's Grad-CAM overlay.
+    explanation: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -96,19 +103,20 @@ class PredictionResult:
     def to_dict(self) -> dict[str, Any]:
         """``{"path", "predictions": [{"class", "probability"}, ...]}``, or ``{"path", "error"}``;
         multi-label: ``{"path", "labels": [{"label", "probability"}, ...], "probabilities":
-        {label: probability}}``."""
+        {label: probability}}``; ``"explanation"`` (the overlay's path) last when there is one."""
         if self.failed:
             return {"path": self.path, "error": self.error}
+        explained = {} if self.explanation is None else {EXPLANATION_COLUMN: self.explanation}
         if self.labels is not None and self.probabilities is not None:
             return {
                 "path": self.path,
                 "labels": [{"label": name, "probability": value} for name, value in self.labels],
                 "probabilities": dict(self.probabilities),
+                **explained,
             }
         predictions = [{"class": name, "probability": value} for name, value in self.predictions]
-        if self.uncertain is None:
-            return {"path": self.path, "predictions": predictions}
-        return {"path": self.path, "uncertain": self.uncertain, "predictions": predictions}
+        doubt = {} if self.uncertain is None else {"uncertain": self.uncertain}
+        return {"path": self.path, **doubt, "predictions": predictions, **explained}
 
 
 @dataclass
@@ -129,6 +137,7 @@ def predict_paths(
     threshold: float | None = None,
     min_confidence: float | None = None,
     calibrated: bool = True,
+    explain: PathArgument | None = None,
 ) -> Iterator[PredictionResult]:
     """The ``top_k`` classes of every image ``paths`` name (see ``expand_inputs``), lazily, in order;
     a multi-label model's label set of each (see ``PredictionResult``).
@@ -148,6 +157,9 @@ def predict_paths(
             (its top classes are then best guesses, not an answer). Refused for a multi-label model.
         calibrated: load a checkpoint with its calibrated probabilities (its temperature), or as
             trained (see ``load_predictor``).
+        explain: a folder (made if missing) to write each classified image's Grad-CAM overlay
+            into, ``<position>-<stem>.png``, replacing a file of that name; its path is the
+            result's ``explanation``. Needs a checkpoint (see ``inference.explanations``).
     """
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1. Received: top_k={top_k}")
@@ -155,6 +167,8 @@ def predict_paths(
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
     check_threshold(threshold)
     check_threshold(min_confidence, name="min_confidence")
+    if explain is not None and isinstance(model, str | os.PathLike):
+        check_explainable_path(model)  # before the model loads
     classifier = (
         load_predictor(model, device=device, precision=precision, calibrated=calibrated)
         if isinstance(model, str | os.PathLike)
@@ -165,8 +179,10 @@ def predict_paths(
     # The decision of a multi-label model: the one threshold given, else its own (None: 0.5 each).
     thresholds = threshold if threshold is not None else getattr(classifier, "thresholds", None)
     items = expand_inputs(paths)
+    writer = None if explain is None else ExplanationWriter(classifier, explain, len(items))
     top_k = min(top_k, len(classifier.class_names))
-    return _predict_items(classifier, items, top_k, batch_size, Decision(thresholds, min_confidence))
+    decision = Decision(thresholds, min_confidence)
+    return _predict_items(classifier, items, top_k, batch_size, decision, writer)
 
 
 class Decision(NamedTuple):
@@ -206,13 +222,18 @@ def check_threshold(threshold: Any, multi_label: bool = True, name: str = "thres
 
 
 def _predict_items(
-    classifier: Predictor, items: list[InputItem], top_k: int, batch_size: int, decision: Decision
+    classifier: Predictor,
+    items: list[InputItem],
+    top_k: int,
+    batch_size: int,
+    decision: Decision,
+    writer: ExplanationWriter | None = None,
 ) -> Iterator[PredictionResult]:
     with ItemReader() as reader:
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             images = [_decode_item(item, classifier, reader) for item in chunk]
-            yield from _classify_chunk(classifier, chunk, images, top_k, batch_size, decision)
+            yield from _classify_chunk(classifier, chunk, images, top_k, batch_size, decision, writer, start)
 
 
 def _classify_chunk(
@@ -222,17 +243,27 @@ def _classify_chunk(
     top_k: int,
     batch_size: int,
     decision: Decision,
+    writer: ExplanationWriter | None = None,
+    start: int = 0,
 ) -> Iterator[PredictionResult]:
+    """The chunk's results in order; with a ``writer``, each classified image's overlay written
+    (``start``: the chunk's place among all the results, which names the overlays)."""
     decoded = [image for image in images if not isinstance(image, str)]
     outcomes: Iterator[dict[str, Any]] = iter(())
+    explanations: Iterator[str | None] = itertools.repeat(None)
     if decoded:
-        probabilities = classifier.predict(np.stack(decoded), batch_size)
+        stacked = np.stack(decoded)
+        probabilities = classifier.predict(stacked, batch_size)
         outcomes = iter(_outcomes(classifier, probabilities, top_k, decision))
+        if writer is not None:
+            kept = [offset for offset, image in enumerate(images) if not isinstance(image, str)]
+            places, paths = [start + 1 + offset for offset in kept], [chunk[offset].path for offset in kept]
+            explanations = iter(writer.write(places, paths, stacked, probabilities))
     for item, image in zip(chunk, images, strict=True):
         if isinstance(image, str):
             yield PredictionResult(item.path, error=image)
         else:
-            yield PredictionResult(item.path, **next(outcomes))
+            yield PredictionResult(item.path, **next(outcomes), explanation=next(explanations))
 
 
 def _outcomes(
@@ -321,6 +352,9 @@ def write_predictions(
     ``csv``: columns ``path, rank, class, probability, error``; a row per (image, rank), or one
     row with only the path and error. Multi-label: columns ``path, labels`` (the label set joined
     by ``;``), ``error``, then one a label holding its probability; a row an image.
+    Results with an ``explanation`` (``predict_paths(explain=...)``) add its path: after the
+    table's line, a JSON field, an ``explanation`` CSV column (after ``error``, multi-label; last,
+    single-label).
     ``label_names``: a multi-label model's labels, the CSV's columns even when every image fails
     (default: those of the first multi-label result).
     """
@@ -399,14 +433,16 @@ def _counted(results: Iterable[PredictionResult], summary: PredictionSummary) ->
 
 def _write_table(results: Iterable[PredictionResult], file: TextIO) -> None:
     for result in results:
+        explained = "" if result.explanation is None else f" | explanation: {result.explanation}"
         if result.failed:
             file.write(f"{result.path}: error: {result.error}\n")
         elif result.labels is not None:
             chosen = ", ".join(f"{name} ({value:.3f})" for name, value in result.labels)
-            file.write(f"{result.path}: {chosen or '(no labels)'}\n")
+            file.write(f"{result.path}: {chosen or '(no labels)'}{explained}\n")
         else:
             ranked = ", ".join(f"{name} {value:.3f}" for name, value in result.predictions)
-            file.write(f"{result.path}: {'uncertain, best guesses: ' if result.uncertain else ''}{ranked}\n")
+            doubt = "uncertain, best guesses: " if result.uncertain else ""
+            file.write(f"{result.path}: {doubt}{ranked}{explained}\n")
 
 
 def _write_json(results: Iterable[PredictionResult], file: TextIO) -> None:
@@ -433,20 +469,23 @@ def _write_csv(
 
 def _write_ranked_csv(results: Iterable[PredictionResult], file: TextIO) -> None:
     """A row an (image, rank); with a minimum confidence (seen on the first image classified) an
-    ``uncertain`` column after them, 1 where the image's top probability is below it."""
+    ``uncertain`` column after them, 1 where the image's top probability is below it; with
+    explanations (seen likewise) an ``explanation`` column last, the overlay's path."""
     results, first = _first_classified(results)
     with_doubt = first is not None and first.uncertain is not None
+    explained = first is not None and first.explanation is not None
     writer = csv.writer(file, lineterminator="\n")
-    writer.writerow([*CSV_COLUMNS, "uncertain"] if with_doubt else CSV_COLUMNS)
+    writer.writerow([*CSV_COLUMNS, *["uncertain"] * with_doubt, *[EXPLANATION_COLUMN] * explained])
     doubt: list = []
     for result in results:
         if with_doubt:
             doubt = ["" if result.failed else int(bool(result.uncertain))]
+        overlay = [result.explanation or ""] * explained
         if result.failed:
-            writer.writerow([result.path, "", "", "", result.error, *doubt])
+            writer.writerow([result.path, "", "", "", result.error, *doubt, *overlay])
             continue
         writer.writerows(
-            [result.path, rank, name, value, "", *doubt]
+            [result.path, rank, name, value, "", *doubt, *overlay]
             for rank, (name, value) in enumerate(result.predictions, 1)
         )
 
@@ -466,14 +505,19 @@ def _first_classified(
 
 
 def _write_label_set_csv(results: Iterable[PredictionResult], file: TextIO, label_names: list[str]) -> None:
-    """A row an image: path, its label set, error, then every label's probability."""
+    """A row an image: path, its label set, error, with explanations (seen on the first image
+    classified) the overlay's path, then every label's probability."""
+    results, first = _first_classified(results)
+    explained = first is not None and first.explanation is not None
+    fixed = [*MULTI_LABEL_CSV_COLUMNS, *[EXPLANATION_COLUMN] * explained]
     # A label named like a fixed column gets its own name in the header all the same.
-    columns = [f"{name} (probability)" if name in MULTI_LABEL_CSV_COLUMNS else name for name in label_names]
+    columns = [f"{name} (probability)" if name in fixed else name for name in label_names]
     writer = csv.writer(file, lineterminator="\n")
-    writer.writerow([*MULTI_LABEL_CSV_COLUMNS, *columns])
+    writer.writerow([*fixed, *columns])
     for result in results:
+        overlay = [result.explanation or ""] * explained
         if result.failed or result.labels is None or result.probabilities is None:
-            writer.writerow([result.path, "", result.error or "", *[""] * len(label_names)])
+            writer.writerow([result.path, "", result.error or "", *overlay, *[""] * len(label_names)])
             continue
         chosen = LABEL_SEPARATOR.join(name for name, _ in result.labels)
-        writer.writerow([result.path, chosen, "", *[value for _, value in result.probabilities]])
+        writer.writerow([result.path, chosen, "", *overlay, *[value for _, value in result.probabilities]])

@@ -1,11 +1,12 @@
-"""Pictures of an evaluation: the confusion matrix (counts and row-normalised) and the errors."""
+"""Pictures of an evaluation: the confusion matrix (counts and row-normalised) and the errors
+(each beside its Grad-CAM overlay when given one)."""
 
 from __future__ import annotations
 
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from cnnkit.reports.classification import Misclassification
 # Above this many classes the cells are too small for numbers; the colours still read.
 CELL_TEXT_MAX_CLASSES = 30
 GALLERY_COLUMNS = 5
+# White pixels between an image and its overlay in one panel, as a share of the image's width.
+PAIR_GAP = 0.06
 
 
 def plot_confusion_matrix(
@@ -97,25 +100,47 @@ def plot_misclassified(
     errors: Sequence[Misclassification],
     total_errors: int | None = None,
     title: str = "",
+    overlays: Mapping[int, np.ndarray] | None = None,
 ) -> None:
     """A gallery of ``errors`` in the given order (most confident first), each panel titled with
     the true class, the predicted class and its probability, and the file name when known.
 
     ``images`` is indexable by ``Misclassification.index`` and yields uint8 ``(H, W, 3)`` pixels.
+    ``overlays``: Grad-CAM overlays (uint8 ``(h, w, 3)``) by ``Misclassification.index``, where
+    the model saw its wrong class; a panel with one shows the image's centre ``h x w`` (what the
+    network saw) and the overlay side by side, so the two line up.
     """
     total = len(errors) if total_errors is None else total_errors
     if not errors:
         save_empty_gallery(path, "No misclassified images")
         return
-    figure, axes = gallery_figure(len(errors), 2.3, 2.7)
+    overlays = overlays or {}
+    paired = any(error.index in overlays for error in errors)
+    figure, axes = gallery_figure(len(errors), 4.2 if paired else 2.3, 2.7)
     for axis, error in zip(axes, errors, strict=False):
-        axis.imshow(np.asarray(images[error.index]), interpolation="nearest")
+        picture = np.asarray(images[error.index])
+        if error.index in overlays:
+            picture = side_by_side(picture, np.asarray(overlays[error.index]))
+        axis.imshow(picture, interpolation="nearest")
         lines = [f"true: {error.true_class}", f"pred: {error.predicted_class} ({error.probability:.2f})"]
         lines.append(_shorten(error.name) if error.name else f"#{error.index}")
         axis.set_title("\n".join(lines), fontsize=8)
     heading = title or "Most confident errors"
-    figure.suptitle(f"{heading}: {len(errors)} of {total}, highest predicted probability first")
+    explained = "; right: where the model saw the predicted class (Grad-CAM)" if paired else ""
+    figure.suptitle(f"{heading}: {len(errors)} of {total}, highest predicted probability first{explained}")
     _save(figure, path)
+
+
+def side_by_side(image: np.ndarray, overlay: np.ndarray) -> np.ndarray:
+    """``image``'s centre, the overlay's size (the crop the network saw), a white gap, then
+    ``overlay``: one uint8 picture. An image smaller than the overlay is shown whole, padded."""
+    height, width = overlay.shape[:2]
+    top, left = max(0, (image.shape[0] - height) // 2), max(0, (image.shape[1] - width) // 2)
+    crop = np.full_like(overlay, 255)
+    part = image[top : top + height, left : left + width]
+    crop[: part.shape[0], : part.shape[1]] = part
+    gap = np.full((height, max(1, round(width * PAIR_GAP)), 3), 255, dtype=np.uint8)
+    return np.concatenate([crop, gap, overlay.astype(np.uint8)], axis=1)
 
 
 def gallery_figure(count: int, panel_width: float, panel_height: float) -> tuple[Any, list[Any]]:

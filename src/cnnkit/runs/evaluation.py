@@ -1,7 +1,8 @@
 """Evaluation jobs: a checkpoint's predictions on labelled data, measured, written and printed.
 
 ``evaluate_checkpoint`` is the whole job (``cnnkit evaluate``); ``evaluate_classifier`` measures
-(with the classifier's test-time augmentation); ``write_evaluation_report`` fills a report folder;
+(with the classifier's test-time augmentation); ``write_evaluation_report`` fills a report folder,
+its gallery of confident mistakes each beside its Grad-CAM overlay (``misclassified_overlays``);
 ``format_evaluation`` is what the CLI prints. Nothing here imports the trainer.
 
 A multi-label checkpoint (issue 21) gets a ``MultiLabelReport`` instead: ``per_label.csv``, the
@@ -11,9 +12,11 @@ precision-recall curves, the worst label sets and ``report.json`` (with ``task: 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cnnkit.api import Classifier
@@ -143,6 +146,26 @@ def _task_fields(classifier: Classifier) -> dict[str, Any]:
     return {"thresholds_source": "validation" if chosen else f"default {DEFAULT_THRESHOLD}"}
 
 
+def misclassified_overlays(
+    classifier: Classifier, images: Any, report: ClassificationReport | MultiLabelReport
+) -> dict[int, np.ndarray]:
+    """The Grad-CAM overlays of a single-label report's gallery of confident mistakes, by image
+    index: where the network saw the class it wrongly predicted, over the crop it saw. None for a
+    multi-label report; none, with a warning, for a network Grad-CAM cannot explain (a model
+    registered without ``feature_layer_names``): the gallery is drawn without them."""
+    errors = getattr(report, "misclassified", None)
+    if not errors:
+        return {}
+    indices = [error.index for error in errors]
+    pixels = images[torch.as_tensor(indices)]  # only these images are read from a store
+    try:
+        overlays = classifier.explanation_overlays(pixels, [error.predicted_class for error in errors])
+    except ValueError as error:
+        warnings.warn(f"The gallery of mistakes is drawn without explanations: {error}", stacklevel=2)
+        return {}
+    return dict(zip(indices, overlays, strict=True))
+
+
 def report_folder(checkpoint_path: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """``out`` (new or empty), or a fresh ``evaluate``, ``evaluate2``... beside the checkpoint.
 
@@ -166,8 +189,10 @@ def write_evaluation_report(
     report: ClassificationReport | MultiLabelReport,
     images: Any,
     result: dict[str, Any],
+    overlays: dict[int, np.ndarray] | None = None,
 ) -> dict[str, str]:
-    """Write the CSV, the three pictures and ``report.json`` (``result`` plus file paths) into ``folder``.
+    """Write the CSV, the three pictures and ``report.json`` (``result`` plus file paths) into ``folder``;
+    ``overlays`` (``misclassified_overlays``) are drawn beside the gallery's images.
 
     Returns the written files' paths by kind (the keys of ``REPORT_FILES``). A multi-label report
     writes ``per_label.csv``, the precision-recall curves, the worst label sets and ``report.json``
@@ -183,7 +208,13 @@ def write_evaluation_report(
         plot_confusion_matrix(
             files["confusion_matrix_normalized"], report.confusion_matrix, report.class_names, normalize=True
         )
-        plot_misclassified(files["misclassified"], images, report.misclassified, report.misclassified_count)
+        plot_misclassified(
+            files["misclassified"],
+            images,
+            report.misclassified,
+            report.misclassified_count,
+            overlays=overlays,
+        )
         plot_calibration_report(files["reliability"], report.calibration)
     contents = {**result, "report_folder": str(folder), "files": files}
     atomic_write_text(
@@ -260,8 +291,9 @@ def evaluate_checkpoint(
     }
     if reports:
         # The folder is made only once the evaluation has succeeded: a failure leaves nothing behind.
+        overlays = misclassified_overlays(classifier, evaluation_data.images, report)
         folder = report_folder(checkpoint_path, out)
-        files = write_evaluation_report(folder, report, evaluation_data.images, result)
+        files = write_evaluation_report(folder, report, evaluation_data.images, result, overlays)
         result.update(report_folder=str(folder), files=files)
     return result
 

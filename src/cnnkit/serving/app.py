@@ -2,7 +2,9 @@
 
 Work is kept off the event loop: images are decoded and classified in the micro-batcher's
 thread (see ``batcher``), and a large body is split into its files in another, so the loop only
-moves bytes and JSON and stays free to accept requests while a batch computes.
+moves bytes and JSON and stays free to accept requests while a batch computes. Explanations
+(``POST /v1/explain``, a checkpoint's service) run in a thread of their own on a copy of the
+network (see ``explanations``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -28,6 +29,8 @@ from cnnkit import __version__
 from cnnkit.inference.predictor import Predictor
 from cnnkit.reports.splits import metrics_by_split
 from cnnkit.serving.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, MicroBatcher
+from cnnkit.serving.explanations import add_explain_route, service_explainer
+from cnnkit.serving.results import rank_results
 from cnnkit.serving.schemas import ErrorResponse, Health, ModelInfo, PredictResponse
 from cnnkit.serving.uploads import (
     RequestError,
@@ -38,7 +41,6 @@ from cnnkit.serving.uploads import (
     request_pixels,
     split_uploads,
 )
-from cnnkit.tasks import SINGLE_LABEL
 from cnnkit.tasks.multi_label import DEFAULT_THRESHOLD
 
 STATIC_DIRECTORY = Path(__file__).parent / "static"
@@ -120,8 +122,9 @@ def create_app(
 ) -> FastAPI:
     """The service for ``predictor`` (see ``cnnkit.inference.predictor.load_predictor``), as an ASGI app.
 
-    Routes: ``POST /v1/predict``, ``GET /v1/model``, ``GET /healthz``, the web page at ``/``
-    (with ``/static/``), and FastAPI's ``/docs`` and ``/openapi.json``.
+    Routes: ``POST /v1/predict``, ``POST /v1/explain`` (a checkpoint's Grad-CAM overlay; 501
+    for an ONNX model), ``GET /v1/model``, ``GET /healthz``, the web page at ``/`` (with
+    ``/static/``), and FastAPI's ``/docs`` and ``/openapi.json``.
 
     Args:
         max_upload_bytes: largest request body; larger ones get 413 before they are read in full.
@@ -146,18 +149,22 @@ def create_app(
         functools.partial(classify_uploads, predictor), max_batch=max_batch, max_wait_ms=batch_wait_ms
     )
     large_decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnkit-large-decode")
+    explainer = service_explainer(predictor)  # None for an ONNX model
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         await batcher.aclose()
         large_decoder.shutdown(wait=False, cancel_futures=True)
+        if explainer is not None:
+            explainer.close()
 
     app = FastAPI(
         title="cnnkit",
         version=__version__,
         summary="Image classification with a cnnkit model.",
-        description="Send images to `POST /v1/predict`; `GET /` is a web page to try it.",
+        description="Send images to `POST /v1/predict` (one to `POST /v1/explain` for where the model "
+        "saw its class); `GET /` is a web page to try it.",
         lifespan=lifespan,
     )
     app.state.predictor, app.state.batcher, app.state.limits = predictor, batcher, limits
@@ -166,6 +173,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIRECTORY), name="static")
     _add_information_routes(app, describe_model(predictor, limits), batcher)
     _add_predict_route(app, predictor, batcher, limits, large_decoder, min_confidence)
+    add_explain_route(app, predictor, batcher, limits, explainer, min_confidence)
     return app
 
 
@@ -246,72 +254,6 @@ def _add_predict_route(
 
 async def _in_thread(function: functools.partial) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, function)
-
-
-def rank_results(
-    uploads: list[Upload],
-    outcomes: list[np.ndarray | str],
-    class_names: list[str],
-    top_k: int,
-    task: Any = SINGLE_LABEL,
-    thresholds: Any = None,
-    min_confidence: float | None = None,
-) -> list[dict[str, Any]]:
-    """One result dict per upload (see ``schemas.ImageResult``) from its probabilities or error:
-    its ``top_k`` classes (and, given ``min_confidence``, whether it is ``uncertain``), or (a
-    multi-label ``task``) its label set at ``thresholds`` (None: 0.5 each) and every label's
-    probability."""
-    rows = [outcome for outcome in outcomes if not isinstance(outcome, str)]
-    found: list[dict[str, Any]] = []
-    if rows:
-        probabilities = np.stack(rows)
-        found = (
-            _label_sets(probabilities, class_names, task, thresholds)
-            if task.multi_label
-            else _top_classes(probabilities, class_names, task, top_k, min_confidence)
-        )
-    results = []
-    next_found = iter(found)
-    for upload, outcome in zip(uploads, outcomes, strict=True):
-        if isinstance(outcome, str):
-            results.append({"name": upload.name, "error": outcome})
-        else:
-            results.append({"name": upload.name, **next(next_found)})
-    return results
-
-
-def _top_classes(
-    probabilities: np.ndarray, class_names: list[str], task: Any, top_k: int, min_confidence: float | None
-) -> list[dict]:
-    """Each row's ``{"predictions"}``: its ``top_k`` classes, ranked by the task (cnnkit.tasks);
-    with ``min_confidence``, ``uncertain`` too."""
-    order, values = task.top_k(probabilities, top_k)
-    values = values.astype(np.float64).round(6)
-    doubts = task.uncertain(probabilities, min_confidence)
-    return [
-        {
-            **({} if doubt is None else {"uncertain": doubt}),
-            "predictions": [
-                {"class": class_names[index], "probability": value}
-                for index, value in zip(indices, row, strict=True)
-            ],
-        }
-        for indices, row, doubt in zip(order.tolist(), values.tolist(), doubts, strict=True)
-    ]
-
-
-def _label_sets(probabilities: np.ndarray, class_names: list[str], task: Any, thresholds: Any) -> list[dict]:
-    """Each row's ``{"labels", "probabilities"}``: the labels at or above their ``thresholds``,
-    most probable first (decided before rounding), and every label's probability."""
-    sets = task.label_sets(probabilities, class_names, thresholds)
-    rounded = probabilities.astype(np.float64).round(6).tolist()
-    return [
-        {
-            "labels": [{"label": name, "probability": round(value, 6)} for name, value in chosen],
-            "probabilities": dict(zip(class_names, row, strict=True)),
-        }
-        for chosen, row in zip(sets, rounded, strict=True)
-    ]
 
 
 def describe_model(predictor: Predictor, limits: ServiceLimits) -> dict[str, Any]:

@@ -62,6 +62,20 @@ class PredictResponse(BaseModel):
     results: list[ImageResult]
 
 
+class ExplainResponse(BaseModel):
+    """One image's prediction and the Grad-CAM overlay of its decided class."""
+
+    task: str = Field(default="single_label", description="'single_label' or 'multi_label'.")
+    result: ImageResult = Field(description="The image's prediction, as POST /v1/predict gives it.")
+    explained_class: str = Field(
+        description="The class the overlay explains: the top class (multi-label: the most probable label)."
+    )
+    overlay_png_base64: str = Field(
+        description="A PNG, base64-encoded: the centre crop the network saw (input_size square) under the "
+        "Grad-CAM heatmap of explained_class, hot (red) where the model found it, cold (blue) elsewhere."
+    )
+
+
 class Limits(BaseModel):
     """What the service accepts and how it batches."""
 

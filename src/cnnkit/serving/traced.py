@@ -47,6 +47,9 @@ class TracedPredictor:
         self.metadata: dict[str, Any] = {**predictor.metadata, "runner": "torchscript"}
         self.device = predictor.classifier.device
         classifier = predictor.classifier
+        # The eager classifier, which explanations copy (serving.explanations): a traced graph
+        # has no layers to hook.
+        self.classifier = classifier
         # The very module Classifier.predict runs (runtime.pixel_classifier), the task's output
         # activation (single-label: softmax) included.
         self.task = classifier.task

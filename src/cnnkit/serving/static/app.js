@@ -1,6 +1,8 @@
 // cnnkit classifier page: choose, drop or paste images; each is sent to POST v1/predict on its own
 // (the server batches concurrent requests), shown as a preview with its top classes as bars; a
-// multi-label model's answer ("task": "multi_label") shows its label set as chips instead.
+// multi-label model's answer ("task": "multi_label") shows its label set as chips instead. A
+// checkpoint's service (not an ONNX model's) also explains: a card's "Explain" button asks
+// POST v1/explain and shows the Grad-CAM overlay of the decided class below the answer.
 "use strict";
 
 const MAX_PARALLEL_REQUESTS = 4;
@@ -18,7 +20,15 @@ const page = {
 
 // A job is one image sent once; "generation" changes when results are cleared or recomputed, so
 // answers to older requests still in flight are dropped instead of counted or shown.
-const state = { maxUploadBytes: Infinity, queue: [], running: 0, done: 0, total: 0, generation: 0 };
+const state = {
+  maxUploadBytes: Infinity,
+  explainable: false,
+  queue: [],
+  running: 0,
+  done: 0,
+  total: 0,
+  generation: 0,
+};
 
 async function loadModelDescription() {
   try {
@@ -26,6 +36,7 @@ async function loadModelDescription() {
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const model = await response.json();
     state.maxUploadBytes = model.limits.max_upload_bytes;
+    state.explainable = model.format === "checkpoint"; // an ONNX model holds no gradients
     page.topK.max = String(model.classes.length);
     page.topK.value = String(Math.min(Number(page.topK.value), model.classes.length));
     const multiLabel = model.task === "multi_label";
@@ -176,6 +187,7 @@ function describeError(answer) {
 }
 
 function showPending(card) {
+  forgetExplanation(card);
   card.dataset.state = "pending";
   card.setAttribute("aria-busy", "true");
   card.querySelector(".outcome").replaceChildren(element("p", "pending", "Classifying…"));
@@ -243,9 +255,69 @@ function showLabelSet(card, labels, probabilities) {
 }
 
 function showOutcome(card, ...nodes) {
+  if (state.explainable) nodes.push(explainButton(card));
   card.querySelector(".outcome").replaceChildren(...nodes);
   card.dataset.state = "done";
   card.removeAttribute("aria-busy");
+}
+
+function explainButton(card) {
+  const button = element("button", "button secondary explain", "Explain");
+  button.type = "button";
+  button.title = "Show where in the image the model found its answer (Grad-CAM)";
+  button.addEventListener("click", () => explain(card, button));
+  return button;
+}
+
+async function explain(card, button) {
+  const job = card.job;
+  const current = () => card.job === job && card.isConnected;
+  button.disabled = true;
+  button.textContent = "Explaining…";
+  const form = new FormData();
+  form.append("files", card.file, card.file.name);
+  try {
+    const response = await fetch("v1/explain", { method: "POST", body: form });
+    const answer = await response.json().catch(() => null);
+    if (!current()) return;
+    if (response.ok) showExplanation(card, answer);
+    else showExplanationError(card, describeError(answer) || `The server answered HTTP ${response.status}.`);
+  } catch (error) {
+    if (current()) showExplanationError(card, `The request failed: ${error.message}`);
+  } finally {
+    button.disabled = false;
+    button.textContent = "Explain";
+  }
+}
+
+// The overlay arrives as base64 PNG; shown through a blob: URL, which the page's CSP allows.
+function pngUrl(base64) {
+  const bytes = Uint8Array.from(atob(base64), (character) => character.charCodeAt(0));
+  return URL.createObjectURL(new Blob([bytes], { type: "image/png" }));
+}
+
+function showExplanation(card, answer) {
+  forgetExplanation(card);
+  const figure = element("figure", "explanation");
+  const overlay = element("img");
+  card.overlayUrl = pngUrl(answer.overlay_png_base64);
+  overlay.src = card.overlayUrl;
+  overlay.alt = `Where the model found ${answer.explained_class} in ${card.file.name} (the part it saw)`;
+  figure.append(overlay, element("figcaption", "", `Where it found “${answer.explained_class}”`));
+  card.querySelector(".outcome").append(figure);
+}
+
+function showExplanationError(card, message) {
+  forgetExplanation(card);
+  const error = element("p", "error explanation", message);
+  error.setAttribute("role", "alert");
+  card.querySelector(".outcome").append(error);
+}
+
+function forgetExplanation(card) {
+  card.querySelector(".explanation")?.remove();
+  if (card.overlayUrl) URL.revokeObjectURL(card.overlayUrl);
+  card.overlayUrl = null;
 }
 
 function showError(card, message) {
@@ -259,6 +331,7 @@ function showError(card, message) {
 function clearResults() {
   for (const card of page.results.children) {
     if (card.preview && card.preview.src) URL.revokeObjectURL(card.preview.src);
+    forgetExplanation(card);
   }
   page.results.replaceChildren();
   state.queue = [];
