@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cnnkit import __version__
-from cnnkit.cli import cache, compare, info, train, tune, use
+from cnnkit.cli import audit, cache, compare, info, train, tune, use
 from cnnkit.engine.interrupt import TrainingInterrupted
 from cnnkit.messages import shorten
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_parser(commands)
     info.add_parsers(commands)
     cache.add_parser(commands)
+    audit.add_parser(commands)
     return parser
 
 

@@ -64,6 +64,11 @@ def add_parser(commands: Any) -> None:
         help="multi-label: a table of image,labels rows (labels separated by spaces, ; or |), paths "
         "below the data's root; a labels.csv inside the data is found without this flag",
     )
+    train.add_argument(
+        "--exclude",
+        metavar="TXT",
+        help="leave out the images this file lists, one path a line (cnnkit audit writes exclude.txt)",
+    )
     source = train.add_mutually_exclusive_group()
     source.add_argument("--recipe", help="a named recipe (see `cnnkit models`) or a YAML recipe file")
     source.add_argument(
@@ -182,6 +187,7 @@ def _train_or_resume(arguments: argparse.Namespace) -> int:
         init=init,
         pretrained=arguments.pretrained,
         labels=labels,
+        exclude=arguments.exclude,
     )
     return _print_result(result)
 

@@ -22,6 +22,7 @@ import torch
 from cnnkit.api import Classifier
 from cnnkit.checkpoint import Checkpoint, load_checkpoint, to_plain
 from cnnkit.data import ImageData, load_dataset
+from cnnkit.data.exclusion import exclude_images
 from cnnkit.engine.metrics import score_logits
 from cnnkit.fileio import atomic_write_text, json_text
 from cnnkit.reports.calibration import (
@@ -306,6 +307,8 @@ def _evaluation_data(checkpoint: Checkpoint, data) -> tuple[ImageData, str, str]
     labels = checkpoint.config.get("labels") if data is None else None
     # Decoded as the run stored its images (resize_size); the classifier crops the centre it sees.
     splits = load_dataset(source, image_size=checkpoint.resize_size, labels=labels)
+    if data is None and checkpoint.config.get("exclude"):  # the images the run left out stay out
+        splits, _ = exclude_images(splits, checkpoint.config["exclude"]["file"])
     if splits.test is not None:
         return splits.test, "test", splits.folders.get("test", splits.source)
     if splits.validation is not None:

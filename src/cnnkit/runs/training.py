@@ -30,6 +30,7 @@ from cnnkit.data import (
     write_skipped_list,
 )
 from cnnkit.data.balance import MULTI_LABEL_SETTINGS, SETTINGS, class_balance_summary, imbalance_note
+from cnnkit.data.exclusion import exclude_images
 from cnnkit.data.survey import SizeSurvey, survey_image_sizes
 from cnnkit.engine import distributed
 from cnnkit.engine.callbacks import CallbackList, History
@@ -79,6 +80,7 @@ def train(
     pretrained: str | os.PathLike | bool | None = None,
     callbacks: Sequence[object] = (),
     labels: str | os.PathLike | None = None,
+    exclude: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Load ``data``, train ``recipe`` into a new run folder, and evaluate ``best.pt``.
 
@@ -92,6 +94,8 @@ def train(
     pruning hook, see ``cnnkit.engine.callbacks``).
     Data with a label table (``labels``, or a ``labels.csv`` in the data) trains a multi-label
     model: one sigmoid a label, mAP monitored, a threshold a label chosen on validation.
+    ``exclude``: a file listing images to leave out, one path a line (``cnnkit audit``'s
+    ``exclude.txt``); the run's config says how many were.
     The final evaluation uses the data's test split, or the validation split where there is none.
     Files that are not usable images are skipped and listed in the run's ``skipped.txt``;
     ``strict`` makes the first of them an error instead. ``refresh_cache`` decodes the data again
@@ -124,6 +128,11 @@ def train(
         refresh_cache=refresh_cache,
         labels=labels,
     )
+    exclusion = None
+    if exclude is not None:
+        splits, exclusion = exclude_images(splits, exclude)
+        if verbose:
+            print(exclusion.describe(), file=sys.stderr)
     check_trainable(splits.train, splits.source)
     train_data, val_data = training_splits(splits, recipe)
     balance = class_balance_summary(train_data.labels, train_data.class_names)
@@ -143,6 +152,7 @@ def train(
     config = run_config(data, splits, recipe, classifier, train_data, val_data, strict)
     config["init"] = initial.source if initial is not None else None
     config["labels"] = os.path.abspath(labels) if labels is not None else None
+    config["exclude"] = {**exclusion.to_dict(), "file": os.path.abspath(exclude)} if exclusion else None
     config.update(balance)  # class_counts, imbalance_ratio: also in report.json
     _plan_on_data(config, recipe, len(train_data), job.world_size, verbose)
     if verbose and (note := imbalance_note(balance, countering or SETTINGS)):
@@ -266,6 +276,8 @@ def resume(
     splits = load_dataset(
         config["data"], image_size=stored_size, progress=verbose, labels=config.get("labels")
     )
+    if config.get("exclude"):  # the same images left out as when the run started
+        splits, _ = exclude_images(splits, config["exclude"]["file"])
     train_data, val_data = training_splits(splits, recipe)
     if train_data.class_names != checkpoint.class_names:
         raise ValueError(
