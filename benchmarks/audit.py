@@ -45,13 +45,14 @@ def build(source: Path, out: Path, count: int, seed: int = 0) -> tuple[Path, set
         test = set(generator.choice(count, count // 10, replace=False).tolist())
         flips = set(generator.choice(count, int(FLIP_SHARE * count), replace=False).tolist())
         for index, member in enumerate(chosen):
-            label = member.split("/")[-2]
+            label = original = member.split("/")[-2]
             if index in flips:
                 label = classes[
                     (classes.index(label) + int(generator.integers(1, len(classes)))) % len(classes)
                 ]
             split = "test" if index in test else "train"
-            relative = f"{split}/{label}/{Path(member).name}"
+            # The zip numbers images within a class: the original class keeps names unique.
+            relative = f"{split}/{label}/{original}-{Path(member).name}"
             (out / relative).parent.mkdir(parents=True, exist_ok=True)
             data = archive.read(member)
             (out / relative).write_bytes(data)

@@ -113,7 +113,10 @@ def test_the_report_folder_holds_the_page_the_csvs_and_an_exclude_list_train_hon
         "label_issues.csv",
         "outliers.csv",
         "exclude.txt",
+        "probabilities.npy",
     }
+    probabilities = np.load(report / "probabilities.npy")
+    assert probabilities.shape == (result["images"], 4) and np.allclose(probabilities.sum(1), 1, atol=1e-4)
     with open(report / "label_issues.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert [row["name"] for row in rows] == [row["name"] for row in result["label_issues"]]

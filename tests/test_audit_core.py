@@ -303,6 +303,11 @@ def test_label_issues_agree_with_cleanlab():
                 labels, probabilities, filter_by="prune_by_noise_rate", n_jobs=1
             )
         assert set(ours.indices.tolist()) == set(np.flatnonzero(theirs).tolist()), number
+        both = find_label_issues(labels, probabilities, filter_by="both")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs_both = filters.find_label_issues(labels, probabilities, filter_by="both", n_jobs=1)
+        assert set(both.indices.tolist()) == set(np.flatnonzero(theirs_both).tolist()), number
         expected_joint = count_module.compute_confident_joint(labels, probabilities)
         assert np.array_equal(ours.confident_joint, expected_joint), number
 

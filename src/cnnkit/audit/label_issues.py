@@ -211,19 +211,41 @@ def _flag_by_noise_rate(labels: np.ndarray, probabilities: np.ndarray, prune: np
     return flagged
 
 
-def find_label_issues(labels: Any, probabilities: Any) -> LabelIssues:
+FILTERS = ("prune_by_noise_rate", "both")
+
+
+def _flag_by_class(labels: np.ndarray, probabilities: np.ndarray, prune: np.ndarray) -> np.ndarray:
+    """For each class i, flag the images labelled i of lowest p_i, as many as the cells of row i
+    estimate are wrong (cleanlab's "prune_by_class")."""
+    flagged = np.zeros(len(labels), dtype=bool)
+    for given in range(probabilities.shape[1]):
+        members = np.flatnonzero(labels == given)
+        count = int(prune[:, given].sum() - prune[given, given])
+        if len(members) > 1 and count > 0:
+            flagged[members[np.argsort(probabilities[members, given], kind="stable")[:count]]] = True
+    return flagged
+
+
+def find_label_issues(labels: Any, probabilities: Any, filter_by: str = "prune_by_noise_rate") -> LabelIssues:
     """Images whose given label is likely wrong, most suspect first (confident learning).
 
     ``labels``: class indices (N,); ``probabilities``: out-of-sample predicted probabilities
     (N, K). The confident joint estimates how many images labelled i are really j; for each such
     cell the that many images labelled i with the largest p_j - p_i are flagged
-    ("prune_by_noise_rate"); an image whose most probable class is its given label is never
-    flagged. Flagged images are ranked by self-confidence (p of the given label), lowest first.
+    ("prune_by_noise_rate"); ``filter_by="both"`` keeps only those also among the images of
+    lowest p_i of their class ("prune_by_class"), fewer and surer. An image whose most probable
+    class is its given label is never flagged. Flagged images are ranked by self-confidence (p
+    of the given label), lowest first.
     """
+    if filter_by not in FILTERS:
+        raise ValueError(f"filter_by must be one of {', '.join(FILTERS)}. Received: filter_by={filter_by!r}")
     labels, probabilities = _checked(labels, probabilities)
     thresholds = confident_thresholds(labels, probabilities)
     joint = confident_joint(labels, probabilities, thresholds)
-    flagged = _flag_by_noise_rate(labels, probabilities, _prune_counts(joint))
+    prune = _prune_counts(joint)
+    flagged = _flag_by_noise_rate(labels, probabilities, prune)
+    if filter_by == "both":
+        flagged &= _flag_by_class(labels, probabilities, prune)
     rows = np.arange(len(labels))
     # cleanlab's last step: the given label, nudged by the fuzz, still wins -> not an issue.
     nudged = probabilities.copy()
