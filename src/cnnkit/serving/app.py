@@ -31,7 +31,13 @@ from cnnkit.reports.splits import metrics_by_split
 from cnnkit.serving.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, MicroBatcher
 from cnnkit.serving.explanations import add_explain_route, service_explainer
 from cnnkit.serving.results import rank_results
-from cnnkit.serving.schemas import ErrorResponse, Health, ModelInfo, PredictResponse
+from cnnkit.serving.schemas import (
+    Health,
+    ModelInfo,
+    PredictResponse,
+    error_responses,
+    upload_request_body,
+)
 from cnnkit.serving.uploads import (
     RequestError,
     Upload,
@@ -62,39 +68,23 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-_BINARY = {"type": "string", "format": "binary"}
 # The body is read by hand (bounded, then parsed off the loop), so OpenAPI is told what it takes.
-PREDICT_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {
-                        "files": {
-                            "type": "array",
-                            "items": _BINARY,
-                            "description": "One or more image files (or one, as the field 'file').",
-                        }
-                    },
-                }
-            },
-            "image/*": {"schema": _BINARY},
-            "application/octet-stream": {"schema": _BINARY},
-        },
+PREDICT_REQUEST_BODY = upload_request_body(
+    {
+        "type": "array",
+        "items": {"type": "string", "format": "binary"},
+        "description": "One or more image files (or one, as the field 'file').",
     }
-}
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in {
+)
+_ERRORS = error_responses(
+    {
         400: "Malformed body (empty, or broken multipart).",
         413: "Body larger than the upload limit, or too many images.",
         415: "Not an image: an unsupported Content-Type, or the only image cannot be decoded.",
         422: "No 'files' field in a multipart body, or a bad top_k.",
-    }.items()
-}
+    }
+)
+
 
 logger = logging.getLogger("cnnkit.serving")
 

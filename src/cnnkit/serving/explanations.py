@@ -31,7 +31,7 @@ from PIL import Image
 from cnnkit.inference.predictor import Predictor
 from cnnkit.serving.batcher import MicroBatcher
 from cnnkit.serving.results import rank_results
-from cnnkit.serving.schemas import ErrorResponse, ExplainResponse
+from cnnkit.serving.schemas import ExplainResponse, error_responses, upload_request_body
 from cnnkit.serving.uploads import (
     DecodedImage,
     RequestError,
@@ -42,33 +42,19 @@ from cnnkit.serving.uploads import (
     split_uploads,
 )
 
-_BINARY = {"type": "string", "format": "binary"}
 # The body is read by hand, as /v1/predict's is, so OpenAPI is told what it takes: one image.
-EXPLAIN_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"files": {**_BINARY, "description": "One image file (or field 'file')."}},
-                }
-            },
-            "image/*": {"schema": _BINARY},
-            "application/octet-stream": {"schema": _BINARY},
-        },
-    }
-}
-EXPLAIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in {
+EXPLAIN_REQUEST_BODY = upload_request_body(
+    {"type": "string", "format": "binary", "description": "One image file (or field 'file')."}, required=False
+)
+EXPLAIN_ERRORS = error_responses(
+    {
         400: "Malformed body, or more than one image.",
         413: "Body larger than the upload limit, or the image holds too many pixels.",
         415: "Not an image: an unsupported Content-Type, or the image cannot be decoded.",
         422: "No 'files' field in a multipart body, or a bad top_k.",
         501: "The service runs an exported ONNX model, which cannot be explained.",
-    }.items()
-}
+    }
+)
 
 logger = logging.getLogger("cnnkit.serving")
 

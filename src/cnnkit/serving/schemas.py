@@ -120,3 +120,29 @@ class ErrorResponse(BaseModel):
     """A refused request: one line saying why (or FastAPI's list of validation errors)."""
 
     detail: str | list[dict[str, Any]]
+
+
+_BINARY = {"type": "string", "format": "binary"}
+
+
+def upload_request_body(files: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    """OpenAPI's ``requestBody`` of a route that reads its body by hand (bounded, then parsed off
+    the event loop): multipart with a ``files`` field described by ``files``, or one raw image."""
+    schema: dict[str, Any] = {"type": "object", "properties": {"files": files}}
+    if required:
+        schema["required"] = ["files"]
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": schema},
+                "image/*": {"schema": _BINARY},
+                "application/octet-stream": {"schema": _BINARY},
+            },
+        }
+    }
+
+
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI's ``responses`` for a route's error statuses, each an ``ErrorResponse``."""
+    return {status: {"model": ErrorResponse, "description": text} for status, text in descriptions.items()}
