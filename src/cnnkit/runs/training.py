@@ -128,19 +128,11 @@ def train(
         refresh_cache=refresh_cache,
         labels=labels,
     )
-    exclusion = None
-    if exclude is not None:
-        splits, exclusion = exclude_images(splits, exclude)
-        if verbose:
-            print(exclusion.describe(), file=sys.stderr)
+    splits, exclusion = _leave_out(splits, exclude, verbose)
     check_trainable(splits.train, splits.source)
     train_data, val_data = training_splits(splits, recipe)
     balance = class_balance_summary(train_data.labels, train_data.class_names)
-    task = MULTI_LABEL if train_data.multi_label else SINGLE_LABEL
-    if task.multi_label:  # a label table: mAP monitored, rare labels weighed up only if asked
-        recipe, countering = recipe.replace(monitor=task.monitor_for(recipe.monitor)), MULTI_LABEL_SETTINGS
-    else:
-        recipe, countering = imbalance_plan(recipe, balance["imbalance_ratio"], bool(val_data), overrides)
+    task, recipe, countering = _task_plan(recipe, train_data, val_data, balance, overrides)
     if verbose:
         _note_setup(splits, train_data, val_data, device, precision)
     classifier = _new_classifier(recipe, train_data, sizes.input_size, device, precision, task.name)
@@ -161,15 +153,50 @@ def train(
         write_config(folder, config)
         _report_skipped(folder, splits, verbose)
     if verbose:
-        kind = f"{len(train_data.class_names)}-label " if task.multi_label else ""
-        stream.write(
-            f"Training {kind}{recipe.model} ({recipe.name} recipe) on {splits.source} "
-            f"at {classifier.image_size} px: "
-            f"{len(train_data)} train, {len(val_data) if val_data else 0} validation images, "
-            f"{classifier.device.type} {precision_name(classifier.precision)}\n"
-        )
+        stream.write(_training_line(recipe, splits, classifier, train_data, val_data) + "\n")
     run = _Run(folder, classifier, recipe, splits, train_data, val_data, config, list(callbacks))
     return _train_in_folder(run, stream if verbose else None, initialize_from_data=initial is None)
+
+
+def _leave_out(
+    splits: DataSplits, exclude: str | os.PathLike | None, verbose: bool
+) -> tuple[DataSplits, Any]:
+    """``splits`` without the images ``exclude`` lists (``--exclude``), and what was left out."""
+    if exclude is None:
+        return splits, None
+    splits, exclusion = exclude_images(splits, exclude)
+    if verbose:
+        print(exclusion.describe(), file=sys.stderr)
+    return splits, exclusion
+
+
+def _task_plan(
+    recipe: Recipe, train_data: ImageData, val_data: ImageData | None, balance: dict, overrides: dict
+) -> tuple[Any, Recipe, str | None]:
+    """(the task the labels call for, the recipe to train, what is done about imbalance): a label
+    table monitors mAP and weighs rare labels up only if asked; single-label imbalance is
+    countered as ``runs.imbalance`` says."""
+    task = MULTI_LABEL if train_data.multi_label else SINGLE_LABEL
+    if task.multi_label:
+        return task, recipe.replace(monitor=task.monitor_for(recipe.monitor)), MULTI_LABEL_SETTINGS
+    recipe, countering = imbalance_plan(recipe, balance["imbalance_ratio"], bool(val_data), overrides)
+    return task, recipe, countering
+
+
+def _training_line(
+    recipe: Recipe,
+    splits: DataSplits,
+    classifier: Classifier,
+    train_data: ImageData,
+    val_data: ImageData | None,
+) -> str:
+    kind = f"{len(train_data.class_names)}-label " if classifier.task.multi_label else ""
+    return (
+        f"Training {kind}{recipe.model} ({recipe.name} recipe) on {splits.source} "
+        f"at {classifier.image_size} px: "
+        f"{len(train_data)} train, {len(val_data) if val_data else 0} validation images, "
+        f"{classifier.device.type} {precision_name(classifier.precision)}"
+    )
 
 
 def _resolve_recipe(
