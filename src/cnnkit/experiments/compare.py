@@ -21,7 +21,7 @@ from typing import Any
 from cnnkit.experiments.tables import align_columns, format_value
 from cnnkit.fileio import atomic_write_bytes, atomic_write_text, json_text
 from cnnkit.reports.training_curves import read_metrics_csv
-from cnnkit.runs.folders import CONFIG_FILE, REPORT_FILE, create_run_folder, read_run_config
+from cnnkit.runs.folders import CONFIG_FILE, REPORT_FILE, output_folder, read_run_config
 
 COMPARISON_PLOT = "comparison.png"
 COMPARISON_JSON = "comparison.json"
@@ -322,16 +322,7 @@ def plot_comparison(path: str | os.PathLike, runs: Sequence[RunSummary]) -> None
 
 def _output_folder(out: str | os.PathLike | None, runs_folder: str | os.PathLike) -> Path:
     """``out`` when new or empty, else a fresh ``compare``, ``compare2``... in ``runs_folder``."""
-    if out is None:
-        return create_run_folder(runs_folder, DEFAULT_NAME)
-    folder = Path(out)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        held = "is a file" if not folder.is_dir() else "already holds files"
-        raise ValueError(
-            f"The comparison folder {folder} {held}: give a new or empty folder. Received: out={out!r}"
-        )
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return output_folder(out, runs_folder, DEFAULT_NAME, "comparison")
 
 
 def _extreme(history: list[dict[str, float]], metric: str, pick: Any) -> tuple[int | None, float | None]:

@@ -80,12 +80,17 @@ def write_audit_page(
     atomic_write_text(path, page)
 
 
-def _summary(audit: dict[str, Any]) -> str:
-    duplicates = audit["duplicates"]
-    relations = {
-        relation: sum(relation in group["relations"] for group in duplicates)
+def duplicate_summary(groups: list[dict[str, Any]]) -> str:
+    """``83 group(s): 59 within class, 24 across classes, 29 across splits`` (a group can be both
+    across classes and across splits)."""
+    counts = [
+        f"{sum(relation in group['relations'] for group in groups)} {relation}"
         for relation in ("within class", "across classes", "across splits")
-    }
+    ]
+    return f"{len(groups):,} group(s): " + ", ".join(counts)
+
+
+def _summary(audit: dict[str, Any]) -> str:
     rows = [
         (
             "images",
@@ -93,10 +98,7 @@ def _summary(audit: dict[str, Any]) -> str:
             + ", ".join(f"{split} {count:,}" for split, count in audit["splits"].items())
             + ")",
         ),
-        (
-            "duplicate groups",
-            f"{len(duplicates):,}: " + ", ".join(f"{count} {name}" for name, count in relations.items()),
-        ),
+        ("duplicates", duplicate_summary(audit["duplicates"])),
         ("suspected label errors", _count(audit.get("label_issues"))),
         ("outliers", _count(audit.get("outliers"))),
         ("in exclude.txt", f"{audit.get('excluded', 0):,}"),

@@ -332,18 +332,9 @@ def _label_search(
 
 
 def _audit_folder(out: str | os.PathLike | None) -> Path:
-    if out is None:
-        from cnnkit.runs.folders import create_run_folder
+    from cnnkit.runs.folders import output_folder
 
-        return create_run_folder("runs", "audit")
-    folder = Path(out)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise ValueError(
-            f"The audit folder {folder} {'already holds files' if folder.is_dir() else 'is a file'}: "
-            f"give a new or empty folder (or no --out for a new runs/audit). Received: out={str(out)!r}"
-        )
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return output_folder(out, "runs", "audit", "audit", "or no --out for a new runs/audit")
 
 
 def write_audit_folder(
@@ -410,15 +401,11 @@ def _write_csv(path: str, rows: list[dict[str, Any]], columns: list[str]) -> Non
 
 def describe_audit(result: dict[str, Any]) -> str:
     """What ``cnnkit audit`` prints."""
-    duplicates = result["duplicates"]
-    relations = {
-        name: sum(name in group["relations"] for group in duplicates)
-        for name in ("within class", "across classes", "across splits")
-    }
+    from cnnkit.reports.audit_page import duplicate_summary
+
     lines = [
         f"Audited {result['images']:,} images of {result['data']} in {result['seconds']:.0f}s",
-        f"Duplicates: {len(duplicates):,} group(s): "
-        + ", ".join(f"{count} {name}" for name, count in relations.items()),
+        f"Duplicates: {duplicate_summary(result['duplicates'])}",
     ]
     if result["label_issues"] is None:
         lines.append(f"Label errors: not searched ({result['label_issues_note']})")

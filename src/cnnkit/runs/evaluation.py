@@ -45,7 +45,7 @@ from cnnkit.reports.multi_label import (
     plot_precision_recall,
     write_per_label_csv,
 )
-from cnnkit.runs.folders import create_run_folder
+from cnnkit.runs.folders import output_folder
 from cnnkit.runs.splits import training_splits
 from cnnkit.runtime.device import configure_process
 from cnnkit.tasks.multi_label import DEFAULT_THRESHOLD
@@ -172,17 +172,8 @@ def report_folder(checkpoint_path: str | os.PathLike, out: str | os.PathLike | N
 
     A folder holding files is refused: a report never replaces a run's own files or another report.
     """
-    if out is None:
-        return create_run_folder(Path(checkpoint_path).parent, "evaluate")
-    folder = Path(out)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        held = "is a file" if not folder.is_dir() else "already holds files"
-        raise ValueError(
-            f"The report folder {folder} {held}: give a new or empty folder (or no --out for a new "
-            f"one beside the checkpoint). Received: out={str(out)!r}"
-        )
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    beside = Path(checkpoint_path).parent
+    return output_folder(out, beside, "evaluate", "report", "or no --out for a new one beside the checkpoint")
 
 
 def write_evaluation_report(

@@ -22,6 +22,27 @@ CONFIG_FILE = "config.yaml"
 REPORT_FILE = "report.json"
 
 
+def output_folder(
+    out: str | os.PathLike | None, default: Path | str, name: str, what: str, otherwise: str = ""
+) -> Path:
+    """``out`` when it is new or empty (made), else a fresh ``default/name``, ``name2``... A file or
+    a folder holding files is refused in one line before any work: a report never replaces a
+    run's own files or another report. ``what`` names the folder in the message, ``otherwise``
+    says what no ``--out`` does."""
+    if out is None:
+        return create_run_folder(default, name)
+    folder = Path(out)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        held = "already holds files" if folder.is_dir() else "is a file"
+        instead = f" ({otherwise})" if otherwise else ""
+        raise ValueError(
+            f"The {what} folder {folder} {held}: give a new or empty folder{instead}. "
+            f"Received: out={str(out)!r}"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def create_run_folder(out: str | os.PathLike = "runs", name: str | None = None) -> Path:
     """Make a fresh folder ``out/name`` (default name ``train``), numbered if it exists.
 
