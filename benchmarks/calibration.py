@@ -13,15 +13,12 @@ bins), NLL and Brier score as trained and calibrated, with the CPU.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from cnnkit_runs import train_and_evaluate
 from machine import cpu_description
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-train.zip"
@@ -51,32 +48,15 @@ def build(source: Path, out: Path, seed: int = 0) -> Path:
 
 def run_variant(data: Path, runs: Path, variant: str) -> dict:
     """Train one variant, evaluate its best.pt on test/; the calibration figures."""
-    command = [sys.executable, "-m", "cnnkit", "train", "--data", str(data), "--out", str(runs)]
-    command += ["--name", variant, "--quiet", *VARIANTS[variant]]
-    started = time.perf_counter()
-    finished = subprocess.run(command, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if finished.returncode:
-        return {"variant": variant, "error": finished.stderr.strip().splitlines()[-1]}
-    evaluation = runs / f"{variant}-evaluation"
-    evaluate = [
-        sys.executable,
-        "-m",
-        "cnnkit",
-        "evaluate",
-        str(runs / variant / "best.pt"),
-        "--data",
-        str(data),
-    ]
-    subprocess.run([*evaluate, "--out", str(evaluation)], capture_output=True, check=True)
-    scored = json.loads((evaluation / "report.json").read_text())
-    report = json.loads((runs / variant / "report.json").read_text())
+    trained = train_and_evaluate(data, data, runs, variant, VARIANTS[variant])
+    if trained.error:
+        return {"variant": variant, "error": trained.error}
     return {
         "variant": variant,
-        "accuracy": scored["accuracy"],
-        "calibration": scored["calibration"],
-        "validation": report.get("calibration", {}),
-        "seconds": seconds,
+        "accuracy": trained.evaluation["accuracy"],
+        "calibration": trained.evaluation["calibration"],
+        "validation": trained.report.get("calibration", {}),
+        "seconds": trained.seconds,
     }
 
 

@@ -16,16 +16,13 @@ default), chosen on the validation split; "-" where it was off.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from cnnkit.reports.classification import read_per_class_csv
+from cnnkit_runs import train_and_evaluate
 from machine import cpu_description
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-train.zip"
@@ -77,27 +74,17 @@ def build(source: Path, out: Path, seed: int = 0) -> Path:
 
 
 def train_variant(data: Path, runs: Path, variant: str) -> dict:
-    command = [sys.executable, "-m", "cnnkit", "train", "--data", str(data), "--out", str(runs)]
-    name = variant.replace(" ", "-").replace(",", "").replace("(", "").replace(")", "")
-    command += ["--name", name, "--quiet", *VARIANTS[variant]]
-    started = time.perf_counter()
-    finished = subprocess.run(command, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if finished.returncode:
-        return {"variant": variant, "error": finished.stderr.strip().splitlines()[-1], "seconds": seconds}
-    report = json.loads((runs / name / "report.json").read_text())
-    evaluation = runs / f"{name}-evaluation"
-    evaluate = [sys.executable, "-m", "cnnkit", "evaluate", str(runs / name / "best.pt")]
-    subprocess.run(
-        [*evaluate, "--data", str(data / "test"), "--out", str(evaluation)], capture_output=True, check=True
-    )
-    rows = read_per_class_csv(evaluation / "per_class.csv")
+    trained = train_and_evaluate(data, data / "test", runs, variant, VARIANTS[variant])
+    if trained.error:
+        return {"variant": variant, "error": trained.error, "seconds": trained.seconds}
+    report = trained.report
+    rows = read_per_class_csv(trained.evaluation_folder / "per_class.csv")
     worst = min(row["recall"] for row in rows if not str(row["class"]).endswith(" avg"))
     return {
         "variant": variant,
         "test_accuracy": report["evaluation"]["accuracy"],
         "worst_class_recall": worst,
-        "seconds": seconds,
+        "seconds": trained.seconds,
         "train_seconds": report["train_seconds"],
         "tau": (report.get("decision_adjustment") or {}).get("tau"),
     }

@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import subprocess
-import sys
-import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from cnnkit_runs import train_and_evaluate
 from machine import cpu_description
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-train.zip"
@@ -98,27 +95,16 @@ def build(source: Path, out: Path, train: int, test: int, seed: int = 0) -> tupl
 
 def train_variant(train: Path, test: Path, runs: Path, variant: str) -> dict:
     """Train one variant into ``runs``, evaluate its best.pt on ``test``; the figures."""
-    name = variant.replace(" ", "-").replace(",", "").replace(".", "")
-    command = [sys.executable, "-m", "cnnkit", "train", "--data", str(train), "--out", str(runs)]
-    command += ["--name", name, "--quiet", *VARIANTS[variant]]
-    started = time.perf_counter()
-    finished = subprocess.run(command, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if finished.returncode:
-        return {"variant": variant, "error": finished.stderr.strip().splitlines()[-1], "seconds": seconds}
-    report = json.loads((runs / name / "report.json").read_text())
-    evaluation = runs / f"{name}-evaluation"
-    evaluate = [sys.executable, "-m", "cnnkit", "evaluate", str(runs / name / "best.pt")]
-    subprocess.run(
-        [*evaluate, "--data", str(test), "--out", str(evaluation)], capture_output=True, check=True
-    )
-    scored = json.loads((evaluation / "report.json").read_text())
+    trained = train_and_evaluate(train, test, runs, variant.replace(".", ""), VARIANTS[variant])
+    if trained.error:
+        return {"variant": variant, "error": trained.error, "seconds": trained.seconds}
+    scored, report = trained.evaluation, trained.report
     return {
         "variant": variant,
         **{name: scored[name] for name in ("map", "micro_f1", "macro_f1", "count")},
         "validation_map": report["evaluation"]["map"],
         "epochs": report["epochs"],
-        "seconds": seconds,
+        "seconds": trained.seconds,
         "train_seconds": report["train_seconds"],
     }
 
