@@ -136,6 +136,10 @@ def test_a_bad_audit_request_is_one_line(planted, tmp_path, capsys):
     _, data, _ = planted
     assert main(["audit", str(data), "--folds", "1", "--out", str(tmp_path / "a")]) == 1
     assert "folds must be an integer of at least 2. Received: folds=1" in capsys.readouterr().err
+    assert main(["audit", str(data), "--label-filter", "strict", "--out", str(tmp_path / "b")]) == 1
+    error = capsys.readouterr().err
+    assert "label_filter must be one of low_self_confidence, prune_by_noise_rate, both" in error
+    assert "Received: label_filter='strict'" in error and not (tmp_path / "b").exists()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("mine")
     assert main(["audit", str(data), "--out", str(tmp_path / "full")]) == 1
@@ -170,9 +174,10 @@ def test_audit_with_a_model_judges_only_the_images_it_did_not_train_on(planted, 
     assert main(["train", "--data", str(data), "--out", str(tmp_path), "--name", "run", *flags]) == 0
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     report = tmp_path / "audit"
-    assert main(["audit", str(data), "--model", str(tmp_path / "run" / "best.pt"), "--out", str(report)]) == 0
+    model = str(tmp_path / "run" / "best.pt")
+    assert main(["audit", str(data), "--model", model, "--label-filter", "both", "--out", str(report)]) == 0
     result = json.loads((report / "audit.json").read_text())
-    assert result["method"]["label_issues"] == "model"
+    assert result["method"]["label_issues"] == "model" and result["method"]["label_filter"] == "both"
     # Out of its sample: its validation split and the test folder.
     assert result["method"]["judged_images"] == config["val_images"] + result["splits"]["test"]
     judged_splits = {row["split"] for row in result["label_issues"] + result["outliers"]}

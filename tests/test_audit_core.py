@@ -19,10 +19,12 @@ from cnnkit.audit import (
     ACROSS_CLASSES,
     ACROSS_SPLITS,
     DEFAULT_NEAR_DISTANCE,
+    FILTERS,
     WITHIN_CLASS,
     Fingerprints,
     confident_joint,
     connected_components,
+    estimated_error_count,
     find_duplicates,
     find_label_issues,
     find_outliers,
@@ -252,7 +254,11 @@ def test_label_issues_find_planted_flips():
     found = set(result.indices.tolist())
     planted = set(np.flatnonzero(flipped).tolist())
     precision, recall = len(found & planted) / len(found), len(found & planted) / len(planted)
-    assert precision >= 0.8 and recall >= 0.8, (precision, recall)
+    # The default list is the surer one; pruning by the calibrated joint finds more, less surely.
+    assert precision >= 0.95 and recall >= 0.75, (precision, recall)
+    pruned = set(find_label_issues(labels, probabilities, filter_by="prune_by_noise_rate").indices.tolist())
+    precision, recall = len(pruned & planted) / len(pruned), len(pruned & planted) / len(planted)
+    assert precision >= 0.8 and recall >= 0.85, (precision, recall)
     confidences = [issue.self_confidence for issue in result.issues]
     assert confidences == sorted(confidences)
     issue = result.issues[0]
@@ -296,18 +302,18 @@ def test_label_issues_agree_with_cleanlab():
     labels[0] = 4
     problems.append((labels, probabilities, flipped))
     for number, (labels, probabilities, _) in enumerate(problems):
-        ours = find_label_issues(labels, probabilities)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            theirs = filters.find_label_issues(
-                labels, probabilities, filter_by="prune_by_noise_rate", n_jobs=1
-            )
-        assert set(ours.indices.tolist()) == set(np.flatnonzero(theirs).tolist()), number
-        both = find_label_issues(labels, probabilities, filter_by="both")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            theirs_both = filters.find_label_issues(labels, probabilities, filter_by="both", n_jobs=1)
-        assert set(both.indices.tolist()) == set(np.flatnonzero(theirs_both).tolist()), number
+        for filter_by in FILTERS:
+            ours = find_label_issues(labels, probabilities, filter_by=filter_by)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                theirs = filters.find_label_issues(labels, probabilities, filter_by=filter_by, n_jobs=1)
+            if filter_by == "low_self_confidence":  # less those whose given label is the most probable
+                theirs &= probabilities.argmax(axis=1) != labels
+            assert set(ours.indices.tolist()) == set(np.flatnonzero(theirs).tolist()), (number, filter_by)
+        expected_count = count_module.num_label_issues(
+            labels, probabilities, estimation_method="off_diagonal"
+        )
+        assert estimated_error_count(labels, probabilities) == expected_count, number
         expected_joint = count_module.compute_confident_joint(labels, probabilities)
         assert np.array_equal(ours.confident_joint, expected_joint), number
 

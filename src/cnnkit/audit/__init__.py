@@ -31,11 +31,13 @@ from cnnkit.audit.hashing import (
     pixel_digests,
 )
 from cnnkit.audit.label_issues import (
+    FILTERS,
     LabelIssue,
     LabelIssues,
     OutlierRanking,
     confident_joint,
     confident_thresholds,
+    estimated_error_count,
     find_label_issues,
     find_outliers,
 )
@@ -46,6 +48,7 @@ __all__ = [
     "DEFAULT_DETAIL_DISTANCE",
     "DEFAULT_NEAR_DISTANCE",
     "DETAIL_BITS",
+    "FILTERS",
     "MAX_NEAR_DISTANCE",
     "WITHIN_CLASS",
     "DuplicateGroup",
@@ -58,6 +61,7 @@ __all__ = [
     "confident_thresholds",
     "connected_components",
     "detail_distances",
+    "estimated_error_count",
     "find_duplicates",
     "find_label_issues",
     "find_outliers",

@@ -38,6 +38,12 @@ def add_parser(commands: Any) -> None:
         default=10,
         help="perceptual-hash bits near duplicates may differ by, 0 to 11 (default: 10); -1: exact only",
     )
+    audit.add_argument(
+        "--label-filter",
+        metavar="FILTER",
+        help="which images confident learning flags: low_self_confidence (default: as many as it "
+        "estimates wrong, lowest self-confidence first), prune_by_noise_rate (cleanlab's default) or both",
+    )
     audit.add_argument("--labels", metavar="CSV", help="a multi-label table kept apart from the data")
     audit.add_argument("--out", metavar="DIR", help="report folder, new or empty (default: runs/audit)")
     audit.add_argument("--strict", action="store_true", help="stop at the first unusable file")
@@ -61,6 +67,7 @@ def _audit(arguments: argparse.Namespace) -> int:
         strict=arguments.strict,
         device=arguments.device,
         precision=arguments.precision or "auto",
+        **({"label_filter": arguments.label_filter} if arguments.label_filter else {}),
     )
     print(describe_audit(result))
     return 0

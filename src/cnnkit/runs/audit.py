@@ -20,6 +20,7 @@ import torch
 from cnnkit.api import Classifier
 from cnnkit.audit import (
     DEFAULT_NEAR_DISTANCE,
+    FILTERS,
     Fingerprints,
     find_label_issues,
     find_outliers,
@@ -37,7 +38,7 @@ from cnnkit.runtime.device import configure_process
 from cnnkit.runtime.normalization import Normalization
 
 DEFAULT_FOLDS = 4
-LABEL_FILTER = "both"  # confident learning's filter (cnnkit.audit.label_issues.FILTERS)
+LABEL_FILTER = "low_self_confidence"  # confident learning's filter (cnnkit.audit.label_issues.FILTERS)
 # Images listed as outliers: the lowest scores, 1 % of the data, at least 10 and at most 200.
 _OUTLIER_SHARE, _OUTLIER_MIN, _OUTLIER_MAX = 0.01, 10, 200
 _HELD_OUT_ORDER = ("test", "validation", "train")  # which copy of a duplicate is kept
@@ -184,16 +185,16 @@ def model_probabilities(
     return probabilities.astype(np.float64), outside
 
 
-def judge_labels(audit: AuditData, probabilities: np.ndarray, outside: np.ndarray) -> tuple[list, list]:
+def judge_labels(
+    audit: AuditData, probabilities: np.ndarray, outside: np.ndarray, label_filter: str = LABEL_FILTER
+) -> tuple[list, list]:
     """(suspected label errors, outliers) among the images ``outside`` marks (out of sample), as
-    plain dicts ranked most suspect first, with class names."""
+    plain dicts ranked most suspect first, with class names. ``label_filter``: confident
+    learning's filter (``cnnkit.audit.label_issues.FILTERS``)."""
     judged = np.flatnonzero(outside)
     labels = audit.labels().numpy()[judged]
     class_names, names, splits = audit.splits.train.class_names, audit.names(), audit.split_names()
-    # "both" (flagged by the noise rate and among its class's least confident): on 10,000 CIFAR-10
-    # images with 1,000 flipped labels, precision 0.629 / recall 0.825 against 0.525 / 0.849 for
-    # the noise rate alone (docs/benchmarks.md, issue 22): a list a user reviews should be sure.
-    issues = find_label_issues(labels, probabilities[judged], filter_by=LABEL_FILTER)
+    issues = find_label_issues(labels, probabilities[judged], filter_by=label_filter)
     suspect = [
         {
             "index": int(judged[issue.index]),
@@ -257,6 +258,7 @@ def audit(
     device: str = "auto",
     precision: str = "auto",
     progress: bool = True,
+    label_filter: str = LABEL_FILTER,
 ) -> dict[str, Any]:
     """Audit ``data`` (anything ``train`` reads) into a report folder (``out``: new or empty; default
     a new ``runs/audit``, ``audit2``...) and return what was found (``audit.json``'s contents).
@@ -265,10 +267,14 @@ def audit(
     of the same classes) from its probabilities on the images it did not train on, else by
     ``folds``-fold cross-validation with the recipe ``train`` would choose, changed by
     ``overrides`` (``{"epochs": 4}``). ``near_distance``: pHash bits two near duplicates may
-    differ by (None: exact duplicates only).
+    differ by (None: exact duplicates only). ``label_filter``: which images confident learning
+    flags (``cnnkit.audit.label_issues.FILTERS``; the default ranks by self-confidence).
     """
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise ValueError(f"folds must be an integer of at least 2. Received: folds={folds!r}")
+    if label_filter not in FILTERS:
+        allowed = ", ".join(FILTERS)
+        raise ValueError(f"label_filter must be one of {allowed}. Received: label_filter={label_filter!r}")
     folder = _audit_folder(out)  # refused before any work when it holds files
     configure_process()
     started = time.perf_counter()
@@ -276,7 +282,7 @@ def audit(
     data_set = load_audit_data(data, stored, strict, labels, progress)
     duplicates = find_all_duplicates(data_set, near_distance)
     issues, outliers, note, method = _label_search(
-        data_set, data, model, folds, overrides, device, precision, progress
+        data_set, data, model, folds, overrides, device, precision, progress, label_filter
     )
     counts = class_balance_summary(data_set.labels(), data_set.splits.train.class_names)
     result = {
@@ -308,6 +314,7 @@ def _label_search(
     device: str,
     precision: str,
     progress: bool,
+    label_filter: str,
 ) -> tuple[list | None, list | None, str | None, dict[str, Any]]:
     """(label issues, outliers, why none were searched for, how they were) of the data."""
     if data_set.splits.train.multi_label:
@@ -325,7 +332,8 @@ def _label_search(
         probabilities = cross_validated_probabilities(data_set, recipe, folds, device, precision, progress)
         outside = np.ones(len(probabilities), dtype=bool)
         method = {"label_issues": "cross-validation", "folds": folds, "recipe": recipe.to_dict()}
-    issues, outliers = judge_labels(data_set, probabilities, outside)
+    method["label_filter"] = label_filter
+    issues, outliers = judge_labels(data_set, probabilities, outside, label_filter)
     # Kept for probabilities.npy (NaN where in sample): cleanlab and other tools take them too.
     method["_probabilities"] = np.where(outside[:, None], probabilities, np.nan).astype(np.float32)
     return issues, outliers, None, method
