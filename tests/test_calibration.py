@@ -11,14 +11,19 @@ import torch
 from PIL import Image
 
 from cnnkit.api import Classifier
-from cnnkit.checkpoint import load_checkpoint
+from cnnkit.checkpoint import load_checkpoint, save_checkpoint
 from cnnkit.cli import main
 from cnnkit.inference.onnx_runtime import OnnxClassifier
 from cnnkit.inference.predictor import load_predictor
 from cnnkit.reports.calibration import calibration_metrics, expected_calibration_error, reliability_bins
 from cnnkit.serving import create_app, load_service_predictor, start_server_thread
 from cnnkit.tasks import SINGLE_LABEL
-from cnnkit.tasks.calibration import fit_temperature
+from cnnkit.tasks.calibration import (
+    apply_confidence_map,
+    choose_confidence_map,
+    fit_temperature,
+    isotonic_blocks,
+)
 from tests.conftest import make_quadrant_images, write_image_folder
 
 
@@ -143,3 +148,75 @@ def test_predict_export_and_serve_give_calibrated_probabilities_and_say_uncertai
     with start_server_thread(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         answer = client.post("/v1/predict", files=[("files", (image.name, image.read_bytes(), "image/png"))])
     assert answer.status_code == 200 and answer.json()["results"][0]["uncertain"] is True
+
+
+def test_isotonic_blocks_match_scikit_learn():
+    isotonic = pytest.importorskip("sklearn.isotonic")
+    generator = np.random.default_rng(0)
+    confidences = np.round(generator.uniform(0.1, 1.0, 3000), 3)  # ties pooled first
+    outcomes = generator.random(3000) < confidences**2
+    centres, accuracies = isotonic_blocks(confidences, outcomes)
+    theirs = isotonic.IsotonicRegression().fit(confidences, outcomes).predict(confidences)
+    assert np.allclose(np.unique(accuracies.round(12)), np.unique(theirs.round(12)))
+    assert (np.diff(centres) > 0).all() and (np.diff(accuracies) > 0).all()
+
+
+def _overconfident_in_the_middle(seed: int, count: int = 20_000, classes: int = 10):
+    """Logits whose top softmax probability c is right c - 0.8 (c - 0.3)(1 - c) of the time:
+    over-confident between, right near 1, a shape no single temperature undoes."""
+    generator = np.random.default_rng(seed)
+    logits = generator.normal(0, 1, (count, classes)) * generator.uniform(0.5, 6, (count, 1))
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    top, predicted = probabilities.max(1), probabilities.argmax(1)
+    right = generator.random(count) < top - 0.8 * np.clip(top - 0.3, 0, None) * (1 - top)
+    other = (predicted + generator.integers(1, classes, count)) % classes
+    return torch.from_numpy(logits), torch.from_numpy(np.where(right, predicted, other))
+
+
+def test_the_confidence_map_undoes_what_a_temperature_cannot_and_keeps_every_decision():
+    logits, labels = _overconfident_in_the_middle(seed=1)
+    validation, test = slice(0, 10_000), slice(10_000, None)
+    scaled = torch.softmax(logits, 1)  # what a temperature would leave: the bump in the middle
+    knots = choose_confidence_map(scaled[validation].numpy(), labels[validation].numpy())
+    assert knots is not None
+    mapped = apply_confidence_map(scaled[test], torch.tensor(knots, dtype=torch.float64))
+    before = expected_calibration_error(scaled[test].numpy(), labels[test].numpy())
+    after = expected_calibration_error(mapped.numpy(), labels[test].numpy())
+    assert after < 0.5 * before, (before, after)
+    assert (mapped.argmax(1) == scaled[test].argmax(1)).all()
+    np.testing.assert_allclose(mapped.sum(1).numpy(), 1.0, atol=1e-9)
+    # Too few validation images to fit a map on: the temperature alone.
+    assert choose_confidence_map(scaled[:150].numpy(), labels[:150].numpy()) is None
+
+
+def test_a_confidence_map_travels_through_the_checkpoint_export_and_service(calibrated_run, tmp_path):
+    _root, _data, run = calibrated_run
+    checkpoint = load_checkpoint(run / "best.pt")
+    knots = [[0.3, 0.6, 0.9, 1.0], [0.3, 0.45, 0.7, 0.95]]
+    checkpoint.confidence_map = knots
+    mapped_path = tmp_path / "mapped.pt"
+    save_checkpoint(mapped_path, checkpoint)
+    pixels = make_quadrant_images(16, seed=5)[0]
+    classifier = Classifier.load(mapped_path, precision="fp32")
+    assert classifier.confidence_map == knots
+    probabilities = classifier.predict(pixels)
+    scaled = torch.softmax(
+        classifier.logits(torch.from_numpy(pixels), calibrated=False) / checkpoint.temperature, 1
+    )
+    expected = apply_confidence_map(scaled.double(), torch.tensor(knots, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    assert (probabilities.argmax(1) == scaled.numpy().argmax(1)).all()
+    exported = tmp_path / "mapped.onnx"
+    assert main(["export", str(mapped_path), "--output", str(exported)]) == 0
+    onnx = OnnxClassifier(exported)
+    assert onnx.metadata["confidence_map"] == knots
+    np.testing.assert_allclose(onnx.predict(pixels), probabilities, atol=1e-5)
+    service = load_service_predictor(mapped_path, precision="fp32")
+    np.testing.assert_allclose(service.predict(pixels), probabilities, atol=1e-5)
+    trained = load_predictor(mapped_path, precision="fp32", calibrated=False)
+    np.testing.assert_allclose(
+        trained.predict(pixels), classifier.predict(pixels, calibrated=False), atol=1e-6
+    )
+    checkpoint.confidence_map = [[0.9, 0.5], [0.2, 0.3]]
+    with pytest.raises(ValueError, match=r"confidence_map must be \[confidences, accuracies\].*Received"):
+        checkpoint.__post_init__()

@@ -101,6 +101,7 @@ class Classifier:
         self.thresholds: list[float] | None = None
         # Divides the logits before the output activation (calibrate; None: 1, as trained).
         self.temperature: float | None = None
+        self.confidence_map: list[list[float]] | None = None  # tasks.calibration; after the temperature
         # Added to the logits at prediction: a post-hoc adjustment for imbalanced classes (None: none).
         self.logit_offset: list[float] | None = None
         self.recipe: Recipe | None = None  # the recipe it was trained with
@@ -241,7 +242,8 @@ class Classifier:
 
     def predict(self, x: ArrayLike, batch_size: int = 1024, calibrated: bool = True) -> np.ndarray:
         """Class probabilities, shape ``(N, classes)``: the task's output activation (softmax) of
-        the network's logits, divided by the ``temperature`` unless ``calibrated`` is False."""
+        the network's logits, calibrated (``calibrate``: the temperature, the confidence map) unless
+        ``calibrated`` is False."""
         return self.task.probabilities(self.logits(_as_images(x), batch_size, calibrated)).numpy()
 
     def logits(
@@ -249,8 +251,8 @@ class Classifier:
     ) -> torch.Tensor:
         """The logits ``predict`` and ``evaluate`` start from (float32, CPU): the centre crop the
         network sees, the test-time augmentation, the logit offset (a post-hoc adjustment for
-        imbalanced classes, ``adjust_for_imbalance``) and, if ``calibrated``, the temperature
-        (``calibrate``) included."""
+        imbalanced classes, ``adjust_for_imbalance``) and, if ``calibrated``, the temperature and
+        the confidence map (``calibrate``; then the log of the calibrated probabilities) included."""
         self.network.to(self.device)
         return predict_logits(
             self.network,
@@ -262,6 +264,7 @@ class Classifier:
             self.tta,
             self.logit_offset,
             self.temperature if calibrated else None,
+            self.confidence_map if calibrated else None,
         )
 
     def adjust_for_imbalance(self, x: ArrayLike, y: ArrayLike, class_counts: Sequence[int]) -> dict[str, Any]:
@@ -296,13 +299,16 @@ class Classifier:
             return center_crop_images(images, self.image_size)
         return images
 
-    def calibrate(self, x: ArrayLike, y: ArrayLike) -> dict[str, Any]:
-        """Temperature scaling: from now on the logits are divided by the temperature minimising the
-        negative log-likelihood on ``x``, ``y`` (a validation split, never the test set); decisions do
-        not change. Kept by ``save``. Returns ``{"temperature", "before", "after"}``: expected
-        calibration error (15 bins), NLL and Brier score on ``x`` as trained and calibrated."""
+    def calibrate(self, x: ArrayLike, y: ArrayLike, confidence_map: bool = True) -> dict[str, Any]:
+        """Calibrated probabilities, fitted on ``x``, ``y`` (a validation split, never the test set);
+        decisions do not change. From now on the logits are divided by the temperature minimising
+        the negative log-likelihood there (temperature scaling), then, if ``confidence_map`` and it
+        lowers the expected calibration error of held-out halves of ``x``, the top probability is
+        mapped to how often it is right (top-label isotonic calibration, ``tasks.calibration``).
+        Kept by ``save``. Returns ``{"temperature", "confidence_map", "before", "after"}``:
+        expected calibration error (15 bins), NLL and Brier score on ``x`` as trained and calibrated."""
         from cnnkit.reports.calibration import calibration_metrics
-        from cnnkit.tasks.calibration import fit_temperature
+        from cnnkit.tasks.calibration import apply_confidence_map, choose_confidence_map, fit_temperature
 
         if self.task.multi_label:
             raise ValueError(
@@ -314,9 +320,13 @@ class Classifier:
         temperature = fit_temperature(self.task, raw, data.labels)
         labels = data.labels.numpy()
         before = calibration_metrics(self.task.probabilities(raw).double().numpy(), labels)
-        after = calibration_metrics(self.task.probabilities(raw.double() / temperature).numpy(), labels)
-        self.temperature = temperature
-        return {"temperature": temperature, "before": before, "after": after}
+        scaled = self.task.probabilities(raw.double() / temperature)
+        knots = choose_confidence_map(scaled.numpy(), labels) if confidence_map else None
+        if knots is not None:
+            scaled = apply_confidence_map(scaled, torch.tensor(knots, dtype=torch.float64))
+        after = calibration_metrics(scaled.numpy(), labels)
+        self.temperature, self.confidence_map = temperature, knots
+        return {"temperature": temperature, "confidence_map": knots, "before": before, "after": after}
 
     def choose_thresholds(self, x: ArrayLike, y: ArrayLike) -> dict[str, Any]:
         """Multi-label: a threshold a label where that label's F1 on ``x``, ``y`` (a validation
@@ -432,6 +442,7 @@ class Classifier:
             logit_offset=self.logit_offset,
             thresholds=self.thresholds,
             temperature=self.temperature,
+            confidence_map=self.confidence_map,
             recipe=self.recipe,
             config=config or {},
             epoch=epoch,
@@ -472,6 +483,7 @@ class Classifier:
         classifier.logit_offset = checkpoint.logit_offset
         classifier.thresholds = checkpoint.thresholds
         classifier.temperature = checkpoint.temperature
+        classifier.confidence_map = checkpoint.confidence_map
         return classifier
 
 

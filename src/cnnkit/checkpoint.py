@@ -26,6 +26,7 @@ from cnnkit.recipes import Recipe
 from cnnkit.reports.splits import metrics_by_split
 from cnnkit.runtime.normalization import Normalization
 from cnnkit.tasks import get_task
+from cnnkit.tasks.calibration import check_confidence_map
 
 FORMAT = "cnnkit-checkpoint"
 FORMAT_VERSION = 1
@@ -65,6 +66,9 @@ class Checkpoint:
     # The logits are divided by it before the output activation (temperature scaling, chosen on
     # the validation split: runs.calibration); None: 1, the probabilities as trained.
     temperature: float | None = None
+    # Single-label, after the temperature: knots [confidences, accuracies] of the map from the top
+    # probability to how often it is right, fitted on validation (tasks.calibration); None: none.
+    confidence_map: list[list[float]] | None = None
 
     def __post_init__(self) -> None:
         self.resize_size = int(self.resize_size or self.image_size)
@@ -90,6 +94,8 @@ class Checkpoint:
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
                 raise ValueError(f"temperature must be a positive number. Received: temperature={value!r}")
             self.temperature = float(value)
+        if self.confidence_map is not None:
+            self.confidence_map = check_confidence_map(self.confidence_map)
 
     @property
     def tta(self) -> int:
@@ -145,6 +151,7 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
         "logit_offset": checkpoint.logit_offset,
         "thresholds": checkpoint.thresholds,
         "temperature": checkpoint.temperature,
+        "confidence_map": checkpoint.confidence_map,
         "normalization": checkpoint.normalization.to_dict(),
         "recipe": checkpoint.recipe.to_dict() if checkpoint.recipe is not None else None,
         "config": to_plain({key: value for key, value in checkpoint.config.items() if key != "recipe"}),
@@ -218,6 +225,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             logit_offset=contents.get("logit_offset"),
             thresholds=contents.get("thresholds"),
             temperature=contents.get("temperature"),
+            confidence_map=contents.get("confidence_map"),
         )
     except ValueError as error:  # a field out of range (task, logit_offset): name the file
         raise ValueError(f"{path}: {error}") from None

@@ -147,6 +147,7 @@ def export_onnx(
     offset = checkpoint.logit_offset  # a post-hoc adjustment for imbalanced classes: in the graph
     # Temperature scaling (calibrated probabilities), in the graph too unless asked otherwise.
     temperature = checkpoint.temperature if calibrated else None
+    confidence_map = checkpoint.confidence_map if calibrated else None
     classifier = PixelClassifier(
         network,
         checkpoint.normalization,
@@ -154,6 +155,7 @@ def export_onnx(
         pixel_format=pixel_format,
         logit_offset=offset,
         temperature=temperature,
+        confidence_map=confidence_map,
     )
     module = WithProbabilities(classifier, keep_logits=True, task=task).eval()
 
@@ -163,12 +165,14 @@ def export_onnx(
     metadata = _metadata(checkpoint, pixel_format, level, exporter, opset)
     if temperature is not None:
         metadata["temperature"] = temperature  # the probabilities are calibrated by it
+    if confidence_map is not None:
+        metadata["confidence_map"] = confidence_map  # and then by this map of the top probability
     _set_metadata(model, metadata)
     data = model.SerializeToString()
 
     images, source = verification_images(checkpoint, verify_data, verify_count)
     expected = _pytorch_probabilities(
-        network, checkpoint.normalization, images, level, task, offset, temperature
+        network, checkpoint.normalization, images, level, task, offset, (temperature, confidence_map)
     )
     difference = _max_difference(data, pixel_format, images, expected)
     if not difference <= tolerance:  # also catches NaN
@@ -326,7 +330,7 @@ def _pytorch_probabilities(
     tta: int,
     task: Any,
     logit_offset: list[float] | None,
-    temperature: float | None = None,
+    calibration: tuple[float | None, list[list[float]] | None] = (None, None),
 ) -> np.ndarray:
     """The reference: cnnkit's own prediction path (InputTransform, tta_logits), float32 on CPU."""
     pixels, cpu = torch.from_numpy(images), torch.device("cpu")
@@ -338,7 +342,8 @@ def _pytorch_probabilities(
         torch.float32,
         tta=tta,
         logit_offset=logit_offset,
-        temperature=temperature,
+        temperature=calibration[0],
+        confidence_map=calibration[1],
     )
     return task.probabilities(logits).numpy()
 

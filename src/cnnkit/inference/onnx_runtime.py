@@ -42,6 +42,7 @@ JSON_KEYS = (
     "model_arguments",
     "thresholds",
     "temperature",
+    "confidence_map",
 )
 METADATA_KEYS = (
     "format",
@@ -60,6 +61,7 @@ METADATA_KEYS = (
     "task",
     "thresholds",
     "temperature",
+    "confidence_map",
     "cnnkit_version",
     "exporter",
     "opset",
@@ -94,6 +96,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _is_confidence_map(value: Any) -> bool:
+    from cnnkit.tasks.calibration import check_confidence_map
+
+    try:
+        check_confidence_map(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_thresholds(value: Any) -> bool:
     return isinstance(value, list) and all(_is_number(item) and 0 < item < 1 for item in value)
 
@@ -113,6 +125,7 @@ METADATA_CHECKS: dict[str, tuple[str, Any]] = {
     "metrics": ("a mapping of metrics (numbers), by split or flat", _is_metrics),
     "thresholds": ("a list of probabilities in (0, 1), one a label", _is_thresholds),
     "temperature": ("a positive number", lambda value: _is_number(value) and 0 < value < float("inf")),
+    "confidence_map": ("[confidences, accuracies], increasing, in [0, 1]", _is_confidence_map),
 }
 # Written by every cnnkit export; resize_size, tta, metrics and the rest may be absent from older files.
 REQUIRED_METADATA = ("format_version", "class_names", "image_size", "input_format")

@@ -89,6 +89,7 @@ class CheckpointPredictor:
         )
         if not calibrated:
             self.classifier.temperature = None  # the probabilities as trained
+            self.classifier.confidence_map = None
         self.class_names: list[str] = list(self.classifier.class_names)
         self.task = self.classifier.task
         self.thresholds: list[float] | None = self.classifier.thresholds if self.task.multi_label else None
@@ -109,6 +110,7 @@ class CheckpointPredictor:
             "task": checkpoint.task,
             **({"thresholds": self.thresholds} if self.thresholds is not None else {}),
             **({"temperature": self.classifier.temperature} if self.classifier.temperature else {}),
+            **({"confidence_map": self.classifier.confidence_map} if self.classifier.confidence_map else {}),
             "cnnkit_version": checkpoint.cnnkit_version,
             "source": "checkpoint",
             "path": str(path),

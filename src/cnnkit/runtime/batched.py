@@ -25,12 +25,20 @@ def predict_logits(
     tta: int = 0,
     logit_offset: Sequence[float] | None = None,
     temperature: float | None = None,
+    confidence_map: Sequence[Sequence[float]] | None = None,
 ) -> torch.Tensor:
     """Logits (float32, on CPU) for uint8 ``(N, H, W, 3)`` images, computed in batches (stored
-    images are read a batch ahead); ``logit_offset`` and ``temperature`` as ``PixelClassifier``'s."""
+    images are read a batch ahead); ``logit_offset``, ``temperature`` and ``confidence_map`` as
+    ``PixelClassifier``'s."""
     was_training = model.training
     classifier = PixelClassifier(
-        model, normalization, tta, precision, logit_offset=logit_offset, temperature=temperature
+        model,
+        normalization,
+        tta,
+        precision,
+        logit_offset=logit_offset,
+        temperature=temperature,
+        confidence_map=confidence_map,
     ).eval()
     # One output tensor, filled in place: a small tensor kept per batch would sit between the
     # large ones that batches free, and the heap (which keeps freed memory: runtime.device) grew.

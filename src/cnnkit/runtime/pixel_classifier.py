@@ -16,6 +16,10 @@ from torch import nn
 from cnnkit.runtime.constants import TTA_LEVELS, UINT8_NHWC
 from cnnkit.runtime.normalization import InputTransform, Normalization
 from cnnkit.tasks import SINGLE_LABEL
+from cnnkit.tasks.calibration import apply_confidence_map, check_confidence_map
+
+# The floor of a mapped probability before its log: a zero would give -inf logits.
+_SMALLEST_PROBABILITY = 1e-30
 
 
 def tta_logits(model: nn.Module, inputs: torch.Tensor, level: int) -> torch.Tensor:
@@ -48,7 +52,10 @@ class PixelClassifier(nn.Module):
     ``logit_offset``: one number a class added to the logits (a post-hoc logit adjustment for
     imbalanced classes, ``tasks``' ``choose_logit_adjustment``; kept in the checkpoint).
     ``temperature``: the logits (offset included) are then divided by it (temperature scaling,
-    calibrated probabilities; the decisions stay those of the plain logits).
+    calibrated probabilities; the decisions stay those of the plain logits). ``confidence_map``
+    (single-label, after the temperature): knots mapping the top softmax probability to how often
+    it is right (``tasks.calibration``); the output is then the log of the mapped probabilities,
+    whose softmax gives them back.
     """
 
     def __init__(
@@ -60,6 +67,7 @@ class PixelClassifier(nn.Module):
         pixel_format: str = UINT8_NHWC,
         logit_offset: Sequence[float] | None = None,
         temperature: float | None = None,
+        confidence_map: Sequence[Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         if tta not in TTA_LEVELS:
@@ -79,6 +87,10 @@ class PixelClassifier(nn.Module):
             else torch.tensor(1.0 / temperature, dtype=torch.float32, device=device)
         )
         self.register_buffer("logit_scale", scale)
+        knots = None
+        if confidence_map is not None:
+            knots = torch.tensor(check_confidence_map(confidence_map), dtype=torch.float32, device=device)
+        self.register_buffer("confidence_knots", knots)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         inputs = self.to_input(images)
@@ -92,6 +104,9 @@ class PixelClassifier(nn.Module):
             logits = logits + self.logit_offset
         if self.logit_scale is not None:
             logits = logits * self.logit_scale
+        if self.confidence_knots is not None:
+            mapped = apply_confidence_map(torch.softmax(logits, dim=1), self.confidence_knots)
+            logits = torch.log(mapped.clamp_min(_SMALLEST_PROBABILITY))
         return logits
 
 

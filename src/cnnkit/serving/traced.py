@@ -62,6 +62,7 @@ class TracedPredictor:
                 classifier.precision,
                 logit_offset=classifier.logit_offset,
                 temperature=classifier.temperature,
+                confidence_map=classifier.confidence_map,
             ),
             task=classifier.task,
         ).eval()
