@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cnnkit import __version__
-from cnnkit.cli import audit, cache, compare, info, train, tune, use
+from cnnkit.cli import audit, benchmark, cache, compare, info, train, tune, use
 from cnnkit.engine.interrupt import TrainingInterrupted
 from cnnkit.messages import shorten
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_parsers(commands)
     cache.add_parser(commands)
     audit.add_parser(commands)
+    benchmark.add_parser(commands)
     return parser
 
 

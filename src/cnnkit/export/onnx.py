@@ -136,7 +136,7 @@ def export_onnx(
         raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}. Received: exporter={exporter!r}")
     if verify_count < 1:
         raise ValueError(f"verify_count must be >= 1. Received: verify_count={verify_count}")
-    output = _checked_output(checkpoint_path, output, force)
+    output = checked_output(checkpoint_path, output, force)
     checkpoint = load_checkpoint(checkpoint_path)
     network = checkpoint.build_model(checkpoint_path).eval()
     level = checkpoint.tta if tta else 0
@@ -196,9 +196,7 @@ def export_onnx(
     )
 
 
-def _checked_output(
-    checkpoint_path: str | os.PathLike, output: str | os.PathLike | None, force: bool
-) -> Path:
+def checked_output(checkpoint_path: str | os.PathLike, output: str | os.PathLike | None, force: bool) -> Path:
     """The ONNX file to write: ``output``, or the checkpoint's own ``.onnx``; refused in one line
     when it is not a ``.onnx`` name, is the checkpoint, or is a file that must not be replaced."""
     output = Path(output) if output is not None else default_output_path(checkpoint_path)

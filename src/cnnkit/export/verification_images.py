@@ -1,4 +1,5 @@
-"""The images an ONNX export is verified on: the user's, else the run's own data, else synthetic.
+"""The images an ONNX export is verified on: the user's, else the run's own data, else synthetic;
+and those an int8 export is calibrated and scored on (``int8_images``).
 
 Real images matter: a graph can agree with PyTorch on noise and still differ where activations
 saturate or classes are confidently predicted, which only real pictures reach.
@@ -7,12 +8,14 @@ saturate or classes are confidently predicted, which only real pictures reach.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from cnnkit.checkpoint import Checkpoint
+from cnnkit.checkpoint import Checkpoint, load_checkpoint
 from cnnkit.data import DataError, cnnkit_home, load_dataset
 from cnnkit.data.bounded_read import READ_ERRORS
 from cnnkit.data.decode import decode_image
@@ -98,3 +101,75 @@ def _decoded(reader: ItemReader, item: InputItem, size: int) -> np.ndarray | Non
         return decode_image(reader.read(item), size, item.path)
     except READ_ERRORS:  # includes decode_image's DataError, a ValueError
         return None  # an unreadable file among the user's images: the others still verify
+
+
+@dataclass(frozen=True)
+class Int8Images:
+    """What an int8 export is calibrated on and scored on (uint8 at the model's image size)."""
+
+    calibration: np.ndarray
+    held_out: np.ndarray
+    labels: np.ndarray  # class indices of ``held_out``, in the checkpoint's class order
+    calibration_source: str
+    held_out_source: str
+
+
+def int8_images(checkpoint_path: str | os.PathLike, calibration: Any, data: Any, count: int) -> Int8Images:
+    """``count`` calibration images spread over the run's training split (or over
+    ``calibration``), and the run's validation split (or ``data``'s test split, else all of it)
+    with labels. A single-label checkpoint only; one-line errors where the images are missing."""
+    from cnnkit.runs.evaluation import match_labels
+    from cnnkit.runs.splits import training_splits
+
+    checkpoint = load_checkpoint(checkpoint_path)
+    if checkpoint.task != "single_label":
+        raise ValueError(
+            "int8 export compares top-1 accuracy: single-label models only. Received: task='multi_label'"
+        )
+    train = held_out = None
+    if calibration is None or data is None:
+        run_data = checkpoint.config.get("data")
+        local = Path(cnnkit_home() / CIFAR10_FILENAME if run_data == CIFAR10 else run_data or "")
+        if not run_data or not local.exists():  # never downloaded for this
+            raise ValueError(
+                "int8 needs real images to calibrate on and to score: the run's data is not on this "
+                f"machine; give --calibration and --data. Received: data={run_data!r}"
+            )
+        train, held_out = training_splits(
+            load_dataset(run_data, image_size=checkpoint.resize_size), checkpoint.recipe
+        )
+        held_out_source = "the run's validation split"
+    if data is not None:
+        scored = load_dataset(data, image_size=checkpoint.resize_size)
+        held_out = scored.test if scored.test is not None else scored.train
+        held_out_source = f"{data} ({'test split' if scored.test is not None else 'all'})"
+    if held_out is None:
+        raise ValueError(
+            "The run trained on all of its data, holding none out: give --data to score int8 on."
+        )
+    if calibration is None:
+        step = max(1, len(train) // count)
+        calibration_images, calibration_source = (
+            _at_size(checkpoint, train.images[::step][:count]),
+            "the run's training split",
+        )
+    else:
+        calibration_images, calibration_source = (
+            images_from_source(calibration, checkpoint.image_size, count),
+            str(calibration),
+        )
+        if calibration_images is None or not len(calibration_images):
+            raise ValueError(f"No images to calibrate int8 on. Received: calibration={str(calibration)!r}")
+    labels = match_labels(held_out, checkpoint.class_names, False).numpy()
+    return Int8Images(
+        calibration_images, _at_size(checkpoint, held_out.images), labels, calibration_source, held_out_source
+    )
+
+
+def _at_size(checkpoint: Checkpoint, images: Any) -> np.ndarray:
+    """Images stored at the checkpoint's resize size, as the network sees them (the centre crop)."""
+    from cnnkit.runtime.normalization import center_crop_images
+
+    if checkpoint.resize_size != checkpoint.image_size:
+        images = center_crop_images(images, checkpoint.image_size)
+    return np.ascontiguousarray(np.asarray(images))

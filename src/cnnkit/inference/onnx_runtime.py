@@ -43,6 +43,7 @@ JSON_KEYS = (
     "thresholds",
     "temperature",
     "confidence_map",
+    "int8",
 )
 METADATA_KEYS = (
     "format",
@@ -62,6 +63,7 @@ METADATA_KEYS = (
     "thresholds",
     "temperature",
     "confidence_map",
+    "int8",
     "cnnkit_version",
     "exporter",
     "opset",
@@ -126,6 +128,8 @@ METADATA_CHECKS: dict[str, tuple[str, Any]] = {
     "thresholds": ("a list of probabilities in (0, 1), one a label", _is_thresholds),
     "temperature": ("a positive number", lambda value: _is_number(value) and 0 < value < float("inf")),
     "confidence_map": ("[confidences, accuracies], increasing, in [0, 1]", _is_confidence_map),
+    # int8 exports: what was measured and kept (export.int8's record).
+    "int8": ("a mapping", lambda value: isinstance(value, dict)),
 }
 # Written by every cnnkit export; resize_size, tta, metrics and the rest may be absent from older files.
 REQUIRED_METADATA = ("format_version", "class_names", "image_size", "input_format")
