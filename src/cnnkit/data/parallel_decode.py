@@ -12,8 +12,11 @@ and at most a few chunks, each capped in bytes, are in flight between the proces
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
+import multiprocessing.pool
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -230,25 +233,43 @@ def _decode_in_pool(
     job: DecodeJob, names: list[str], start: int, workers: int, collector: _Collector, bar: ProgressBar
 ) -> None:
     bounds = _chunk_bounds(start, len(names), workers, int(np.prod(job.expected_shape)))
-    chunks = iter(bounds)
-    context = _multiprocessing_context()
+    chunks = (names[begin:end] for begin, end in bounds)
     # Leaving the with block terminates the workers, also when a DataError is raised here.
-    with context.Pool(min(workers, len(bounds)), _initialize_worker, (job,)) as pool:
-        pending: deque = deque()
-
-        def submit_next() -> None:
-            chunk = next(chunks, None)
-            if chunk is not None:
-                pending.append((chunk, pool.apply_async(_decode_chunk, (names[chunk[0] : chunk[1]],))))
-
-        for _ in range(workers * _CHUNKS_IN_FLIGHT_PER_WORKER):
-            submit_next()
-        while pending:
-            (begin, end), result = pending.popleft()
-            images, failed = result.get()
-            submit_next()
+    with worker_pool(min(workers, len(bounds)), _initialize_worker, (job,)) as pool:
+        results = in_order(pool, _decode_chunk, chunks, workers * _CHUNKS_IN_FLIGHT_PER_WORKER)
+        for (begin, end), (images, failed) in zip(bounds, results, strict=True):
             collector.add_chunk(begin, end, images, failed)
             bar.update(end - begin)
+
+
+def worker_pool(
+    workers: int, initializer: Callable[..., None], initargs: tuple = ()
+) -> multiprocessing.pool.Pool:
+    """A pool of ``workers`` processes, each set up by ``initializer(*initargs)`` (forked where the
+    platform can: no re-import of torch in each); use it in a ``with`` block, which ends them."""
+    return _multiprocessing_context().Pool(workers, initializer, initargs)
+
+
+def in_order(
+    pool: multiprocessing.pool.Pool, function: Callable, arguments: Iterable, in_flight: int
+) -> Iterator:
+    """``function(argument)`` of each of ``arguments``, computed in ``pool``'s processes and yielded
+    in order, each as soon as it and those before it are done. At most ``in_flight`` are submitted
+    and not yet yielded: enough to keep every worker busy, few enough that results finished ahead
+    of a slow one cannot pile up here. A worker's exception is raised here, at its place."""
+    arguments = iter(arguments)
+    pending: deque = deque()
+
+    def submit_next() -> None:
+        for argument in itertools.islice(arguments, 1):
+            pending.append(pool.apply_async(function, (argument,)))
+
+    for _ in range(max(1, in_flight)):
+        submit_next()
+    while pending:
+        result = pending.popleft().get()
+        submit_next()
+        yield result
 
 
 def _chunk_bounds(start: int, stop: int, workers: int, image_bytes: int) -> list[tuple[int, int]]:

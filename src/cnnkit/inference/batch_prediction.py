@@ -13,6 +13,7 @@ Nothing here imports torch: a checkpoint loads it (``load_predictor``), an ONNX 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -25,12 +26,12 @@ from typing import Any, NamedTuple, TextIO
 
 import numpy as np
 
-from cnnkit.data.bounded_read import READ_ERRORS, describe_read_error
-from cnnkit.data.decode import decode_image
 from cnnkit.fileio import atomic_open, json_text
+from cnnkit.inference.decode_ahead import DecodedChunk, decode_workers, decoded_chunks
 from cnnkit.inference.explanations import ExplanationWriter, check_explainable_path
-from cnnkit.inference.image_inputs import InputItem, ItemReader, PathArgument, expand_inputs
+from cnnkit.inference.image_inputs import InputItem, PathArgument, expand_inputs
 from cnnkit.inference.predictor import Predictor, load_predictor
+from cnnkit.inference.tta_level import at_tta, check_tta
 from cnnkit.runs.outputs import check_output_file
 
 FORMATS = ("table", "json", "csv")
@@ -43,9 +44,8 @@ EXPLANATION_COLUMN = "explanation"
 MULTI_LABEL_CSV_COLUMNS = ("path", "labels", "error")
 # Between the names of an image's labels in the CSV's "labels" column.
 LABEL_SEPARATOR = ";"
-# Images decoded and held at once. Decoding runs in this thread: on 2 busy cores a pool of 2-4
-# threads or 2 processes decoded no faster (tiny PNGs, 500x375 JPEGs and PNGs), and the model
-# costs 0.5-10 ms an image against 0.1-5 ms to decode, so a pool would mostly add contention.
+# Images decoded and classified at once (see inference.decode_ahead for who decodes them): the
+# default network's best on 2 cores (1,560 images/s at TTA 0, 1,510 at 128, 1,330 at 512).
 DEFAULT_BATCH_SIZE = 256
 
 __all__ = [
@@ -138,6 +138,8 @@ def predict_paths(
     min_confidence: float | None = None,
     calibrated: bool = True,
     explain: PathArgument | None = None,
+    tta: int | None = None,
+    workers: int | None = None,
 ) -> Iterator[PredictionResult]:
     """The ``top_k`` classes of every image ``paths`` name (see ``expand_inputs``), lazily, in order;
     a multi-label model's label set of each (see ``PredictionResult``).
@@ -160,6 +162,13 @@ def predict_paths(
         explain: a folder (made if missing) to write each classified image's Grad-CAM overlay
             into, ``<position>-<stem>.png``, replacing a file of that name; its path is the
             result's ``explanation``. Needs a checkpoint (see ``inference.explanations``).
+        tta: the test-time augmentation level (``runtime.constants.TTA_LEVELS``: 0 the plain
+            network, one view; 2 six views) instead of the model's own (None); a model given
+            is left at its own. An ``.onnx`` model predicts at its exported level only: another
+            is refused (see ``inference.tta_level``).
+        workers: processes decoding the next chunks while the model classifies (0: decoding in
+            this thread, between chunks); None: some when there are many images
+            (``inference.decode_ahead.decode_workers``). The results are the same either way.
     """
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1. Received: top_k={top_k}")
@@ -167,6 +176,11 @@ def predict_paths(
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
     check_threshold(threshold)
     check_threshold(min_confidence, name="min_confidence")
+    check_tta(tta)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise ValueError(
+            f"workers must be an integer >= 0 (0: decode in this thread). Received: workers={workers!r}"
+        )
     if explain is not None and isinstance(model, str | os.PathLike):
         check_explainable_path(model)  # before the model loads
     classifier = (
@@ -174,6 +188,7 @@ def predict_paths(
         if isinstance(model, str | os.PathLike)
         else model
     )
+    classifier = at_tta(classifier, tta)  # an .onnx model at another level: refused here
     check_threshold(threshold, classifier.task.multi_label)
     check_min_confidence(min_confidence, classifier.task.multi_label)
     # The decision of a multi-label model: the one threshold given, else its own (None: 0.5 each).
@@ -182,7 +197,8 @@ def predict_paths(
     writer = None if explain is None else ExplanationWriter(classifier, explain, len(items))
     top_k = min(top_k, len(classifier.class_names))
     decision = Decision(thresholds, min_confidence)
-    return _predict_items(classifier, items, top_k, batch_size, decision, writer)
+    workers = decode_workers(len(items)) if workers is None else workers
+    return _predict_items(classifier, items, top_k, batch_size, decision, writer, workers)
 
 
 class Decision(NamedTuple):
@@ -228,18 +244,19 @@ def _predict_items(
     batch_size: int,
     decision: Decision,
     writer: ExplanationWriter | None = None,
+    workers: int = 0,
 ) -> Iterator[PredictionResult]:
-    with ItemReader() as reader:
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            images = [_decode_item(item, classifier, reader) for item in chunk]
-            yield from _classify_chunk(classifier, chunk, images, top_k, batch_size, decision, writer, start)
+    chunks = decoded_chunks(items, classifier.image_size, classifier.resize_size, batch_size, workers)
+    start = 0
+    with contextlib.closing(chunks):  # a run stopped early ends the decoding workers
+        for chunk in chunks:
+            yield from _classify_chunk(classifier, chunk, top_k, batch_size, decision, writer, start)
+            start += len(chunk.items)
 
 
 def _classify_chunk(
     classifier: Predictor,
-    chunk: list[InputItem],
-    images: list[np.ndarray | str],
+    chunk: DecodedChunk,
     top_k: int,
     batch_size: int,
     decision: Decision,
@@ -248,20 +265,22 @@ def _classify_chunk(
 ) -> Iterator[PredictionResult]:
     """The chunk's results in order; with a ``writer``, each classified image's overlay written
     (``start``: the chunk's place among all the results, which names the overlays)."""
-    decoded = [image for image in images if not isinstance(image, str)]
     outcomes: Iterator[dict[str, Any]] = iter(())
     explanations: Iterator[str | None] = itertools.repeat(None)
-    if decoded:
-        stacked = np.stack(decoded)
-        probabilities = classifier.predict(stacked, batch_size)
+    if len(chunk.images):
+        probabilities = classifier.predict(chunk.images, batch_size)
         outcomes = iter(_outcomes(classifier, probabilities, top_k, decision))
         if writer is not None:
-            kept = [offset for offset, image in enumerate(images) if not isinstance(image, str)]
-            places, paths = [start + 1 + offset for offset in kept], [chunk[offset].path for offset in kept]
-            explanations = iter(writer.write(places, paths, stacked, probabilities))
-    for item, image in zip(chunk, images, strict=True):
-        if isinstance(image, str):
-            yield PredictionResult(item.path, error=image)
+            kept = [offset for offset in range(len(chunk.items)) if offset not in chunk.errors]
+            places, paths = (
+                [start + 1 + offset for offset in kept],
+                [chunk.items[offset].path for offset in kept],
+            )
+            explanations = iter(writer.write(places, paths, chunk.images, probabilities))
+    for offset, item in enumerate(chunk.items):
+        error = chunk.errors.get(offset)
+        if error is not None:
+            yield PredictionResult(item.path, error=error)
         else:
             yield PredictionResult(item.path, **next(outcomes), explanation=next(explanations))
 
@@ -298,24 +317,6 @@ def _outcomes(
     ]
 
 
-def _decode_item(item: InputItem, classifier: Predictor, reader: ItemReader) -> np.ndarray | str:
-    """The decoded image, or the one-line reason there is none."""
-    if item.error is not None:
-        return item.error
-    try:
-        data = reader.read(item)
-    except READ_ERRORS as error:  # damaged, encrypted, too large: this image's error, not the run's
-        return describe_read_error(error)
-    try:
-        return decode_image(data, classifier.image_size, item.path, classifier.resize_size)
-    except ValueError as error:  # decode_image's DataError, naming the file
-        return str(error)
-    except Exception as error:
-        # Pillow's rarer format plugins raise other types on corrupt files: one bad image among
-        # thousands must not end the run.
-        return f"Cannot decode {item.path} as an image ({type(error).__name__}: {error})"
-
-
 def predict_files(
     checkpoint_path: PathArgument,
     paths: Iterable[PathArgument] | PathArgument,
@@ -323,17 +324,18 @@ def predict_files(
     device: str = "auto",
     precision: str = "auto",
     threshold: float | None = None,
+    tta: int | None = None,
 ) -> list[dict[str, Any]]:
     """Top-k classes and probabilities of every image ``paths`` name (see ``expand_inputs``), with
     the checkpoint or ``.onnx`` model at ``checkpoint_path``.
 
     Returns one ``{"path", "predictions": [{"class", "probability"}]}`` per image (multi-label:
-    ``{"path", "labels", "probabilities"}``, see ``PredictionResult.to_dict``; ``threshold`` as
-    in ``predict_paths``), or ``{"path", "error"}`` for an input that yields no decodable image
+    ``{"path", "labels", "probabilities"}``, see ``PredictionResult.to_dict``; ``threshold`` and
+    ``tta`` as in ``predict_paths``), or ``{"path", "error"}`` for an input that yields no decodable image
     (instead of raising).
     """
     results = predict_paths(
-        checkpoint_path, paths, top_k, device=device, precision=precision, threshold=threshold
+        checkpoint_path, paths, top_k, device=device, precision=precision, threshold=threshold, tta=tta
     )
     return [result.to_dict() for result in results]
 
