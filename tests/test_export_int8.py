@@ -3,6 +3,7 @@ only when it is both accurate enough and faster."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -13,6 +14,9 @@ import onnxruntime
 import pytest
 
 from cnnkit.api import Classifier
+from cnnkit.checkpoint import load_checkpoint, save_checkpoint
+from cnnkit.cli import main
+from cnnkit.export import int8 as int8_module
 from cnnkit.export.int8 import (
     QDQ,
     QOPERATOR,
@@ -26,7 +30,7 @@ from cnnkit.export.onnx import export_onnx
 from cnnkit.inference.onnx_runtime import OnnxClassifier
 from cnnkit.inference.throughput import MIN_RUNS, Throughput
 from cnnkit.runtime.cpu import INSTRUCTION_FLAGS, cpu_info
-from tests.conftest import CLASS_NAMES, make_quadrant_images
+from tests.conftest import CLASS_NAMES, make_quadrant_images, write_image_folder
 
 SIZE = 16
 # What int8 must keep of the float model on held-out images: the top-1 class of at least this
@@ -36,6 +40,7 @@ SIZE = 16
 MIN_AGREEMENT = 0.95
 MAX_PROBABILITY_DIFFERENCE = 0.01
 MAX_RELATIVE_LOGIT_ERROR = 0.05
+QUICK = ["--seconds", "0.1", "--threads", "1"]  # the export's timing, short
 
 
 @pytest.fixture(scope="module")
@@ -315,3 +320,99 @@ def test_bad_arguments_fail_in_one_line(exported, calibration_images):
         assert "\n" not in message and "Received: " in message and name in message, message
     with pytest.raises(FileNotFoundError, match="ONNX model not found"):
         quantize_onnx(Path("missing.onnx"), calibration_images)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tutorial run on the quadrant images: best.pt, its data (train with a validation share)."""
+    root = tmp_path_factory.mktemp("int8-run")
+    data = write_image_folder(root / "data", *make_quadrant_images(240, SIZE, seed=3))
+    flags = ["--model", "tutorial", "--epochs", "3", "--precision", "fp32"]
+    assert main(["train", "--data", str(data), "--out", str(root / "runs"), "--name", "run", *flags]) == 0
+    return root, data, root / "runs" / "run" / "best.pt"
+
+
+def _int8_operators(path: Path) -> bool:
+    return any(node.op_type in ("QuantizeLinear", "QLinearConv") for node in onnx.load(path).graph.node)
+
+
+def test_export_int8_calibrates_on_the_run_and_records_what_it_measured(trained_run, capsys):
+    root, _data, best = trained_run
+    output = root / "model.onnx"
+    assert main(["export", str(best), "--int8", "--output", str(output), *QUICK]) == 0
+    printed = capsys.readouterr().out
+    model = OnnxClassifier(output)
+    record = model.metadata["int8"]
+    assert record["reason"] in printed and f"{record['kept']} written to {output}" in printed
+    assert record["calibration_images"].endswith("of the run's training split")
+    assert record["accuracy_images"].endswith("of the run's validation split")
+    assert set(record["throughput"]["fp32"]) == set(record["throughput"]["int8"]) == {"1", "64"}
+    assert set(record["formats_tried"]) == {QDQ, QOPERATOR} and record["quant_format"] in (QDQ, QOPERATOR)
+    assert record["cpu"] == cpu_info()
+    assert _int8_operators(output) == (record["kept"] == "int8")
+    images = make_quadrant_images(60, SIZE, seed=11)[0]
+    reference = Classifier.load(best, precision="fp32").predict(images)
+    assert (model.predict(images).argmax(1) == reference.argmax(1)).mean() >= MIN_AGREEMENT
+    # Prediction uses the file like any .onnx.
+    folder = write_image_folder(root / "to-predict", images[:4], np.zeros(4, dtype=np.int64))
+    assert main(["predict", str(output), str(folder), "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 4
+
+
+def test_export_int8_refuses_an_accuracy_drop_and_writes_nothing(trained_run, monkeypatch, capsys):
+    root, _data, best = trained_run
+    output = root / "refused.onnx"
+    measured = int8_module.agreement
+
+    def lossy(*arguments, **options):  # int8 as a CPU without good int8 kernels might score it
+        scores = measured(*arguments, **options)
+        return dataclasses.replace(scores, int8_accuracy=scores.fp32_accuracy - 0.02)
+
+    monkeypatch.setattr(int8_module, "agreement", lossy)
+    assert main(["export", str(best), "--int8", "--output", str(output), *QUICK]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the decoding's progress
+    assert "int8 refused, nothing written: it loses 2.00 points" in error
+    assert "fp32 ->" in error and "0.5 allowed" in error and "--allow-accuracy-drop" in error
+    assert not output.exists()
+    allowed = ["export", str(best), "--int8", "--output", str(output), "--allow-accuracy-drop"]
+    assert main([*allowed, *QUICK]) == 0
+    accuracy = OnnxClassifier(output).metadata["int8"]["accuracy"]
+    assert accuracy["fp32"] - accuracy["int8"] == pytest.approx(0.02)
+
+
+def test_export_int8_keeps_fp32_where_int8_is_not_faster(trained_run, monkeypatch, capsys):
+    root, _data, best = trained_run
+    measured = int8_module.measure_throughput
+
+    def slow_int8(model, *arguments, **options):  # int8 on a CPU where it does not pay
+        figures = measured(model, *arguments, **options)
+        if b"QuantizeLinear" in model or b"QLinearConv" in model:
+            figures = {
+                size: dataclasses.replace(item, images_per_second=1.0) for size, item in figures.items()
+            }
+        return figures
+
+    monkeypatch.setattr(int8_module, "measure_throughput", slow_int8)
+    output = root / "kept-fp32.onnx"
+    assert main(["export", str(best), "--int8", "--output", str(output), *QUICK]) == 0
+    printed = capsys.readouterr().out
+    assert "fp32 kept: int8 is not faster at batch 64 or batch 1" in printed and "images/s fp32" in printed
+    assert not _int8_operators(output) and OnnxClassifier(output).metadata["int8"]["kept"] == "fp32"
+    forced = root / "forced.onnx"
+    assert main(["export", str(best), "--int8", "--keep-int8", "--output", str(forced), *QUICK]) == 0
+    assert "int8 kept (--keep-int8)" in capsys.readouterr().out and _int8_operators(forced)
+
+
+def test_export_int8_without_the_runs_data_names_what_to_give(trained_run, tmp_path, capsys):
+    _root, _data, best = trained_run
+    checkpoint = load_checkpoint(best)
+    checkpoint.config["data"] = str(tmp_path / "moved-away")
+    save_checkpoint(tmp_path / "moved.pt", checkpoint)
+    assert main(["export", str(tmp_path / "moved.pt"), "--int8", *QUICK]) == 1
+    error = capsys.readouterr().err
+    assert "the run's data is not on this machine; give --calibration and --data" in error
+    assert not (tmp_path / "moved.onnx").exists()
+    assert main(["export", str(best), "--keep-int8"]) == 1
+    assert "--keep-int8 is an option of --int8 exports. Received: --keep-int8 without --int8" in (
+        capsys.readouterr().err
+    )

@@ -219,11 +219,33 @@ def _add_export_parser(commands) -> None:
         action="store_true",
         help="output the probabilities as trained, without the model's temperature scaling",
     )
+    int8 = export.add_argument_group("int8 (quantized, measured here, kept only where it pays)")
+    int8.add_argument("--int8", action="store_true", help="quantize to int8 (static, per-channel weights)")
+    int8.add_argument(
+        "--calibration", metavar="PATH", help="images to calibrate on (default: the run's training split)"
+    )
+    int8.add_argument(
+        "--data", metavar="PATH", help="labelled images to score on (default: the run's validation split)"
+    )
+    int8.add_argument(
+        "--allow-accuracy-drop", action="store_true", help="keep int8 even if it loses more than 0.5 points"
+    )
+    int8.add_argument("--keep-int8", action="store_true", help="keep int8 even where it is not faster here")
+    int8.add_argument("--threads", type=int, help="ONNX Runtime threads the timing uses (default: its own)")
+    int8.add_argument("--seconds", type=float, default=1.0, help="timing a model and batch size (default: 1)")
     export.set_defaults(handler=_export)
 
 
 def _export(arguments: argparse.Namespace) -> int:
     from cnnkit.export.onnx import export_onnx
+
+    int8_only = ("calibration", "data", "allow_accuracy_drop", "keep_int8", "threads")
+    given = [name for name in int8_only if getattr(arguments, name) not in (None, False)]
+    if arguments.int8:
+        return _export_int8(arguments)
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise ValueError(f"{flag} is an option of --int8 exports. Received: {flag} without --int8")
 
     result = export_onnx(
         arguments.checkpoint,
@@ -243,6 +265,36 @@ def _export(arguments: argparse.Namespace) -> int:
     print(
         f"Verified on {result.verified_images} images ({result.verification_source}): ONNX Runtime "
         f"matches PyTorch within {result.max_difference:.1e} (tolerance {result.tolerance:g})"
+    )
+    return 0
+
+
+def _export_int8(arguments: argparse.Namespace) -> int:
+    from cnnkit.export.int8 import export_int8
+
+    if arguments.input != "uint8" or arguments.exporter != "dynamo" or arguments.uncalibrated:
+        raise ValueError(
+            "--int8 exports the default graph (uint8 input, dynamo, calibrated probabilities). "
+            "Received: --input, --exporter or --uncalibrated with --int8"
+        )
+    result = export_int8(
+        arguments.checkpoint,
+        arguments.output,
+        calibration=arguments.calibration,
+        data=arguments.data,
+        tta=arguments.tta,
+        threads=arguments.threads,
+        seconds=arguments.seconds,
+        allow_accuracy_drop=arguments.allow_accuracy_drop,
+        keep_int8=arguments.keep_int8,
+        force=arguments.force,
+    )
+    record = result.record
+    print(result.reason)
+    print(
+        f"{result.kept} written to {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB; "
+        f"{record['quant_format']} layout; calibrated on {record['calibration_images']}, scored on "
+        f"{record['accuracy_images']}; top-1 agreement {record['agreement']:.2%})"
     )
     return 0
 
