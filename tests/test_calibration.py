@@ -16,6 +16,7 @@ from cnnkit.cli import main
 from cnnkit.inference.onnx_runtime import OnnxClassifier
 from cnnkit.inference.predictor import load_predictor
 from cnnkit.reports.calibration import calibration_metrics, expected_calibration_error, reliability_bins
+from cnnkit.runs.evaluation import evaluate_checkpoint
 from cnnkit.serving import create_app, load_service_predictor, start_server_thread
 from cnnkit.tasks import SINGLE_LABEL
 from cnnkit.tasks.calibration import (
@@ -190,7 +191,7 @@ def test_the_confidence_map_undoes_what_a_temperature_cannot_and_keeps_every_dec
 
 
 def test_a_confidence_map_travels_through_the_checkpoint_export_and_service(calibrated_run, tmp_path):
-    _root, _data, run = calibrated_run
+    _root, data, run = calibrated_run
     checkpoint = load_checkpoint(run / "best.pt")
     knots = [[0.3, 0.6, 0.9, 1.0], [0.3, 0.45, 0.7, 0.95]]
     checkpoint.confidence_map = knots
@@ -217,6 +218,11 @@ def test_a_confidence_map_travels_through_the_checkpoint_export_and_service(cali
     np.testing.assert_allclose(
         trained.predict(pixels), classifier.predict(pixels, calibrated=False), atol=1e-6
     )
+    # evaluate: the map changes the calibrated figures only; "as trained" is the network's own.
+    plain = evaluate_checkpoint(run / "best.pt", data, precision="fp32", reports=False)["calibration"]
+    mapped = evaluate_checkpoint(mapped_path, data, precision="fp32", reports=False)["calibration"]
+    assert mapped["as_trained"] == plain["as_trained"] and mapped["confidence_map"]
+    assert mapped["calibrated"]["nll"] != plain["calibrated"]["nll"] and not plain["confidence_map"]
     checkpoint.confidence_map = [[0.9, 0.5], [0.2, 0.3]]
     with pytest.raises(ValueError, match=r"confidence_map must be \[confidences, accuracies\].*Received"):
         checkpoint.__post_init__()

@@ -136,7 +136,9 @@ def describe_calibration_report(section: dict[str, Any]) -> str:
         )
     calibrated = section["calibrated"]
     return (
-        f"Calibration (temperature {section['temperature']:.3f}): ECE {trained['ece']:.4f} -> "
+        f"Calibration (temperature {section['temperature']:.3f}"
+        + (", then a confidence map" if section.get("confidence_map") else "")
+        + f"): ECE {trained['ece']:.4f} -> "
         f"{calibrated['ece']:.4f} - NLL {trained['nll']:.4f} -> {calibrated['nll']:.4f} - Brier "
         f"{trained['brier']:.4f} -> {calibrated['brier']:.4f} (as trained -> calibrated)"
     )

@@ -87,13 +87,13 @@ def benchmark(
     ``data``: labelled images (a class folder, a zip, the train/val/test layout: its test split,
     else all of it) to score each format on and to time with; without it, synthetic images are
     timed and accuracy is not measured. ``limit``: score on at most this many images.
-    ``threads``: intra-op threads of PyTorch and ONNX Runtime (default: every core but one is
-    left to... each library's own default). ``seconds``: timed a batch size and format. The
+    ``threads``: intra-op threads of PyTorch and ONNX Runtime (default: each library's own).
+    ``seconds``: timed a batch size and format. The
     results are written to ``out`` (new or empty; default a new ``runs/benchmark``):
     ``benchmark.json``, ``benchmark.csv`` and ``benchmark.png``. Returns what the JSON holds.
     """
-    from cnnkit.runtime.cpu import cpu_info
     from cnnkit.runs.folders import output_folder
+    from cnnkit.runtime.cpu import cpu_info
 
     sizes = check_batch_sizes(batch_sizes)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -101,14 +101,15 @@ def benchmark(
     path = Path(model)
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}: give a checkpoint or an .onnx file")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be an integer >= 1. Received: threads={threads!r}")
     folder = output_folder(out, "runs", "benchmark", "benchmark", "or no --out for a new runs/benchmark")
-    _set_threads(threads)
     with tempfile.TemporaryDirectory(prefix="cnnkit-benchmark-") as work:
         images, labels, size_note = _data(path, data, limit)
         timing = images[:TIMING_IMAGES] if images is not None else None
         runners, skipped = _runners(path, Path(work), images, tta, threads)
         if timing is None:
-            timing = _synthetic(runners, path)
+            timing = _synthetic(path)
         results = [_measure(runner, timing, sizes, seconds, images, labels) for runner in runners]
     results += skipped
     summary = {
@@ -124,15 +125,6 @@ def benchmark(
     }
     summary["files"] = write_benchmark_folder(folder, summary)
     return summary
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be an integer >= 1. Received: threads={threads!r}")
-    if threads is not None and "torch" in __import__("sys").modules:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def _model_facts(path: Path) -> dict[str, Any]:
@@ -185,7 +177,7 @@ def _data(path: Path, data: str | os.PathLike | None, limit: int | None) -> tupl
     return images, labels, f"scored on {count:,} images, the {split} split of {data}"
 
 
-def _synthetic(runners: list[FormatRunner], path: Path) -> np.ndarray:
+def _synthetic(path: Path) -> np.ndarray:
     size = _model_facts(path)["image_size"]
     generator = np.random.default_rng(0)
     return generator.integers(0, 256, (TIMING_IMAGES, size, size, 3), dtype=np.uint8)
@@ -237,7 +229,7 @@ def _runners(
             )
             return runners, skipped
     else:
-        runners += _torch_runners(path, tta, skipped)
+        runners += _torch_runners(path, tta, threads, skipped)
         try:
             from cnnkit.export.onnx import export_onnx
 
@@ -287,9 +279,13 @@ def _int8_runner(
     return runner
 
 
-def _torch_runners(path: Path, tta: bool, skipped: list[FormatResult]) -> list[FormatRunner]:
+def _torch_runners(
+    path: Path, tta: bool, threads: int | None, skipped: list[FormatResult]
+) -> list[FormatRunner]:
     import torch
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     from cnnkit.checkpoint import load_checkpoint
     from cnnkit.runtime.device import cpu_supports_bf16
 

@@ -87,7 +87,8 @@ def evaluate_classifier(
     if len(data) == 0:
         raise ValueError("Cannot evaluate on an empty set of images.")
     labels = (data.labels if labels is None else labels).long().cpu()
-    logits = classifier.logits(data.images, batch_size)
+    trained = classifier.logits(data.images, batch_size, calibrated=False)
+    logits = classifier.calibrated_logits(trained)
     if classifier.task.multi_label:
         return _multi_label_report(classifier, data, labels, logits, misclassified_limit)
     headline = score_logits(logits, labels, REPORTED_METRICS)
@@ -101,17 +102,20 @@ def evaluate_classifier(
         misclassified_limit=misclassified_limit,
     )
     report.balanced_accuracy, report.macro_f1 = headline["balanced_accuracy"], headline["macro_f1"]
-    report.calibration = _calibration(classifier, logits, labels)
+    report.calibration = _calibration(classifier, logits, trained, labels)
     return report
 
 
-def _calibration(classifier: Classifier, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-    """The calibration section: the probabilities given and, with a temperature, those as trained
-    (the logits times the temperature: the scaling is the last step of the logits)."""
+def _calibration(
+    classifier: Classifier, logits: torch.Tensor, trained: torch.Tensor, labels: torch.Tensor
+) -> dict[str, Any]:
+    """The calibration section: the probabilities given and, when calibrated, those as trained."""
     task, temperature = classifier.task, classifier.temperature
     given = task.probabilities(logits.double()).numpy()
-    trained = None if temperature is None else task.probabilities(logits.double() * temperature).numpy()
-    return calibration_report(labels.numpy(), given, trained, temperature)
+    as_trained = None if temperature is None else task.probabilities(trained.double()).numpy()
+    section = calibration_report(labels.numpy(), given, as_trained, temperature)
+    section["confidence_map"] = classifier.confidence_map is not None
+    return section
 
 
 def _multi_label_report(

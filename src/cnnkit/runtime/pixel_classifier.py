@@ -16,10 +16,7 @@ from torch import nn
 from cnnkit.runtime.constants import TTA_LEVELS, UINT8_NHWC
 from cnnkit.runtime.normalization import InputTransform, Normalization
 from cnnkit.tasks import SINGLE_LABEL
-from cnnkit.tasks.calibration import apply_confidence_map, check_confidence_map
-
-# The floor of a mapped probability before its log: a zero would give -inf logits.
-_SMALLEST_PROBABILITY = 1e-30
+from cnnkit.tasks.calibration import apply_calibration, check_confidence_map
 
 
 def tta_logits(model: nn.Module, inputs: torch.Tensor, level: int) -> torch.Tensor:
@@ -102,12 +99,7 @@ class PixelClassifier(nn.Module):
         logits = logits.float()
         if self.logit_offset is not None:
             logits = logits + self.logit_offset
-        if self.logit_scale is not None:
-            logits = logits * self.logit_scale
-        if self.confidence_knots is not None:
-            mapped = apply_confidence_map(torch.softmax(logits, dim=1), self.confidence_knots)
-            logits = torch.log(mapped.clamp_min(_SMALLEST_PROBABILITY))
-        return logits
+        return apply_calibration(logits, self.logit_scale, self.confidence_knots)
 
 
 class WithProbabilities(nn.Module):

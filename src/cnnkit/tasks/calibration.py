@@ -55,6 +55,7 @@ _MIN_MAP_IMAGES = 200  # fewer validation images than this: the temperature alon
 _MAP_SEED = 0
 _DECISION_MARGIN = 1e-4
 _TINY = 1e-30
+_SMALLEST_PROBABILITY = 1e-30  # the floor of a mapped probability before its log: no -inf logits
 
 
 def isotonic_blocks(confidences: np.ndarray, outcomes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,6 +113,22 @@ def apply_confidence_map(probabilities: torch.Tensor, knots: torch.Tensor) -> to
         torch.ones_like(others) * ((1.0 - mapped) / (probabilities.shape[1] - 1)),  # all underflowed
     )
     return scaled.scatter(1, index, mapped)
+
+
+def apply_calibration(
+    logits: torch.Tensor, inverse_temperature: torch.Tensor | None, knots: torch.Tensor | None
+) -> torch.Tensor:
+    """Calibrated logits: ``logits`` times ``inverse_temperature`` (1 / T), then, with ``knots``
+    (single-label), the log of the mapped softmax probabilities (whose softmax gives them back).
+    The last step of every prediction (``runtime.PixelClassifier``) and of evaluate's report."""
+    import torch
+
+    if inverse_temperature is not None:
+        logits = logits * inverse_temperature
+    if knots is not None:
+        mapped = apply_confidence_map(torch.softmax(logits, dim=1), knots)
+        logits = torch.log(mapped.clamp_min(_SMALLEST_PROBABILITY))
+    return logits
 
 
 def choose_confidence_map(probabilities: np.ndarray, labels: np.ndarray) -> list[list[float]] | None:
