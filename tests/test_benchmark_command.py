@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from cnnkit.api import Classifier
 from cnnkit.cli import main
+from cnnkit.data import load_dataset
 from cnnkit.export.onnx import export_onnx
 from cnnkit.runtime.device import cpu_supports_bf16
 from tests.conftest import CLASS_NAMES, make_quadrant_images, write_image_folder
@@ -90,3 +92,20 @@ def test_a_bad_benchmark_request_is_one_line(trained, capsys):
     assert main(["benchmark", str(checkpoint), "--out", str(folder / "full"), *FAST]) == 1
     assert "already holds files" in capsys.readouterr().err
     assert (folder / "full" / "mine.txt").read_text() == "mine"
+
+
+def test_limit_scores_images_spread_over_the_split(trained, capsys):
+    folder, checkpoint, data, _ = trained
+    out = folder / "limited"
+    command = ["benchmark", str(checkpoint), "--data", str(data), "--limit", "12", "--batch-sizes", "4"]
+    assert main([*command, "--json", "--out", str(out), *FAST]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images_scored"] == 12 and "scored on 12 images spread over its 60" in summary["note"]
+    # Class folders come sorted: the first 12 would all be one class; spread, every class is scored.
+    loaded = load_dataset(data, image_size=SIZE, progress=False).train  # in the folders' order
+    chosen = np.linspace(0, len(loaded) - 1, 12).round().astype(int)
+    images, labels = loaded.images.numpy()[chosen], loaded.labels.numpy()[chosen]
+    assert len(set(labels.tolist())) == len(CLASS_NAMES)
+    predicted = Classifier.load(checkpoint, precision="fp32").predict(images).argmax(1)
+    fp32 = next(row for row in summary["results"] if row["format"] == "pytorch-fp32")
+    assert fp32["accuracy"] == pytest.approx((predicted == labels).mean())

@@ -119,7 +119,6 @@ def int8_images(checkpoint_path: str | os.PathLike, calibration: Any, data: Any,
     ``calibration``), and the run's validation split (or ``data``'s test split, else all of it)
     with labels. A single-label checkpoint only; one-line errors where the images are missing."""
     from cnnkit.runs.evaluation import match_labels
-    from cnnkit.runs.splits import training_splits
 
     checkpoint = load_checkpoint(checkpoint_path)
     if checkpoint.task != "single_label":
@@ -128,16 +127,13 @@ def int8_images(checkpoint_path: str | os.PathLike, calibration: Any, data: Any,
         )
     train = held_out = None
     if calibration is None or data is None:
-        run_data = checkpoint.config.get("data")
-        local = Path(cnnkit_home() / CIFAR10_FILENAME if run_data == CIFAR10 else run_data or "")
-        if not run_data or not local.exists():  # never downloaded for this
+        run_splits = _run_splits(checkpoint)
+        if run_splits is None:
             raise ValueError(
                 "int8 needs real images to calibrate on and to score: the run's data is not on this "
-                f"machine; give --calibration and --data. Received: data={run_data!r}"
+                f"machine; give --calibration and --data. Received: data={checkpoint.config.get('data')!r}"
             )
-        train, held_out = training_splits(
-            load_dataset(run_data, image_size=checkpoint.resize_size), checkpoint.recipe
-        )
+        train, held_out = run_splits
         held_out_source = "the run's validation split"
     if data is not None:
         scored = load_dataset(data, image_size=checkpoint.resize_size)
@@ -148,9 +144,8 @@ def int8_images(checkpoint_path: str | os.PathLike, calibration: Any, data: Any,
             "The run trained on all of its data, holding none out: give --data to score int8 on."
         )
     if calibration is None:
-        step = max(1, len(train) // count)
         calibration_images, calibration_source = (
-            _at_size(checkpoint, train.images[::step][:count]),
+            spread_images(checkpoint, train, count),
             "the run's training split",
         )
     else:
@@ -164,6 +159,30 @@ def int8_images(checkpoint_path: str | os.PathLike, calibration: Any, data: Any,
     return Int8Images(
         calibration_images, _at_size(checkpoint, held_out.images), labels, calibration_source, held_out_source
     )
+
+
+def _run_splits(checkpoint: Checkpoint) -> tuple[Any, Any] | None:
+    """The run's (training, validation) splits as it made them, or None where its data is not on
+    this machine (CIFAR-10 is never downloaded for this)."""
+    from cnnkit.runs.splits import training_splits
+
+    run_data = checkpoint.config.get("data")
+    local = Path(cnnkit_home() / CIFAR10_FILENAME if run_data == CIFAR10 else run_data or "")
+    if not run_data or not local.exists() or checkpoint.recipe is None:
+        return None
+    return training_splits(load_dataset(run_data, image_size=checkpoint.resize_size), checkpoint.recipe)
+
+
+def run_training_images(checkpoint: Checkpoint, count: int) -> np.ndarray | None:
+    """``count`` images spread over the run's training split, at the network's size; None where
+    the run's data is not on this machine."""
+    run_splits = _run_splits(checkpoint)
+    return None if run_splits is None else spread_images(checkpoint, run_splits[0], count)
+
+
+def spread_images(checkpoint: Checkpoint, data: Any, count: int) -> np.ndarray:
+    """``count`` images spread evenly over ``data`` (an ``ImageData``), at the network's size."""
+    return _at_size(checkpoint, data.images[:: max(1, len(data) // count)][:count])
 
 
 def _at_size(checkpoint: Checkpoint, images: Any) -> np.ndarray:

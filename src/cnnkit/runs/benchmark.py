@@ -155,6 +155,8 @@ def _data(path: Path, data: str | os.PathLike | None, limit: int | None) -> tupl
     """(uint8 images at the model's size, class indices or None, a note) from ``data``."""
     if data is None:
         return None, None, "no --data: synthetic images timed, accuracy not measured"
+    import torch
+
     from cnnkit.data import load_dataset
     from cnnkit.runs.evaluation import match_labels
     from cnnkit.runtime.normalization import center_crop_images
@@ -166,15 +168,19 @@ def _data(path: Path, data: str | os.PathLike | None, limit: int | None) -> tupl
         for part, name in ((splits.test, "test"), (splits.validation, "validation"), (splits.train, "all"))
         if part is not None
     )
-    count = len(part) if limit is None else min(limit, len(part))
-    images = part.images[:count]
+    total = len(part)
+    count = total if limit is None else min(limit, total)
+    if count < total:  # spread over the split: folders come sorted by class
+        part = part.subset(torch.from_numpy(np.linspace(0, len(part) - 1, count).round().astype(np.int64)))
+    images = part.images
     if facts["resize_size"] != facts["image_size"]:
         images = center_crop_images(images, facts["image_size"])
     images = np.ascontiguousarray(np.asarray(images))
     if facts["multi_label"]:
         return images, None, f"{split} split of {data}: multi-label, so accuracy is not measured"
-    labels = match_labels(part, facts["class_names"], False)[:count].numpy()
-    return images, labels, f"scored on {count:,} images, the {split} split of {data}"
+    labels = match_labels(part, facts["class_names"], False).numpy()
+    spread = f" spread over its {total:,}" if count < total else ""
+    return images, labels, f"scored on {count:,} images{spread}, the {split} split of {data}"
 
 
 def _synthetic(path: Path) -> np.ndarray:
@@ -254,16 +260,22 @@ def _onnx_runner(path: Path, threads: int | None, note: str) -> FormatRunner:
 
 
 def _calibration_images(path: Path, images: np.ndarray | None) -> tuple[np.ndarray, str] | None:
-    """The images int8 is calibrated on: spread over ``images`` (--data), else a checkpoint's own
-    run data (or synthetic images where it is gone, as ``export`` verifies); None for an .onnx file."""
-    if images is not None:
-        return images[:: max(1, len(images) // CALIBRATION_COUNT)][:CALIBRATION_COUNT], "--data"
-    if path.suffix.lower() == ONNX_SUFFIX:
-        return None
-    from cnnkit.checkpoint import load_checkpoint
-    from cnnkit.export.verification_images import verification_images
+    """What int8 is calibrated on: a checkpoint's own training images where its run's data is
+    here (as ``export --int8``), else images spread over ``--data`` (which are also scored: say
+    so), else a checkpoint's synthetic stand-ins; None for an ``.onnx`` file without ``--data``."""
+    if path.suffix.lower() != ONNX_SUFFIX:
+        from cnnkit.checkpoint import load_checkpoint
+        from cnnkit.export.verification_images import run_training_images, synthetic_images
 
-    return verification_images(load_checkpoint(path), None, CALIBRATION_COUNT)
+        checkpoint = load_checkpoint(path)
+        training = run_training_images(checkpoint, CALIBRATION_COUNT)
+        if training is not None:
+            return training, "the run's training split"
+        if images is None:
+            return synthetic_images(CALIBRATION_COUNT, checkpoint.image_size), "synthetic images"
+    if images is None:
+        return None
+    return images[:: max(1, len(images) // CALIBRATION_COUNT)][:CALIBRATION_COUNT], "--data, also scored"
 
 
 def _int8_runner(
