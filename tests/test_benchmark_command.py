@@ -85,6 +85,9 @@ def test_a_bad_benchmark_request_is_one_line(trained, capsys):
     assert main(["benchmark", str(checkpoint), "--batch-sizes", "0", "--out", str(folder / "zero")]) == 1
     assert "batch sizes must be integers >= 1. Received: batch_sizes=[0]" in capsys.readouterr().err
     assert not (folder / "zero").exists()
+    assert main(["benchmark", str(checkpoint), "--seconds", "-1", "--out", str(folder / "negative")]) == 1
+    assert "seconds must be a positive number. Received: seconds=-1.0" in capsys.readouterr().err
+    assert not (folder / "negative").exists()
     assert main(["benchmark", str(folder / "missing.pt")]) == 1
     assert "No model file at" in capsys.readouterr().err
     (folder / "full").mkdir()

@@ -412,6 +412,9 @@ def test_export_int8_without_the_runs_data_names_what_to_give(trained_run, tmp_p
     error = capsys.readouterr().err
     assert "the run's data is not on this machine; give --calibration and --data" in error
     assert not (tmp_path / "moved.onnx").exists()
+    assert main(["export", str(best), "--int8", "--seconds", "0", "--output", str(tmp_path / "x.onnx")]) == 1
+    assert "seconds must be a positive number. Received: seconds=0.0" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
     assert main(["export", str(best), "--keep-int8"]) == 1
     assert "--keep-int8 is an option of --int8 exports. Received: --keep-int8 without --int8" in (
         capsys.readouterr().err

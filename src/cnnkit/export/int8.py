@@ -330,6 +330,9 @@ def export_int8(
         raise ValueError(
             f"quant_format must be 'qdq', 'qoperator' or None. Received: quant_format={quant_format!r}"
         )
+    check_timing(seconds, DEFAULT_WARMUP, 10_000)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be None or an integer >= 1. Received: threads={threads!r}")
     target = checked_output(checkpoint_path, output, force)  # refused before any work
     images = int8_images(checkpoint_path, calibration, data, CALIBRATION_IMAGES)
     with tempfile.TemporaryDirectory(prefix="cnnkit-int8-") as folder:

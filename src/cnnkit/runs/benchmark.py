@@ -27,15 +27,18 @@ import numpy as np
 from cnnkit.inference.throughput import (
     DEFAULT_BATCH_SIZES,
     DEFAULT_SECONDS,
+    DEFAULT_WARMUP,
     Throughput,
     batch_of,
     check_batch_sizes,
+    check_timing,
     time_batches,
 )
 from cnnkit.runtime.constants import ONNX_SUFFIX
 
 CALIBRATION_COUNT = 256  # images int8's activation ranges are taken from
 TIMING_IMAGES = 64  # distinct images the timed batches are made of
+MAX_RUNS = 10_000  # timed calls a format and batch size at most
 BENCHMARK_FILES = {"json": "benchmark.json", "csv": "benchmark.csv", "plot": "benchmark.png"}
 
 
@@ -96,6 +99,7 @@ def benchmark(
     from cnnkit.runtime.cpu import cpu_info
 
     sizes = check_batch_sizes(batch_sizes)
+    check_timing(seconds, DEFAULT_WARMUP, MAX_RUNS)  # refused before any work, in one line
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be an integer >= 1. Received: limit={limit!r}")
     path = Path(model)
