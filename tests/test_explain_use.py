@@ -203,7 +203,7 @@ def test_multi_label_csv_gains_the_explanation_column_after_error(tmp_path, phot
     (result,) = results
     probabilities = dict(result.probabilities)
     assert Path(result.explanation).name == "1-dog.png"
-    from cnnkit.inference.batch_prediction import format_predictions
+    from cnnkit.inference.prediction_files import format_predictions
 
     rows = list(csv.reader(io.StringIO(format_predictions(results, "csv"))))
     assert rows[0] == ["path", "labels", "error", "explanation", *CLASS_NAMES]

@@ -17,7 +17,8 @@ from PIL import Image
 
 from cnnkit.api import Classifier
 from cnnkit.cli import main
-from cnnkit.inference.batch_prediction import format_predictions, predict_paths
+from cnnkit.inference.batch_prediction import predict_paths
+from cnnkit.inference.prediction_files import format_predictions
 
 LABELS = ["a", "b", "c"]
 # The classifier compared with runs in fp32 (auto is bf16 on a CPU with bf16 units).

@@ -14,16 +14,14 @@ from PIL import Image
 from cnnkit.api import Classifier
 from cnnkit.cli import main
 from cnnkit.data import decode_image
-from cnnkit.inference.batch_prediction import (
+from cnnkit.inference.batch_prediction import expand_inputs, predict_files, predict_paths
+from cnnkit.inference.batch_prediction import predict_files as predict_files_from_workflows
+from cnnkit.inference.prediction_files import (
     check_output_path,
-    expand_inputs,
     format_predictions,
-    predict_files,
-    predict_paths,
     write_predictions,
     write_predictions_file,
 )
-from cnnkit.inference.batch_prediction import predict_files as predict_files_from_workflows
 from tests.conftest import CLASS_NAMES, make_quadrant_images
 
 IMAGES, LABELS = make_quadrant_images(12, seed=3)

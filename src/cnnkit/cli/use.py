@@ -119,15 +119,13 @@ def _evaluate(arguments: argparse.Namespace) -> int:
 
 
 def _predict(arguments: argparse.Namespace) -> int:
-    from cnnkit.inference.batch_prediction import (
-        check_min_confidence,
+    from cnnkit.inference.batch_prediction import check_min_confidence, check_threshold, predict_paths
+    from cnnkit.inference.explanations import check_explainable_path, explanation_folder
+    from cnnkit.inference.prediction_files import (
         check_output_path,
-        check_threshold,
-        predict_paths,
         write_predictions,
         write_predictions_file,
     )
-    from cnnkit.inference.explanations import check_explainable_path, explanation_folder
     from cnnkit.inference.predictor import load_predictor
     from cnnkit.inference.tta_level import check_tta
 
