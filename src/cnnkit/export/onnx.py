@@ -144,19 +144,13 @@ def export_onnx(
     # The very module prediction runs (runtime.pixel_classifier), with the task's output activation
     # (single-label: softmax) beside the logits.
     task = get_task(checkpoint.task)
-    offset = checkpoint.logit_offset  # a post-hoc adjustment for imbalanced classes: in the graph
-    # Temperature scaling (calibrated probabilities), in the graph too unless asked otherwise.
+    # The logit offset (imbalanced classes) and, unless asked otherwise, the calibration: in the graph.
+    classifier = PixelClassifier.for_checkpoint(
+        network, checkpoint, level, pixel_format=pixel_format, calibrated=calibrated
+    )
+    offset = checkpoint.logit_offset
     temperature = checkpoint.temperature if calibrated else None
     confidence_map = checkpoint.confidence_map if calibrated else None
-    classifier = PixelClassifier(
-        network,
-        checkpoint.normalization,
-        level,
-        pixel_format=pixel_format,
-        logit_offset=offset,
-        temperature=temperature,
-        confidence_map=confidence_map,
-    )
     module = WithProbabilities(classifier, keep_logits=True, task=task).eval()
 
     started = time.perf_counter()

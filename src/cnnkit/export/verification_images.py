@@ -63,7 +63,7 @@ def images_from_source(source: str | os.PathLike, size: int, count: int) -> np.n
         return _split_sample(CIFAR10, size, count)
     items = [item for item in expand_inputs(source) if item.error is None]
     if items:
-        chosen = [items[index] for index in _spread(len(items), count)]
+        chosen = [items[index] for index in spread_indices(len(items), count)]
         with ItemReader() as reader:
             images = [_decoded(reader, item, size) for item in chosen]
         decoded = [image for image in images if image is not None]
@@ -88,11 +88,12 @@ def _split_sample(source: str | os.PathLike, size: int, count: int) -> np.ndarra
     splits = load_dataset(source, image_size=size, progress=False)
     split = splits.test if splits.test is not None else splits.train
     # Only the chosen images are read: a large set stays in its store on disk.
-    return split.images[torch.from_numpy(_spread(len(split.images), count))].numpy()
+    return split.images[torch.from_numpy(spread_indices(len(split.images), count))].numpy()
 
 
-def _spread(total: int, count: int) -> np.ndarray:
-    # Evenly over the set: folders are sorted by class, so the first images would be one class.
+def spread_indices(total: int, count: int) -> np.ndarray:
+    """At most ``count`` indices spread evenly over ``total`` items: folders come sorted by class,
+    so the first images would be one class."""
     return np.unique(np.linspace(0, total - 1, min(total, count)).round().astype(int))
 
 
@@ -182,7 +183,7 @@ def run_training_images(checkpoint: Checkpoint, count: int) -> np.ndarray | None
 
 def spread_images(checkpoint: Checkpoint, data: Any, count: int) -> np.ndarray:
     """``count`` images spread evenly over ``data`` (an ``ImageData``), at the network's size."""
-    return _at_size(checkpoint, data.images[:: max(1, len(data) // count)][:count])
+    return _at_size(checkpoint, data.images[torch.from_numpy(spread_indices(len(data), count))])
 
 
 def _at_size(checkpoint: Checkpoint, images: Any) -> np.ndarray:

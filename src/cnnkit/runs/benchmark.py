@@ -162,6 +162,7 @@ def _data(path: Path, data: str | os.PathLike | None, limit: int | None) -> tupl
     import torch
 
     from cnnkit.data import load_dataset
+    from cnnkit.export.verification_images import spread_indices
     from cnnkit.runs.evaluation import match_labels
     from cnnkit.runtime.normalization import center_crop_images
 
@@ -175,7 +176,7 @@ def _data(path: Path, data: str | os.PathLike | None, limit: int | None) -> tupl
     total = len(part)
     count = total if limit is None else min(limit, total)
     if count < total:  # spread over the split: folders come sorted by class
-        part = part.subset(torch.from_numpy(np.linspace(0, len(part) - 1, count).round().astype(np.int64)))
+        part = part.subset(torch.from_numpy(spread_indices(total, count)))
     images = part.images
     if facts["resize_size"] != facts["image_size"]:
         images = center_crop_images(images, facts["image_size"])
@@ -279,7 +280,9 @@ def _calibration_images(path: Path, images: np.ndarray | None) -> tuple[np.ndarr
             return synthetic_images(CALIBRATION_COUNT, checkpoint.image_size), "synthetic images"
     if images is None:
         return None
-    return images[:: max(1, len(images) // CALIBRATION_COUNT)][:CALIBRATION_COUNT], "--data, also scored"
+    from cnnkit.export.verification_images import spread_indices
+
+    return images[spread_indices(len(images), CALIBRATION_COUNT)], "--data, also scored"
 
 
 def _int8_runner(
@@ -333,15 +336,7 @@ def _torch_runner(checkpoint: Any, path: Path, tta: bool, precision: Any, device
 
     network = checkpoint.build_model(path).eval().to(device, memory_format=torch.channels_last)
     module = WithProbabilities(
-        PixelClassifier(
-            network,
-            checkpoint.normalization,
-            checkpoint.tta if tta else 0,
-            precision,
-            logit_offset=checkpoint.logit_offset,
-            temperature=checkpoint.temperature,
-            confidence_map=checkpoint.confidence_map,
-        ),
+        PixelClassifier.for_checkpoint(network, checkpoint, checkpoint.tta if tta else 0, precision),
         task=get_task(checkpoint.task),
     ).eval()
 

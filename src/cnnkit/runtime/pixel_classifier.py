@@ -89,6 +89,29 @@ class PixelClassifier(nn.Module):
             knots = torch.tensor(check_confidence_map(confidence_map), dtype=torch.float32, device=device)
         self.register_buffer("confidence_knots", knots)
 
+    @classmethod
+    def for_checkpoint(
+        cls,
+        network: nn.Module,
+        checkpoint: Any,
+        tta: int,
+        precision: torch.dtype = torch.float32,
+        pixel_format: str = UINT8_NHWC,
+        calibrated: bool = True,
+    ) -> PixelClassifier:
+        """The prediction module a ``Checkpoint`` describes around ``network`` (its weights loaded):
+        its normalisation, logit offset and, if ``calibrated``, its temperature and confidence map."""
+        return cls(
+            network,
+            checkpoint.normalization,
+            tta,
+            precision,
+            pixel_format,
+            logit_offset=checkpoint.logit_offset,
+            temperature=checkpoint.temperature if calibrated else None,
+            confidence_map=checkpoint.confidence_map if calibrated else None,
+        )
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         inputs = self.to_input(images)
         if self.precision == torch.float32:
