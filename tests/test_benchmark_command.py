@@ -88,6 +88,9 @@ def test_a_bad_benchmark_request_is_one_line(trained, capsys):
     assert main(["benchmark", str(checkpoint), "--seconds", "-1", "--out", str(folder / "negative")]) == 1
     assert "seconds must be a positive number. Received: seconds=-1.0" in capsys.readouterr().err
     assert not (folder / "negative").exists()
+    gone = ["benchmark", str(checkpoint), "--data", str(folder / "gone"), "--out", str(folder / "b")]
+    assert main(gone) == 1
+    assert "gone does not exist" in capsys.readouterr().err and not (folder / "b").exists()
     assert main(["benchmark", str(folder / "missing.pt")]) == 1
     assert "No model file at" in capsys.readouterr().err
     (folder / "full").mkdir()

@@ -107,14 +107,20 @@ def benchmark(
         raise FileNotFoundError(f"No model file at {path}: give a checkpoint or an .onnx file")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be an integer >= 1. Received: threads={threads!r}")
+    made = out is None or not Path(out).exists()
     folder = output_folder(out, "runs", "benchmark", "benchmark", "or no --out for a new runs/benchmark")
-    with tempfile.TemporaryDirectory(prefix="cnnkit-benchmark-") as work:
-        images, labels, size_note = _data(path, data, limit)
-        timing = images[:TIMING_IMAGES] if images is not None else None
-        runners, skipped = _runners(path, Path(work), images, tta, threads)
-        if timing is None:
-            timing = _synthetic(path)
-        results = [_measure(runner, timing, sizes, seconds, images, labels) for runner in runners]
+    try:
+        with tempfile.TemporaryDirectory(prefix="cnnkit-benchmark-") as work:
+            images, labels, size_note = _data(path, data, limit)
+            timing = images[:TIMING_IMAGES] if images is not None else None
+            runners, skipped = _runners(path, Path(work), images, tta, threads)
+            if timing is None:
+                timing = _synthetic(path)
+            results = [_measure(runner, timing, sizes, seconds, images, labels) for runner in runners]
+    except BaseException:
+        if made and not any(folder.iterdir()):  # a failed benchmark leaves no empty folder behind
+            folder.rmdir()
+        raise
     results += skipped
     summary = {
         "model": str(path),
